@@ -1,0 +1,244 @@
+"""oraclewad.toml -> frozen dataclasses, with every problem reported at once."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from oraclewad.errors import InvalidArgument, Problem
+from oraclewad.tomlcheck import TableReader, load_toml, non_negative, port_number, positive
+
+DEFAULT_CONFIG_PATHS = (Path("oraclewad.toml"), Path("/etc/oraclewa/oraclewad.toml"))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Supervision policy for one service (see ARCHITECTURE.md, "Supervision policy")."""
+
+    backoff_initial: float = 0.1
+    backoff_max: float = 60.0
+    backoff_jitter: float = 0.2
+    backoff_reset_after: float = 60.0
+    breaker_restarts: int = 5
+    breaker_window: float = 600.0
+    start_timeout: float = 30.0
+    watchdog_timeout: float = 30.0
+    stop_grace: float = 10.0
+
+    def overridden(self, reader: TableReader) -> Policy:
+        """This policy with any keys the table sets; unknown keys are reported."""
+        changes: dict[str, Any] = {}
+        for f in fields(self):
+            kind = int if f.name == "breaker_restarts" else float
+            check = non_negative if f.name in ("backoff_jitter", "watchdog_timeout") else positive
+            value = reader.get(f.name, kind, check=check)
+            if value is not None:
+                changes[f.name] = value
+        reader.finish()
+        result = replace(self, **changes)
+        if result.backoff_jitter >= 1:
+            reader.fail("backoff_jitter", "must be below 1 (0.2 means +-20 %)")
+        if result.backoff_max < result.backoff_initial:
+            reader.fail("backoff_max", "must be at least backoff_initial")
+        return result
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    max_bytes: int = 50 * 1024 * 1024
+    backups: int = 10
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """dsn None means: run the embedded server under state_dir."""
+
+    dsn: str | None = None
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """url None means: run the embedded server under state_dir. rediss:// turns on TLS."""
+
+    url: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    socket: Path
+    token_file: Path
+    tcp: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """A host program run under the same supervision policy as tenant services."""
+
+    name: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: Path | None = None
+    port: int | None = None
+    notify: bool = False
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    tenants_dir: Path
+    state_dir: Path
+    log_dir: Path
+    run_dir: Path
+    releases_dir: Path
+    bind_host: str
+    public_url: str
+    port_range: tuple[int, int]
+    metrics_listen: str | None
+    default_release: str
+    policy: Policy
+    logs: LogSettings
+    postgres: PostgresSettings
+    redis: RedisSettings
+    control: ControlSettings
+    programs: tuple[ProgramSettings, ...] = ()
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, then $OWA_CONFIG, then ./oraclewad.toml, then /etc/oraclewa/oraclewad.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("OWA_CONFIG"):
+        return Path(os.environ["OWA_CONFIG"])
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_CONFIG_PATHS[0]
+
+
+def _address(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, for example 127.0.0.1:9464"
+    return None
+
+
+def load_settings(path: Path) -> Settings:
+    """Parse and validate the daemon config; raises InvalidArgument listing every problem."""
+    problems: list[Problem] = []
+    doc = load_toml(path, problems)
+    if doc is None:
+        raise InvalidArgument(problems)
+    path = path.resolve()
+    base = path.parent
+    root = TableReader(doc, str(path), "", problems)
+
+    def resolve(value: str | None) -> Path | None:
+        return None if value is None else (base / Path(value).expanduser())
+
+    d = root.sub("daemon")
+    state_dir = resolve(d.get("state_dir", str, "var/state"))
+    run_dir = resolve(d.get("run_dir", str, "var/run"))
+    settings_paths = {
+        "tenants_dir": resolve(d.get("tenants_dir", str, "tenants.d")),
+        "state_dir": state_dir,
+        "log_dir": resolve(d.get("log_dir", str, "var/log")),
+        "run_dir": run_dir,
+        "releases_dir": resolve(d.get("releases_dir", str, "var/releases")),
+    }
+    default_release = d.get("default_release", str, "bundled")
+    d.finish()
+
+    s = root.sub("services")
+    bind_host = s.get("bind_host", str, "127.0.0.1")
+    public_url = s.get("public_url", str, "")
+    port_range = s.get("port_range", list, [4100, 4999])
+    s.finish()
+    if (len(port_range) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
+                                        for p in port_range)
+            or port_number(port_range[0]) or port_number(port_range[1])
+            or port_range[0] > port_range[1]):
+        problems.append(Problem(str(path), "services.port_range",
+                                "must be [FIRST, LAST], two ports with FIRST <= LAST, e.g. [4100, 4999]"))
+        port_range = [4100, 4999]
+    if not public_url:
+        public_url = f"http://{bind_host}"
+
+    policy = Policy().overridden(root.sub("policy"))
+
+    lg = root.sub("logs")
+    logs = LogSettings(max_bytes=lg.get("max_bytes", int, 50 * 1024 * 1024, check=positive),
+                       backups=lg.get("backups", int, 10, check=non_negative))
+    lg.finish()
+
+    pg = root.sub("postgres")
+    postgres = PostgresSettings(dsn=pg.get("dsn", str) or None)
+    pg.finish()
+
+    rd = root.sub("redis")
+    redis = RedisSettings(url=rd.get("url", str) or None,
+                          ca_file=resolve(rd.get("ca_file", str)),
+                          cert_file=resolve(rd.get("cert_file", str)),
+                          key_file=resolve(rd.get("key_file", str)))
+    rd.finish()
+
+    c = root.sub("control")
+    control = ControlSettings(
+        socket=resolve(c.get("socket", str)) or run_dir / "oraclewad.sock",
+        token_file=resolve(c.get("token_file", str)) or state_dir / "secrets" / "control.token",
+        tcp=c.get("tcp", str, check=_address),
+        tls_cert=resolve(c.get("tls_cert", str)),
+        tls_key=resolve(c.get("tls_key", str)),
+    )
+    if (control.tls_cert is None) != (control.tls_key is None):
+        c.fail("tls_cert", "set both tls_cert and tls_key, or neither")
+    c.finish()
+
+    m = root.sub("metrics")
+    metrics_listen = m.get("listen", str, "127.0.0.1:9464", check=_address) or None
+    m.finish()
+
+    programs = []
+    progs = root.sub("programs")
+    for name in list(progs.table):
+        p = progs.sub(name)
+        command = p.get("command", (list, str))
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if not command or not all(isinstance(a, str) for a in command):
+            p.fail("command", 'must be a non-empty list of strings, e.g. ["python", "-m", "x"]')
+            command = ["false"]
+        env = p.get("env", dict, {})
+        if not all(isinstance(v, str) for v in env.values()):
+            p.fail("env", "values must be strings")
+            env = {}
+        port = p.get("port", int, check=port_number)
+        notify = p.get("notify", bool, False)
+        cwd = resolve(p.get("cwd", str)) or base
+        prog_policy = policy.overridden(p.sub("policy"))
+        p.finish()
+        programs.append(ProgramSettings(name=name, command=tuple(command),
+                                        env=tuple(sorted(env.items())), cwd=cwd, port=port,
+                                        notify=notify, policy=prog_policy))
+    progs.seen.update(progs.table)
+    progs.finish()
+    root.finish()
+
+    if problems:
+        raise InvalidArgument(problems)
+    return Settings(path=path, **settings_paths, bind_host=bind_host, public_url=public_url,
+                    port_range=(port_range[0], port_range[1]), metrics_listen=metrics_listen,
+                    default_release=default_release, policy=policy, logs=logs,
+                    postgres=postgres, redis=redis, control=control, programs=tuple(programs))

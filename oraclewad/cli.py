@@ -1,0 +1,73 @@
+"""`oraclewad [run|check] [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from oraclewad.errors import OracleError, Problem
+from oraclewad.settings import Settings, find_config, load_settings
+from oraclewad.tenants.loader import load_tenants
+from oraclewad.tenants.ports import PortBook
+
+EPILOG = """examples:
+  oraclewad                         run with ./oraclewad.toml (or $OWA_CONFIG, /etc/oraclewa/oraclewad.toml)
+  oraclewad run --config /etc/oraclewa/oraclewad.toml
+  oraclewad check                   validate the config and every tenant file, then exit
+"""
+
+
+def check(settings: Settings) -> list[Problem]:
+    """Every problem of the config's tenants, ports included; writes nothing."""
+    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
+    reserved = [p.port for p in settings.programs if p.port]
+    _, port_problems = book.assign(loaded.tenants, reserved, persist=False)
+    return loaded.problems + port_problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oraclewad", description="OracleWA supervisor daemon",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "check"])
+    parser.add_argument("--config", metavar="FILE", help="daemon config (default: $OWA_CONFIG, "
+                        "./oraclewad.toml, /etc/oraclewa/oraclewad.toml)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    path = find_config(args.config)
+    try:
+        settings = load_settings(path)
+    except OracleError as e:
+        problems = getattr(e, "problems", [e])
+        print(f"oraclewad: {path}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2 if args.command == "run" else 1
+    if args.command == "check":
+        problems = check(settings)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s) found", file=sys.stderr)
+            return 1
+        print(f"ok: {settings.path} and {settings.tenants_dir} are valid")
+        return 0
+    from oraclewad.daemon import run_daemon  # heavy imports only when running
+
+    try:
+        trio.run(run_daemon, settings)
+    except OracleError as e:
+        print(f"oraclewad: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

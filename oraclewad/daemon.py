@@ -1,0 +1,90 @@
+"""The composition root: one trio nursery holding supervisor, data servers, fleet and control plane."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+from oraclewad.control import serve_control
+from oraclewad.fleet import Fleet
+from oraclewad.pidfile import PidFile
+from oraclewad.provision import Provisioner, open_servers
+from oraclewad.sdnotify import SystemdNotifier
+from oraclewad.settings import Settings
+from oraclewad.supervisor import Supervisor
+
+log = logging.getLogger("oraclewad")
+
+
+def prepare_directories(settings: Settings) -> None:
+    """Create the daemon's folders; none is world-readable, secrets only for the daemon's user."""
+    for path, mode in ((settings.state_dir, 0o750), (settings.secrets_dir, 0o700),
+                       (settings.run_dir, 0o750), (settings.log_dir, 0o750),
+                       (settings.tenants_dir, 0o755)):
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        if path != settings.tenants_dir:
+            os.chmod(path, mode)
+
+
+async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads tenants.d. Children stop before the data servers."""
+    notifier = notifier or SystemdNotifier()
+    pidfile = PidFile(settings.state_dir / "oraclewad.pid")
+    pidfile.acquire()
+    try:
+        prepare_directories(settings)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            notifier.notify("STATUS=starting data servers")
+            async with open_servers(settings) as servers, trio.open_nursery() as nursery:
+                supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs)
+                await nursery.start(supervisor.run)
+                fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
+                nursery.start_soon(fleet.forward_supervisor_events)
+                await nursery.start(serve_control, settings, fleet)
+                notifier.notify("STATUS=starting tenants")
+                view = await fleet.reload()
+                for problem in view.problems:
+                    log.error("config problem (tenant skipped): %s", problem)
+                log.info("started %d tenants: %s", len(fleet.tenants), fleet.summary())
+                notifier.notify("READY=1", f"STATUS={fleet.summary()}")
+                if notifier.watchdog_interval:
+                    nursery.start_soon(_watchdog, notifier)
+                nursery.start_soon(_status_loop, notifier, fleet)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        notifier.notify("RELOADING=1")
+                        view = await fleet.reload()
+                        for problem in view.problems:
+                            log.error("config problem (tenant skipped): %s", problem)
+                        log.info("reloaded: added %s, removed %s, restarted %s",
+                                 list(view.added), list(view.removed), list(view.restarted))
+                        notifier.notify("READY=1", f"STATUS={fleet.summary()}")
+                        continue
+                    log.info("received %s: stopping every service", signal.Signals(signum).name)
+                    notifier.notify("STOPPING=1", "STATUS=stopping services")
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        pidfile.release()
+        notifier.close()
+
+
+async def _watchdog(notifier: SystemdNotifier) -> None:
+    # Sent from the trio loop itself, so a wedged loop is exactly what systemd notices.
+    assert notifier.watchdog_interval is not None
+    while True:
+        notifier.notify("WATCHDOG=1")
+        await trio.sleep(notifier.watchdog_interval)
+
+
+async def _status_loop(notifier: SystemdNotifier, fleet: Fleet) -> None:
+    last = ""
+    while True:
+        await trio.sleep(5)
+        summary = fleet.summary()
+        if summary != last:
+            notifier.notify(f"STATUS={summary}")
+            last = summary

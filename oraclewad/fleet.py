@@ -1,0 +1,500 @@
+"""The fleet: tenants.d turned into provisioned, supervised services, and the operator's verbs on it.
+
+Every change (a hand edit plus reload, `oraclectl tenant add`, `tenant remove`) goes through
+`reload()`, so tenants.d stays the single source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from oraclewad import releases
+from oraclewad.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OracleError,
+    Problem,
+    Unavailable,
+)
+from oraclewad.events import EventHub
+from oraclewad.files import write_atomic
+from oraclewad.operations import (
+    EventView,
+    HealthView,
+    MetricsView,
+    NewTenant,
+    ReloadView,
+    ServiceView,
+    TenantView,
+)
+from oraclewad.provision import Provisioner
+from oraclewad.settings import Settings
+from oraclewad.supervisor import ProcessSpec, Supervisor
+from oraclewad.tenants.ids import SERVICES, id_problem, unit_name
+from oraclewad.tenants.loader import load_tenants
+from oraclewad.tenants.model import Tenant, parse_tenant
+from oraclewad.tenants.ports import PortBook
+from oraclewad.tenants.store import create_tenant_file, find_tenant_file, retire_tenant_file
+
+PROGRAMS = "programs"
+LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+SERVICES_PACKAGE = Path(__file__).parent / "services"
+
+
+def migrations_dir(service: str) -> Path:
+    # Read as files, not imported: the daemon never imports the services it runs.
+    return SERVICES_PACKAGE / service / "migrations"
+
+
+@dataclass
+class _Provisioning:
+    """Where one tenant's databases and users stand."""
+
+    done: bool = False
+    status: str = "provisioning"
+    scope: trio.CancelScope | None = None
+
+
+class Fleet:
+    """Implements oraclewad.operations.Operations."""
+
+    def __init__(self, settings: Settings, supervisor: Supervisor, provisioner: Provisioner,
+                 nursery: trio.Nursery) -> None:
+        self.settings = settings
+        self.supervisor = supervisor
+        self.provisioner = provisioner
+        self.nursery = nursery
+        self.events = EventHub()
+        self.tenants: dict[str, Tenant] = {}
+        self.ports: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        self.provisioning: dict[str, _Provisioning] = {}
+        self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
+        self._lock = trio.Lock()
+
+    # ---- reconciling ------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadView:
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadView:
+        loaded = await trio.to_thread.run_sync(load_tenants, self.settings.tenants_dir, self.settings.policy)
+        reserved = [p.port for p in self.settings.programs if p.port]
+        ports, port_problems = await trio.to_thread.run_sync(
+            lambda: self.book.assign(loaded.tenants, reserved, self.ports))
+        problems = loaded.problems + port_problems
+        runnable = {tid: t for tid, t in loaded.tenants.items()
+                    if all(unit_name(tid, s.name) in ports for s in t.services)}
+        for tid, tenant in list(runnable.items()):
+            try:
+                self._release(tenant)
+                self._evolution_key(tenant)
+            except OracleError as e:
+                problems.append(Problem(str(tenant.source), "release" if "release" in str(e) else
+                                        "evolution.api_key_file", str(e)))
+                del runnable[tid]
+        old = self.tenants
+        self.tenants, self.ports, self.problems = runnable, ports, problems
+        for problem in problems:
+            self._publish("", "", "problem", message=str(problem))
+
+        for tid in set(old) - set(runnable):
+            state = self.provisioning.pop(tid, None)
+            if state and state.scope:
+                state.scope.cancel()
+        # A tenant needs provisioning when it is new or its set of services grew.
+        pending = [t for tid, t in runnable.items()
+                   if tid not in self.provisioning or not self.provisioning[tid].done
+                   or {s.name for s in t.services} - {s.name for s in old[tid].services}]
+        async with trio.open_nursery() as first_attempts:
+            for tenant in pending:
+                first_attempts.start_soon(self._first_provision, tenant)
+
+        changes = self.supervisor.apply(self._specs())
+        view = ReloadView(added=tuple(sorted(set(runnable) - set(old))),
+                          removed=tuple(sorted(set(old) - set(runnable))),
+                          restarted=tuple(changes.restarted), unchanged=tuple(changes.unchanged),
+                          problems=tuple(str(p) for p in problems))
+        self._publish("", "", "reload", message=f"added {list(view.added)} removed {list(view.removed)} "
+                      f"restarted {list(view.restarted)}")
+        return view
+
+    async def _first_provision(self, tenant: Tenant) -> None:
+        state = self.provisioning.setdefault(tenant.id, _Provisioning())
+        if state.scope is not None:
+            state.scope.cancel()
+        try:
+            await self._provision(tenant)
+        except Unavailable as e:
+            state.status = f"UNAVAILABLE: {e}"
+            self._publish(tenant.id, "", "provision", message=state.status)
+            self.nursery.start_soon(self._retry_provision, tenant, state)
+        except OracleError as e:
+            state.status = f"FAILED: {e}"
+            self._publish(tenant.id, "", "provision", message=state.status)
+        else:
+            state.done, state.status = True, "provisioned"
+
+    async def _provision(self, tenant: Tenant) -> None:
+        services = [s.name for s in tenant.services]
+        await self.provisioner.provision(tenant.id, services, {s: migrations_dir(s) for s in services})
+
+    async def _retry_provision(self, tenant: Tenant, state: _Provisioning) -> None:
+        delay = 1.0
+        with trio.CancelScope() as state.scope:
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                try:
+                    await self._provision(tenant)
+                except Unavailable as e:
+                    state.status = f"UNAVAILABLE: {e}"
+                    continue
+                except OracleError as e:
+                    state.status = f"FAILED: {e}"
+                    return
+                state.done, state.status = True, "provisioned"
+                self._publish(tenant.id, "", "provision", message="provisioned")
+                async with self._lock:
+                    if self.tenants.get(tenant.id) is tenant:
+                        self.supervisor.apply(self._specs())
+                return
+
+    def _specs(self) -> dict[str, ProcessSpec]:
+        specs: dict[str, ProcessSpec] = {}
+        for program in self.settings.programs:
+            name = unit_name(PROGRAMS, program.name)
+            specs[name] = ProcessSpec(
+                name=name, group=PROGRAMS, argv=program.command, env=program.env, cwd=program.cwd,
+                listen=(self.settings.bind_host, program.port) if program.port else None,
+                notify=program.notify, config=None, admin_socket=False,
+                log_dir=self.settings.log_dir / PROGRAMS / program.name, policy=program.policy)
+        for tenant in self.tenants.values():
+            if not self.provisioning.get(tenant.id, _Provisioning()).done:
+                continue
+            for svc in tenant.services:
+                spec = self._service_spec(tenant, svc.name)
+                specs[spec.name] = spec
+        return specs
+
+    def _service_spec(self, tenant: Tenant, service: str) -> ProcessSpec:
+        svc = tenant.service(service)
+        assert svc is not None
+        name = unit_name(tenant.id, service)
+        port = self.ports[name]
+        release = self._release(tenant)
+        config: dict[str, Any] = {
+            "tenant": tenant.id, "service": service, "display_name": tenant.name,
+            "release": release.version,
+            "http": {"host": self.settings.bind_host, "port": port},
+            "webhook_secret": self._webhook_secret(tenant.id),
+            "evolution": {"url": tenant.evolution.url, "api_key": self._evolution_key(tenant),
+                          "instances": list(tenant.evolution.instances),
+                          "api_version": tenant.evolution.api_version},
+            "antiban": tenant.antiban, "templates": tenant.templates,
+            **self.provisioner.child_config_fragment(tenant.id, service),
+        }
+        return ProcessSpec(
+            name=name, group=tenant.id,
+            argv=(release.python, "-m", f"oraclewad.services.{service}"),
+            env=(("OWA_TENANT", tenant.id), ("OWA_SERVICE", service)),
+            listen=(self.settings.bind_host, port), notify=True,
+            config=json.dumps(config, sort_keys=True),
+            log_dir=self.settings.log_dir / tenant.id / service, policy=svc.policy,
+            labels=(("release", release.version), ("port", str(port))))
+
+    def _release(self, tenant: Tenant) -> releases.Release:
+        return releases.resolve(self.settings.releases_dir, tenant.release or self.settings.default_release)
+
+    def _secret_path(self, tenant_id: str, kind: str) -> Path:
+        return self.settings.secrets_dir / f"{tenant_id}.{kind}"
+
+    def _webhook_secret(self, tenant_id: str) -> str:
+        path = self._secret_path(tenant_id, "webhook.key")
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = secrets.token_urlsafe(32)
+            write_atomic(path, value.encode() + b"\n", 0o600)
+            return value
+
+    def _evolution_key(self, tenant: Tenant) -> str:
+        path = tenant.evolution.api_key_file
+        if path is None:
+            return ""
+        try:
+            return path.read_text().strip()
+        except OSError as e:
+            raise FailedPrecondition(f"cannot read the Evolution API key file {path}: {e.strerror}; "
+                                     "create it (mode 0600) or fix evolution.api_key_file") from None
+
+    def _publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
+        self.events.publish(EventView(ts=time.time(), tenant=tenant, service=service, kind=kind,
+                                      state=state, message=message))
+
+    async def forward_supervisor_events(self) -> None:
+        """Supervisor state changes become fleet events (run as a daemon task)."""
+        async with self.supervisor.subscribe() as receive:
+            async for event in receive:
+                group, _, service = event.name.partition("/")
+                self._publish(group, service, "state", state=event.state, message=event.message)
+
+    # ---- Operations: tenants ----------------------------------------------------------------
+
+    async def add_tenant(self, new: NewTenant, *, wait: bool, timeout: float) -> TenantView:
+        if (why := id_problem(new.id)) is not None:
+            raise InvalidArgument(why, field="id")
+        doc = self._tenant_doc(new)
+        tenants_dir = self.settings.tenants_dir
+        problems: list[Problem] = []
+        if parse_tenant(doc, tenants_dir / f"{new.id}.toml", self.settings.policy, problems) is None:
+            raise InvalidArgument(problems)
+        async with self._lock:
+            # Checked before the key is written so a refused add never touches another's secret.
+            if (existing := find_tenant_file(tenants_dir, new.id)) is not None:
+                raise AlreadyExists(f"tenant {new.id!r} already exists ({existing}): "
+                                    "remove it first or pick another id")
+            if new.evolution_api_key:
+                key_file = self._secret_path(new.id, "evolution.key")
+                write_atomic(key_file, new.evolution_api_key.encode() + b"\n", 0o600)
+                doc.setdefault("evolution", {})["api_key_file"] = str(key_file)
+            create_tenant_file(tenants_dir, doc)
+            self._publish(new.id, "", "tenant_added")
+            await self._reload()
+        if new.id not in self.tenants:
+            bad = [str(p) for p in self.problems if Path(p.source).stem == new.id]
+            raise FailedPrecondition(f"tenant {new.id!r} was written but not started: {'; '.join(bad)}")
+        if wait:
+            await self.wait_ready(new.id, timeout)
+        return self.get_tenant(new.id)
+
+    def _tenant_doc(self, new: NewTenant) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": new.id, "name": new.name or new.id}
+        doc["services"] = "all" if set(new.services) == set(SERVICES) else list(new.services)
+        if new.release:
+            doc["release"] = releases.normalize(new.release)
+        evolution = {k: v for k, v in (("url", new.evolution_url), ("instances", list(new.instances))) if v}
+        if evolution:
+            doc["evolution"] = evolution
+        for key, value in new.extra.items():
+            if key in doc and isinstance(value, dict) and isinstance(doc[key], dict):
+                doc[key] = {**value, **doc[key]}
+            else:
+                doc.setdefault(key, value)
+        return doc
+
+    async def wait_ready(self, tenant_id: str, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while True:
+                views = self.status(tenant_id)
+                if views and all(v.ready or v.state == "stopped" for v in views):
+                    return
+                await trio.sleep(0.05)
+        states = ", ".join(f"{v.service} {v.state}{': ' + v.message if v.message else ''}"
+                           for v in self.status(tenant_id))
+        raise Unavailable(f"tenant {tenant_id!r} is not ready after {timeout:g}s ({states}); "
+                          f"see `oraclectl logs {tenant_id}`")
+
+    async def remove_tenant(self, tenant_id: str, *, purge: bool) -> list[str]:
+        async with self._lock:
+            tenant = self.tenants.get(tenant_id)
+            moved = retire_tenant_file(self.settings.tenants_dir, tenant_id)
+            lines = [f"moved {moved.name} to {moved.parent}"]
+            await self._reload()
+            if tenant is not None:
+                lines += [f"stopped {name}" for name in tenant.unit_names()]
+            services = [s.name for s in tenant.services] if tenant else list(SERVICES)
+            if purge:
+                lines += await self.provisioner.purge(tenant_id, services)
+                for path in self.settings.secrets_dir.glob(f"{tenant_id}.*"):
+                    path.unlink()
+                    lines.append(f"deleted secret {path.name}")
+                self.book.forget(tenant_id, services)
+            else:
+                lines.append("kept databases, Redis keys and secrets (--purge removes them)")
+            self._publish(tenant_id, "", "tenant_removed", message="; ".join(lines))
+            return lines
+
+    def list_tenants(self) -> list[TenantView]:
+        return [self.get_tenant(tid) for tid in sorted(self.tenants, key=str.lower)]
+
+    def get_tenant(self, tenant_id: str) -> TenantView:
+        tenant = self._tenant(tenant_id)
+        ports = {s.name: self.ports[unit_name(tenant.id, s.name)] for s in tenant.services}
+        recovery_port = ports.get("recovery")
+        webhook = f"{self.settings.public_url}:{recovery_port}/webhooks/orders" if recovery_port else ""
+        state = self.provisioning.get(tenant.id, _Provisioning())
+        return TenantView(
+            id=tenant.id, name=tenant.name, services=tuple(ports), release=self._release(tenant).version,
+            ports=ports, webhook_url=webhook,
+            secrets_file=str(self.settings.secrets_dir / f"{tenant.id}.toml"),
+            source_file=str(tenant.source), provisioned=state.done,
+            states=tuple(self.status(tenant.id)))
+
+    def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            bad = [str(p) for p in self.problems if Path(p.source).stem == tenant_id]
+            if bad:
+                raise FailedPrecondition(f"tenant {tenant_id!r} is not running: {'; '.join(bad)}")
+            raise NotFound(f"no tenant {tenant_id!r}; `oraclectl tenant list` shows the tenants")
+        return tenant
+
+    # ---- Operations: services ---------------------------------------------------------------
+
+    def status(self, tenant_id: str | None = None) -> list[ServiceView]:
+        if tenant_id not in (None, PROGRAMS):
+            self._tenant(tenant_id)  # NotFound for an unknown id
+        by_name = {s.name: s for s in self.supervisor.snapshot()}
+        views = []
+        for tid, tenant in sorted(self.tenants.items(), key=lambda kv: kv[0].lower()):
+            if tenant_id not in (None, tid):
+                continue
+            prov = self.provisioning.get(tid, _Provisioning())
+            for svc in tenant.services:
+                name = unit_name(tid, svc.name)
+                snap = by_name.get(name)
+                release = self._release(tenant).version
+                if snap is None:
+                    views.append(ServiceView(tid, svc.name, "unavailable" if not prov.done else "pending",
+                                             None, None, 0, False, self.ports.get(name), release,
+                                             prov.status))
+                    continue
+                views.append(ServiceView(tid, svc.name, snap.state, snap.pid, snap.uptime, snap.restarts,
+                                         snap.ready, self.ports.get(name), release,
+                                         snap.message or snap.last_exit))
+        if tenant_id in (None, PROGRAMS):
+            for snap in by_name.values():
+                if snap.group == PROGRAMS:
+                    labels = dict(snap.labels)
+                    views.append(ServiceView(PROGRAMS, snap.name.partition("/")[2], snap.state, snap.pid,
+                                             snap.uptime, snap.restarts, snap.ready,
+                                             int(labels["port"]) if "port" in labels else None, "",
+                                             snap.message or snap.last_exit))
+        return views
+
+    def _names(self, tenant_id: str, service: str | None) -> list[str]:
+        if tenant_id == PROGRAMS:
+            names = [unit_name(PROGRAMS, p.name) for p in self.settings.programs]
+        else:
+            names = self._tenant(tenant_id).unit_names()
+        if service is not None:
+            wanted = unit_name(tenant_id, service)
+            if wanted not in names:
+                raise NotFound(f"tenant {tenant_id!r} has no service {service!r}; it runs "
+                               f"{', '.join(n.partition('/')[2] for n in names)}")
+            names = [wanted]
+        return names
+
+    async def _each(self, verb: str, tenant_id: str, service: str | None) -> list[ServiceView]:
+        names = self._names(tenant_id, service)
+        if tenant_id != PROGRAMS and not self.provisioning.get(tenant_id, _Provisioning()).done:
+            raise Unavailable(f"tenant {tenant_id!r} is not provisioned yet: "
+                              f"{self.provisioning[tenant_id].status}")
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(getattr(self.supervisor, verb), name)
+        return [v for v in self.status(tenant_id) if service in (None, v.service)]
+
+    async def start(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
+        return await self._each("start", tenant_id, service)
+
+    async def stop(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
+        return await self._each("stop", tenant_id, service)
+
+    async def restart(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
+        return await self._each("restart", tenant_id, service)
+
+    async def health(self, tenant_id: str | None = None) -> list[HealthView]:
+        views = [v for v in self.status(tenant_id) if v.tenant != PROGRAMS]
+        results: dict[int, HealthView] = {}
+
+        async def probe(i: int, view: ServiceView) -> None:
+            results[i] = await self._probe(view)
+
+        async with trio.open_nursery() as nursery:
+            for i, view in enumerate(views):
+                nursery.start_soon(probe, i, view)
+        return [results[i] for i in range(len(views))]
+
+    def admin_socket(self, tenant_id: str, service: str) -> Path:
+        return self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock"
+
+    async def _probe(self, view: ServiceView) -> HealthView:
+        if view.state == "unavailable":
+            return HealthView(view.tenant, view.service, "unavailable", detail=view.message)
+        if view.state in ("stopped", "stopping"):
+            return HealthView(view.tenant, view.service, "stopped", detail=view.state)
+        if not view.ready:
+            return HealthView(view.tenant, view.service, "failing",
+                              detail=f"{view.state}{': ' + view.message if view.message else ''}")
+        transport = httpx.AsyncHTTPTransport(uds=str(self.admin_socket(view.tenant, view.service)))
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=3.0) as client:
+                response = await client.get("http://child/healthz")
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as e:
+            return HealthView(view.tenant, view.service, "failing",
+                              detail=f"health endpoint did not answer: {e.__class__.__name__}")
+        return HealthView(view.tenant, view.service, str(body.get("status", "failing")),
+                          checks=body.get("checks", {}), detail="")
+
+    async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
+        result = []
+        for view in self.status(tenant_id):
+            figures: dict[str, float] = {"restarts": float(view.restarts), "ready": float(view.ready),
+                                         "uptime_s": float(view.uptime_s or 0.0)}
+            if view.pid:
+                figures.update(_proc_figures(view.pid))
+            result.append(MetricsView(view.tenant, view.service, figures))
+        return result
+
+    def log_file(self, tenant_id: str, service: str, channel: str) -> str:
+        self._names(tenant_id, service)
+        if not channel or not set(channel) <= LOG_CHANNEL_CHARS:
+            raise InvalidArgument("must be a channel name such as combined, error, webhook", field="channel")
+        path = self.settings.log_dir / tenant_id / service / f"{channel}.log"
+        if not path.exists():
+            present = sorted(p.stem for p in path.parent.glob("*.log"))
+            raise NotFound(f"no {channel!r} log for {tenant_id}/{service} yet; "
+                           f"present: {', '.join(present) or 'none'}")
+        return str(path)
+
+    def watch_events(self) -> AsyncIterator[EventView]:
+        return self.events.watch()
+
+    def releases(self) -> Sequence[str]:
+        return releases.installed(self.settings.releases_dir)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for view in self.status():
+            counts[view.state] = counts.get(view.state, 0) + 1
+        parts = [f"{n} {state}" for state, n in sorted(counts.items())]
+        return f"{len(self.tenants)} tenants; " + (", ".join(parts) or "no services") + (
+            f"; {len(self.problems)} config problems" if self.problems else "")
+
+
+def _proc_figures(pid: int) -> Mapping[str, float]:
+    """RSS and CPU seconds of a child from /proc (it may be gone by the time we look)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        return {"cpu_seconds": (int(fields[11]) + int(fields[12])) / ticks,
+                "rss_bytes": float(rss_pages * os.sysconf("SC_PAGE_SIZE"))}
+    return {}

@@ -1,0 +1,125 @@
+"""What an operator can ask of the daemon: the interface the control plane serves.
+
+The daemon implements `Operations`; the gRPC servicer is a thin adapter over it, so the
+control plane never reaches into supervisor or provisioning internals. Methods raise the
+errors in oraclewad.errors (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
+Unavailable), whose messages are written for the operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    tenant: str
+    service: str            # "recovery" | "broadcast" (or a program name for group "programs")
+    state: str              # starting | running | backoff | degraded | stopping | stopped | failed
+    pid: int | None
+    uptime_s: float | None
+    restarts: int
+    ready: bool
+    port: int | None
+    release: str
+    message: str = ""       # last exit, provisioning UNAVAILABLE reason, ...
+
+
+@dataclass(frozen=True)
+class TenantView:
+    id: str
+    name: str
+    services: tuple[str, ...]
+    release: str
+    ports: Mapping[str, int]
+    webhook_url: str
+    secrets_file: str
+    source_file: str
+    provisioned: bool
+    problems: tuple[str, ...] = ()
+    states: tuple[ServiceView, ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthView:
+    tenant: str
+    service: str
+    status: str             # ok | degraded | failing | unavailable | stopped
+    checks: Mapping[str, Any] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReloadView:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()      # invalid tenant files, reported and skipped
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    tenant: str
+    service: str
+    figures: Mapping[str, float]        # restarts, uptime_s, rss_bytes, cpu_seconds, requests_total, ...
+
+
+@dataclass(frozen=True)
+class EventView:
+    ts: float               # unix time
+    tenant: str
+    service: str
+    kind: str               # state | tenant_added | tenant_removed | reload | provision
+    state: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    """What `oraclectl tenant add` / `import-env` send; the daemon validates it like a file."""
+
+    id: str
+    name: str = ""
+    services: tuple[str, ...] = ("recovery", "broadcast")
+    release: str = ""
+    evolution_url: str = ""
+    evolution_api_key: str = ""          # a secret: stored 0600 under state_dir, never in tenants.d
+    instances: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)   # further tenant-file tables (antiban, ...)
+
+
+class Operations(Protocol):
+    async def add_tenant(self, new: NewTenant, *, wait: bool, timeout: float) -> TenantView: ...
+
+    async def remove_tenant(self, tenant_id: str, *, purge: bool) -> list[str]: ...
+
+    def list_tenants(self) -> list[TenantView]: ...
+
+    def get_tenant(self, tenant_id: str) -> TenantView: ...
+
+    def status(self, tenant_id: str | None = None) -> list[ServiceView]: ...
+
+    async def health(self, tenant_id: str | None = None) -> list[HealthView]: ...
+
+    async def start(self, tenant_id: str, service: str | None = None) -> list[ServiceView]: ...
+
+    async def stop(self, tenant_id: str, service: str | None = None) -> list[ServiceView]: ...
+
+    async def restart(self, tenant_id: str, service: str | None = None) -> list[ServiceView]: ...
+
+    async def reload(self) -> ReloadView: ...
+
+    async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]: ...
+
+    def log_file(self, tenant_id: str, service: str, channel: str) -> str:
+        """Path of a log file (channel: combined, error, webhook, ...); NotFound if unknown."""
+        ...
+
+    def watch_events(self) -> AsyncIterator[EventView]:
+        """A bounded subscription; a consumer that falls behind is dropped, never blocks."""
+        ...
+
+    def releases(self) -> Sequence[str]: ...

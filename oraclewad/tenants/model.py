@@ -1,0 +1,149 @@
+"""The tenant model: one `tenants.d/<id>.toml` file, parsed and validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oraclewad.errors import Problem
+from oraclewad.settings import Policy
+from oraclewad.tenants.ids import SERVICES, id_problem
+from oraclewad.tenants.ids import unit_name as _unit_name
+from oraclewad.tomlcheck import TableReader, port_number, positive
+
+ANTIBAN_STRATEGIES = ("conti_chips", "conservative", "moderate", "aggressive")
+EVOLUTION_API_VERSIONS = ("v2", "v1")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    port: int | None
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    url: str = ""
+    api_key_file: Path | None = None
+    instances: tuple[str, ...] = ()
+    api_version: str = "v2"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    services: tuple[ServiceConfig, ...]
+    release: str | None
+    evolution: EvolutionConfig
+    # Later issues give these tables their full meaning; until then they pass through as JSON text
+    # so a Tenant stays hashable and a changed table counts as a changed effective config.
+    antiban_json: str = "{}"
+    templates_json: str = "{}"
+    source: Path = field(default=Path(), compare=False)
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def unit_names(self) -> list[str]:
+        return [_unit_name(self.id, s.name) for s in self.services]
+
+    @property
+    def antiban(self) -> dict[str, Any]:
+        return json.loads(self.antiban_json)
+
+    @property
+    def templates(self) -> dict[str, Any]:
+        return json.loads(self.templates_json)
+
+
+def _services(value: Any, reader: TableReader) -> tuple[str, ...]:
+    if value == "all":
+        return SERVICES
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or any(v not in SERVICES for v in value) or len(set(value)) != len(value)):
+        reader.fail("services", 'must be "all" or a list drawn from ["recovery", "broadcast"], '
+                                "each at most once")
+        return ()
+    return tuple(s for s in SERVICES if s in value)
+
+
+def _antiban(reader: TableReader) -> dict[str, Any]:
+    strategy = reader.get("strategy", str, "conti_chips")
+    if strategy not in ANTIBAN_STRATEGIES:
+        reader.fail("strategy", f"unknown strategy {strategy!r}: use one of {', '.join(ANTIBAN_STRATEGIES)}")
+    for name in ("delay_min", "delay_max", "pause_min", "pause_max"):
+        reader.get(name, float, check=positive)
+    reader.get("batch_size", int, check=positive)
+    for name in ("delay_min", "pause_min"):
+        low, high = reader.table.get(name), reader.table.get(name.replace("min", "max"))
+        if isinstance(low, int | float) and isinstance(high, int | float) and low > high:
+            reader.fail(name, f"must not exceed {name.replace('min', 'max')}")
+    # Warm-up and working hours are shaped by the anti-ban issue; accept tables for now.
+    for name in ("warmup", "working_hours"):
+        reader.sub(name)
+    reader.seen.update(reader.table)
+    return dict(reader.table)
+
+
+def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
+                 problems: list[Problem]) -> Tenant | None:
+    """Validate one tenant document; None (with problems appended) when it is unusable."""
+    before = len(problems)
+    root = TableReader(doc, str(source), "", problems)
+    tenant_id = root.get("id", str)
+    stem = source.stem
+    if tenant_id is None:
+        root.fail("id", f'is required: add id = "{stem}"')
+        tenant_id = stem
+    elif (why := id_problem(tenant_id)) is not None:
+        root.fail("id", why)
+    elif tenant_id != stem:
+        root.fail("id", f"{tenant_id!r} must match the file name: rename the file to {tenant_id}.toml")
+    name = root.get("name", str, tenant_id)
+    wanted = _services(root.get("services", (str, list), "all"), root)
+    release = root.get("release", str)
+    if release is not None:
+        release = release.removeprefix("v") or None
+
+    services = []
+    for svc in SERVICES:
+        sub = root.sub(svc)
+        port = sub.get("port", int, check=port_number)
+        svc_policy = policy.overridden(sub.sub("policy"))
+        sub.finish()
+        if svc in wanted:
+            services.append(ServiceConfig(svc, port, svc_policy))
+
+    ev = root.sub("evolution")
+    url = ev.get("url", str, "")
+    if url and not url.startswith(("http://", "https://")):
+        ev.fail("url", "must start with http:// or https://")
+    key_file = ev.get("api_key_file", str)
+    instances = ev.get("instances", list, [])
+    if not all(isinstance(i, str) and i for i in instances):
+        ev.fail("instances", 'must be a list of instance names, e.g. ["imperio-1"]')
+        instances = []
+    api_version = ev.get("api_version", str, "v2")
+    if api_version not in EVOLUTION_API_VERSIONS:
+        ev.fail("api_version", 'must be "v2" or "v1"')
+    ev.finish()
+    evolution = EvolutionConfig(
+        url=url, instances=tuple(instances), api_version=api_version,
+        api_key_file=None if key_file is None else source.parent / Path(key_file).expanduser())
+
+    antiban = _antiban(root.sub("antiban"))
+    templates = root.get("templates", dict, {})
+    if not all(isinstance(v, str | list) for v in templates.values()):
+        root.fail("templates", "values must be strings or lists of strings (variants)")
+    root.finish()
+    if len(problems) > before:
+        return None
+    return Tenant(id=tenant_id, name=name, services=tuple(services), release=release,
+                  evolution=evolution, antiban_json=json.dumps(antiban, sort_keys=True),
+                  templates_json=json.dumps(templates, sort_keys=True), source=source)

@@ -1,0 +1,107 @@
+"""Port assignment: explicit ports win, missing ones are allocated once and remembered."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from oraclewad.errors import Problem
+from oraclewad.files import write_atomic
+from oraclewad.tenants.ids import unit_name
+from oraclewad.tenants.model import Tenant
+
+
+class PortBook:
+    """Allocated ports, kept in state_dir/ports.json so a service keeps its port across restarts.
+
+    The daemon never writes a port into an operator's tenant file; this book is its own memory.
+    """
+
+    def __init__(self, path: Path, port_range: tuple[int, int], bind_host: str) -> None:
+        self.path = path
+        self.first, self.last = port_range
+        self.bind_host = bind_host
+        try:
+            self.remembered: dict[str, int] = json.loads(path.read_text())
+        except FileNotFoundError:
+            self.remembered = {}
+
+    def _bindable(self, port: int) -> bool:
+        with socket.socket(socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.bind_host, port))
+            except OSError:
+                return False
+        return True
+
+    def assign(self, tenants: Mapping[str, Tenant], reserved: Iterable[int] = (),
+               bound: Mapping[str, int] | None = None, *,
+               persist: bool = True) -> tuple[dict[str, int], list[Problem]]:
+        """Port for every tenant-service; a tenant whose explicit port clashes gets a Problem.
+
+        `bound` names ports the daemon itself already holds (running services), which are
+        in use but still theirs.
+        """
+        bound = dict(bound or {})
+        problems: list[Problem] = []
+        taken: dict[int, str] = {p: "a host program" for p in reserved}
+        ports: dict[str, int] = {}
+        rejected: set[str] = set()
+        for tenant in tenants.values():
+            for svc in tenant.services:
+                unit = unit_name(tenant.id, svc.name)
+                if svc.port is None:
+                    continue
+                if svc.port in taken:
+                    problems.append(Problem(str(tenant.source), f"{svc.name}.port",
+                                            f"port {svc.port} is already used by {taken[svc.port]}: "
+                                            "pick another or remove the key to have one allocated"))
+                    rejected.add(tenant.id)
+                else:
+                    taken[svc.port] = unit
+                    ports[unit] = svc.port
+        for unit, port in self.remembered.items():
+            if unit not in ports:
+                taken.setdefault(port, unit)
+        changed = False
+        for tenant in tenants.values():
+            if tenant.id in rejected:
+                continue
+            for svc in tenant.services:
+                unit = unit_name(tenant.id, svc.name)
+                if unit in ports:
+                    continue
+                port = self.remembered.get(unit)
+                if port is None or taken.get(port, unit) != unit:
+                    port = self._allocate(taken, bound)
+                    if port is None:
+                        problems.append(Problem(str(tenant.source), f"{svc.name}.port",
+                                                f"no free port left in {self.first}-{self.last}: "
+                                                "widen [services] port_range"))
+                        rejected.add(tenant.id)
+                        break
+                    self.remembered[unit] = port
+                    changed = True
+                taken[port] = unit
+                ports[unit] = port
+        if changed and persist:
+            write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())
+        for tenant_id in rejected:
+            for svc in tenants[tenant_id].services:
+                ports.pop(unit_name(tenant_id, svc.name), None)
+        return ports, problems
+
+    def _allocate(self, taken: Mapping[int, str], bound: Mapping[str, int]) -> int | None:
+        held = set(bound.values())
+        for port in range(self.first, self.last + 1):
+            if port not in taken and port not in held and self._bindable(port):
+                return port
+        return None
+
+    def forget(self, tenant_id: str, services: Iterable[str]) -> None:
+        """Drop a purged tenant's allocations."""
+        if any(self.remembered.pop(unit_name(tenant_id, s), None) for s in list(services)):
+            write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())

@@ -1,0 +1,55 @@
+"""Changes to tenants.d made on an operator's behalf (oraclectl tenant add/remove).
+
+tenants.d stays the single source of truth: adding writes a file exactly as an operator
+would, then the daemon reloads. Writes never overwrite a file someone else just made.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from oraclewad.errors import AlreadyExists, NotFound
+from oraclewad.files import write_atomic
+from oraclewad.tenants.ids import id_key
+from oraclewad.tenants.loader import tenant_files
+
+REMOVED_DIR = ".removed"
+
+
+def find_tenant_file(tenants_dir: Path, tenant_id: str) -> Path | None:
+    """The file holding this id (matched ignoring case and '-'/'_', as uniqueness is)."""
+    key = id_key(tenant_id)
+    return next((p for p in tenant_files(tenants_dir) if id_key(p.stem) == key), None)
+
+
+def create_tenant_file(tenants_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write tenants.d/<id>.toml; AlreadyExists if that id (in any case) has a file already."""
+    tenant_id = doc["id"]
+    existing = find_tenant_file(tenants_dir, tenant_id)
+    if existing is not None:
+        raise AlreadyExists(f"tenant {tenant_id!r} already exists ({existing}): "
+                            "remove it first or pick another id")
+    path = tenants_dir / f"{tenant_id}.toml"
+    header = b"# Written by `oraclectl tenant add`; edit freely, then `oraclectl reload`.\n"
+    try:
+        write_atomic(path, header + tomli_w.dumps(doc).encode(), 0o644, exclusive=True)
+    except FileExistsError:
+        raise AlreadyExists(f"tenant {tenant_id!r} already exists ({path})") from None
+    return path
+
+
+def retire_tenant_file(tenants_dir: Path, tenant_id: str) -> Path:
+    """Move the tenant's file to tenants.d/.removed/ (kept for the record, never loaded)."""
+    path = find_tenant_file(tenants_dir, tenant_id)
+    if path is None:
+        raise NotFound(f"no tenant {tenant_id!r} in {tenants_dir}")
+    removed = tenants_dir / REMOVED_DIR
+    removed.mkdir(mode=0o750, exist_ok=True)
+    target = removed / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}.toml"
+    os.replace(path, target)
+    return target

@@ -207,7 +207,8 @@ def load_settings(path: Path) -> Settings:
     c.finish()
 
     m = root.sub("metrics")
-    metrics_listen = m.get("listen", str, "127.0.0.1:9464", check=_address) or None
+    metrics_listen = m.get("listen", str, "127.0.0.1:9464",
+                           check=lambda v: None if v == "" else _address(v)) or None
     m.finish()
 
     programs = []

@@ -1,0 +1,178 @@
+"""Config and tenant files: every mistake is reported with file, key and fix; good tenants still run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oraclewad.errors import AlreadyExists, InvalidArgument
+from oraclewad.settings import find_config, load_settings
+from oraclewad.tenants.ids import id_problem, resource_name
+from oraclewad.tenants.loader import load_tenants
+from oraclewad.tenants.ports import PortBook
+from oraclewad.tenants.store import create_tenant_file, retire_tenant_file
+from tests.harness import REPO, write_config, write_tenant
+
+ORACLEWAD = [sys.executable, "-m", "oraclewad.cli"]
+
+
+def test_the_repo_config_and_example_tenant_are_valid() -> None:
+    result = subprocess.run([*ORACLEWAD, "check", "--config", str(REPO / "oraclewad.toml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    settings = load_settings(REPO / "oraclewad.toml")
+    assert settings.state_dir == REPO / "var" / "state"  # relative to the config file, not the cwd
+    assert settings.postgres.dsn is None and settings.redis.url is None  # embedded by default
+    assert load_tenants(settings.tenants_dir, settings.policy).tenants["imperio"].name == "Império Prêmios"
+
+
+def test_config_errors_name_file_key_and_fix(tmp_path: Path) -> None:
+    config = tmp_path / "oraclewad.toml"
+    config.write_text('[daemon]\nstate_dir = 3\nbogus = 1\n[policy]\nbackoff_max = -1\n'
+                      '[services]\nport_range = [5000, 4000]\n[control]\ntls_cert = "c.pem"\n')
+    with pytest.raises(InvalidArgument) as err:
+        load_settings(config)
+    text = str(err.value)
+    for expected in ("daemon.state_dir: must be a string", "daemon.bogus: unknown key",
+                     "policy.backoff_max: must be greater than 0",
+                     "services.port_range: must be [FIRST, LAST]",
+                     "control.tls_cert: set both tls_cert and tls_key"):
+        assert expected in text
+    assert str(config) in text
+
+
+def test_config_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OWA_CONFIG", raising=False)
+    assert find_config("x.toml") == Path("x.toml")
+    (tmp_path / "oraclewad.toml").write_text("")
+    assert find_config() == Path("oraclewad.toml")
+    monkeypatch.setenv("OWA_CONFIG", "/elsewhere.toml")
+    assert find_config() == Path("/elsewhere.toml")
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "a b", 'a";drop', "x$(rm -rf)", "é", "a" * 41, "a/b", "../x"])
+def test_bad_tenant_ids_are_refused(bad: str) -> None:
+    assert id_problem(bad) is not None
+
+
+def test_good_tenant_ids_and_derived_names() -> None:
+    for good in ("lojaABC", "imperio", "a", "x-1_y", "a" * 40):
+        assert id_problem(good) is None
+    assert resource_name("lojaABC", "recovery") == "lojaabc_recovery"
+    assert resource_name("my-shop", "broadcast") == "my_shop_broadcast"
+
+
+def test_invalid_tenant_files_are_reported_and_skipped(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    write_tenant(tmp_path, "good")
+    write_tenant(tmp_path, "lojaABC")
+    (tmp_path / "tenants.d" / "LOJAabc.toml").write_text('id = "LOJAabc"\n')
+    (tmp_path / "tenants.d" / "wrongname.toml").write_text('id = "other"\n')
+    (tmp_path / "tenants.d" / "garbled.toml").write_text('id = "garbled\n')
+    write_tenant(tmp_path, "badkeys", '[recovery]\nport = 70000\n[antiban]\nstrategy = "yolo"\n'
+                 "delay_min = 50\ndelay_max = 10\n[evolution]\nurl = \"ftp://x\"\n")
+    (tmp_path / "tenants.d" / ".editor-swap.toml").write_text("garbage")
+    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    assert sorted(loaded.tenants) == ["LOJAabc", "good"]  # files load in name order; the first id wins
+    text = "\n".join(str(p) for p in loaded.problems)
+    assert "clashes with" in text
+    assert "wrongname.toml: id: 'other' must match the file name" in text
+    assert "garbled.toml: not valid TOML" in text
+    assert "recovery.port: must be a TCP port" in text
+    assert "antiban.strategy: unknown strategy 'yolo'" in text
+    assert "antiban.delay_min: must not exceed delay_max" in text
+    assert "evolution.url: must start with http://" in text
+    result = subprocess.run([*ORACLEWAD, "check", "--config", str(settings.path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "problem(s) found" in result.stderr and "badkeys.toml" in result.stderr
+
+
+def test_allocated_ports_are_stable_and_never_shared(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    first = settings.port_range[0]
+    write_tenant(tmp_path, "a", f"[recovery]\nport = {first + 1}\n")
+    write_tenant(tmp_path, "b")
+    book_path = settings.state_dir / "ports.json"
+    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    ports, problems = PortBook(book_path, settings.port_range, "127.0.0.1").assign(loaded.tenants)
+    assert not problems
+    assert ports["a/recovery"] == first + 1
+    assert len(set(ports.values())) == 4
+    assert json.loads(book_path.read_text()) == {k: v for k, v in ports.items() if k != "a/recovery"}
+    # A restart (a new book read from disk) gives the same ports; the tenant file is untouched.
+    before = (tmp_path / "tenants.d" / "b.toml").read_text()
+    again, _ = PortBook(book_path, settings.port_range, "127.0.0.1").assign(loaded.tenants)
+    assert again == ports
+    assert (tmp_path / "tenants.d" / "b.toml").read_text() == before
+
+
+def test_explicit_port_clash_rejects_only_the_second_tenant(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    port = settings.port_range[0] + 5
+    write_tenant(tmp_path, "a", f"[recovery]\nport = {port}\n")
+    write_tenant(tmp_path, "b", f"[broadcast]\nport = {port}\n")
+    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    ports, problems = PortBook(settings.state_dir / "p.json", settings.port_range, "127.0.0.1").assign(
+        loaded.tenants)
+    assert "a/recovery" in ports and "b/recovery" not in ports
+    assert f"port {port} is already used by a/recovery" in str(problems[0])
+
+
+def test_allocation_skips_ports_other_programs_hold(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", settings.port_range[0]))
+        busy.listen()
+        write_tenant(tmp_path, "a")
+        loaded = load_tenants(settings.tenants_dir, settings.policy)
+        ports, _ = PortBook(settings.state_dir / "p.json", settings.port_range, "127.0.0.1").assign(
+            loaded.tenants)
+    assert settings.port_range[0] not in ports.values()
+
+
+def test_tenant_files_are_created_exclusively_and_retired_not_deleted(tmp_path: Path) -> None:
+    tenants_dir = tmp_path / "tenants.d"
+    path = create_tenant_file(tenants_dir, {"id": "lojaABC", "name": "Loja"})
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(AlreadyExists):
+        create_tenant_file(tenants_dir, {"id": "LOJAabc"})
+    moved = retire_tenant_file(tenants_dir, "lojaABC")
+    assert moved.parent.name == ".removed" and 'id = "lojaABC"' in moved.read_text()
+    assert not path.exists()
+    assert not [p for p in tenants_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_check_exits_non_zero_on_a_broken_config(tmp_path: Path) -> None:
+    config = tmp_path / "oraclewad.toml"
+    config.write_text("[daemon\n")
+    result = subprocess.run([*ORACLEWAD, "check", "--config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 1 and "not valid TOML" in result.stderr
+    missing = subprocess.run([*ORACLEWAD, "check", "--config", str(tmp_path / "nope.toml")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "file not found" in missing.stderr
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package: systemd)")
+    unit = (REPO / "systemd" / "oraclewad.service").read_text()
+    # verify checks that ExecStart exists: point it at this checkout's installed script.
+    unit = unit.replace("/opt/oraclewa/.venv/bin/oraclewad", str(Path(sys.executable).parent / "oraclewad"))
+    target = tmp_path / "oraclewad.service"
+    target.write_text(unit)
+    result = subprocess.run([analyze, "verify", str(target)], capture_output=True, text=True,
+                            env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
+    assert result.returncode == 0, result.stderr
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "KillMode=mixed",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "User=oraclewa"):
+        assert line in unit

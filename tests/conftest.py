@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Daemon, drop_external, external_servers_reachable, write_config
+
+EXTERNAL = external_servers_reachable()
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    """The machine's PostgreSQL/Redis when they run (the production path), else embedded ones."""
+    return "external" if EXTERNAL else "embedded"
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, backend: str) -> Iterator[Callable[..., Daemon]]:
+    """Build real daemons on temporary configs; every one is stopped at the end of the test."""
+    made: list[Daemon] = []
+
+    def make(root: Path | None = None, *, backend: str = backend, extra: str = "",
+             policy: str = "") -> Daemon:
+        root = root or tmp_path / f"d{len(made)}"
+        root.mkdir(parents=True, exist_ok=True)
+        daemon = Daemon(root, write_config(root, backend=backend, extra=extra, policy=policy))
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+    if backend == "external":
+        ids = {p.name.split(".")[0] for d in made for p in (d.root / "tenants.d").rglob("*.toml")}
+        drop_external(sorted(ids))

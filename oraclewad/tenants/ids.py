@@ -15,6 +15,8 @@ def id_problem(tenant_id: object) -> str | None:
         return f"tenant id is required: {ID_RULE}"
     if not ID_RE.fullmatch(tenant_id):
         return f"invalid tenant id {tenant_id!r}: {ID_RULE}"
+    if id_key(tenant_id) == "pg" or id_key(tenant_id).startswith("pg_"):
+        return f"invalid tenant id {tenant_id!r}: PostgreSQL reserves role names starting with 'pg_'"
     return None
 
 

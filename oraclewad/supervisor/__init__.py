@@ -1,0 +1,7 @@
+"""Child processes, restart policy, per-service runners and the reconcile loop."""
+
+from oraclewad.supervisor.spec import ProcessSpec
+from oraclewad.supervisor.status import Changes, ServiceEvent, ServiceStatus
+from oraclewad.supervisor.supervisor import Supervisor
+
+__all__ = ["Changes", "ProcessSpec", "ServiceEvent", "ServiceStatus", "Supervisor"]

@@ -1,0 +1,56 @@
+"""Restart delays and the circuit breaker: pure logic, times are passed in (no clock, no I/O)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from oraclewad.settings import Policy
+
+
+class Backoff:
+    """Delay before restart n (1-based) = min(initial * 2**(n-1), max) +- jitter.
+
+    The breaker trips when `breaker_restarts` restarts fall within `breaker_window`; a tripped
+    breaker keeps retrying at the cap (degraded, never given up). Both the doubling and the
+    breaker reset once the service has stayed up for `backoff_reset_after`.
+    """
+
+    def __init__(self, policy: Policy, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self.failures = 0                       # consecutive, since the last reset
+        self.tripped = False
+        self._restarts: deque[float] = deque()  # times of recent restarts, for the breaker
+
+    def base_delay(self, n: int) -> float:
+        """The un-jittered delay before restart n (1-based), tripped breaker aside."""
+        p = self.policy
+        # Cap the exponent: 2**n overflows a float long before a service stops crash-looping.
+        return min(p.backoff_initial * 2 ** min(n - 1, 64), p.backoff_max)
+
+    def failure(self, now: float) -> float:
+        """Record an unexpected exit at `now`; returns how long to wait before the next start."""
+        p = self.policy
+        self.failures += 1
+        self._restarts.append(now)
+        while self._restarts and self._restarts[0] <= now - p.breaker_window:
+            self._restarts.popleft()
+        if len(self._restarts) >= p.breaker_restarts:
+            self.tripped = True
+        delay = p.backoff_max if self.tripped else self.base_delay(self.failures)
+        if p.backoff_jitter:
+            delay *= 1 + self._rng.uniform(-p.backoff_jitter, p.backoff_jitter)
+        return max(delay, 0.0)
+
+    def reset_due(self, running_since: float) -> float:
+        """When a process up since `running_since` has earned a reset."""
+        return running_since + self.policy.backoff_reset_after
+
+    def reset(self) -> bool:
+        """The service stayed up long enough: start over. Returns whether it was degraded."""
+        was = self.tripped
+        self.failures = 0
+        self.tripped = False
+        self._restarts.clear()
+        return was

@@ -1,0 +1,461 @@
+"""One task per service: spawn, watch, restart with backoff, stop; the service's state machine.
+
+    stopped -> starting -> running -> stopping -> stopped
+                  |           |
+                  +-----------+--> (unexpected exit, start deadline, watchdog)
+                                   backoff | degraded -> starting ...
+
+The runner acts on one "poke" event: notifications, commands and the child's exit all set it,
+and the loop re-reads the runner's fields. Deadlines (start, watchdog, backoff reset) are
+trio.current_time() values, so a MockClock drives them in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from oraclewad.settings import LogSettings, Policy
+from oraclewad.supervisor.backoff import Backoff
+from oraclewad.supervisor.listeners import BindError, Listeners
+from oraclewad.supervisor.logsink import Compressor, Line, LogSink, pump
+from oraclewad.supervisor.notify import NotifyServer
+from oraclewad.supervisor.process import Child, SpawnError, describe_exit, spawn
+from oraclewad.supervisor.spec import ProcessSpec
+from oraclewad.supervisor.status import (
+    BACKOFF,
+    DEGRADED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    ServiceEvent,
+    ServiceStatus,
+)
+
+log = logging.getLogger("oraclewad.supervisor")
+
+SETTLED = frozenset({RUNNING, BACKOFF, DEGRADED, STOPPED})
+OUTPUT_DRAIN = 1.0      # seconds to let the pumps write a dead child's last lines
+MAX_MESSAGE = 500
+
+
+@dataclass
+class Context:
+    """What every runner shares, owned by the Supervisor."""
+
+    run_dir: Path
+    logs: LogSettings
+    compressor: Compressor
+    listeners: Listeners
+    notify: NotifyServer
+    children: set[int]                      # pids spawned by runners (the reaper leaves them alone)
+    base_env: dict[str, str]
+    rng: random.Random
+    emit: Callable[[ServiceEvent], None]
+    runner_done: Callable[[Runner], None]
+    # A spawn blocks the loop for about a millisecond (the vfork waits for setpriv's exec); taking
+    # turns puts a scheduling round, and so an I/O poll, between two spawns of a mass start.
+    spawn_turn: trio.Lock = field(default_factory=trio.Lock)
+
+
+def write_private(path: Path, text: str) -> None:
+    """A 0600 file in a 0700 directory, replaced whole (no fsync: run_dir is runtime state)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Runner:
+    def __init__(self, spec: ProcessSpec, ctx: Context, *, want_run: bool,
+                 previous: Runner | None = None) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.want_run = want_run        # desired state; False after an operator stop
+        self.removing = False
+        self.gen = 0                    # bumped by restart requests: ends the current process
+        self.attempts = 0
+        self.state = STOPPED
+        self.backoff = Backoff(spec.policy, ctx.rng)
+        self.child: Child | None = None
+        self.ready = False
+        self.restarts = 0
+        self.last_exit = ""
+        self.message = ""
+        self.started_wall: float | None = None
+        self.retry_at: float | None = None
+        self.done = trio.Event()
+        self._previous = previous       # a retiring runner of the same name: wait for it
+        self._spawned_at = 0.0
+        self._running_since = 0.0
+        self._last_ping = 0.0
+        self._start_deadline = math.inf
+        self._reset_pending = False
+        self._poke_event = trio.Event()
+        self._changed = trio.Event()
+        self._pump_scopes: set[trio.CancelScope] = set()
+        self._sink: LogSink | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # ---- read side ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.ctx.run_dir / "children" / f"{self.spec.file_stem}.json"
+
+    @property
+    def admin_path(self) -> Path:
+        return self.ctx.run_dir / "admin" / f"{self.spec.file_stem}.sock"
+
+    def status(self) -> ServiceStatus:
+        child = self.child
+        alive = child is not None and not child.exited.is_set()
+        return ServiceStatus(
+            name=self.spec.name, group=self.spec.group, state=self.state,
+            pid=child.pid if alive and child else None,
+            started_at=self.started_wall if alive else None,
+            uptime=trio.current_time() - self._spawned_at if alive else None,
+            restarts=self.restarts, ready=self.ready, last_exit=self.last_exit, message=self.message,
+            labels=self.spec.labels, degraded=self.backoff.tripped)
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_settled(self, after_attempt: int | None) -> None:
+        """Until the service is running or has failed/stopped (after a new attempt, if given)."""
+        while not self.done.is_set():
+            if self.state in SETTLED and (after_attempt is None or self.attempts > after_attempt
+                                          or not self.want_run):
+                return
+            await self.wait_changed()
+
+    async def wait_stopped(self) -> None:
+        while not self.done.is_set() and not (self.state == STOPPED and self.child is None):
+            await self.wait_changed()
+
+    # ---- commands (called by the Supervisor on the trio thread) ------------------------------
+
+    def poke(self) -> None:
+        event, self._poke_event = self._poke_event, trio.Event()
+        event.set()
+
+    def update(self, spec: ProcessSpec) -> None:
+        """A changed spec: the running process (if any) is replaced by one with the new spec."""
+        self.spec = spec
+        self.backoff.policy = spec.policy
+        self.gen += 1
+        self.poke()
+
+    def remove(self) -> None:
+        self.removing = True
+        self.poke()
+
+    # ---- the task ----------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        try:
+            if self._previous is not None:
+                await self._previous.done.wait()
+                self._previous = None
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._loop_forever()
+                finally:
+                    # Also on cancellation (daemon shutdown): stop the child properly, then give
+                    # the pumps a bounded moment to write its last lines.
+                    with trio.CancelScope(shield=True):
+                        await self._stop_child()
+                        deadline = trio.current_time() + OUTPUT_DRAIN
+                        for scope in self._pump_scopes:
+                            scope.deadline = deadline
+        finally:
+            if self._sink is not None:
+                self._sink.release()
+                self._sink = None
+            self.ctx.runner_done(self)
+            self.done.set()
+            if self.state != STOPPED:
+                self._set_state(STOPPED)
+            else:
+                self._wake_waiters()
+
+    async def _loop_forever(self) -> None:
+        while True:
+            try:
+                await self._loop()
+                return
+            except Exception:
+                # A supervisor bug must not take every other service down with this one.
+                log.exception("runner of %s failed; restarting it in 1 s", self.name)
+                self.message = "internal supervisor error (see the daemon log)"
+                with trio.CancelScope(shield=True):
+                    await self._stop_child()
+                self._set_state(BACKOFF)
+                await trio.sleep(1)
+
+    async def _loop(self) -> None:
+        while not self.removing:
+            if not self.want_run:
+                self._set_state(STOPPED)
+                await self._wait_poke()
+                continue
+            gen = self.gen
+            if not await self._attempt(gen) or self.removing:
+                continue
+            now = trio.current_time()
+            delay = self.backoff.failure(now)
+            self.restarts += 1
+            self.retry_at = now + delay
+            self._set_state(DEGRADED if self.backoff.tripped else BACKOFF)
+            log.info("%s: restart %d in %.1f s%s", self.name, self.restarts, delay,
+                     " (degraded: breaker tripped)" if self.backoff.tripped else "")
+            # A restart/start request (gen bump), a stop or a removal cuts the wait short.
+            while self.gen == gen and self.want_run and not self.removing:
+                if trio.current_time() >= self.retry_at:
+                    break
+                event = self._poke_event
+                with trio.move_on_at(self.retry_at):
+                    await event.wait()
+            self.retry_at = None
+
+    async def _wait_poke(self) -> None:
+        await self._poke_event.wait()
+
+    async def _attempt(self, gen: int) -> bool:
+        """Run one process to its end. True when it ended in failure (restart with backoff)."""
+        spec = self.spec
+        self.attempts += 1
+        self.ready = False
+        try:
+            async with self.ctx.spawn_turn:
+                if self.gen != gen or not self.want_run or self.removing:
+                    return False        # called off while waiting for the turn
+                listen = self.ctx.listeners.acquire(spec.name, spec.listen) if spec.listen else None
+                env = self._prepare(spec)
+                child = spawn(spec.argv, env, cwd=spec.cwd, listen_fd=listen.fileno() if listen else None)
+        except (BindError, SpawnError) as e:
+            self.message = str(e)
+            log.warning("%s: %s", self.name, e)
+            return True
+        except OSError as e:
+            self.message = f"cannot prepare the start: {e}"
+            log.warning("%s: %s", self.name, self.message)
+            return True
+        now = trio.current_time()
+        self.child = child
+        self._spawned_at = now
+        self.started_wall = time.time()
+        self.message = ""
+        self.ctx.children.add(child.pid)
+        self.ctx.notify.register(child.pid, partial(self._on_notify, child))
+        assert self._nursery is not None
+        sink = self._sink_for(spec.log_dir)
+        handlers: tuple[tuple[int, Callable[[list[Line]], None]], ...] = (
+            (child.stdout, sink.stdout_lines), (child.stderr, sink.stderr_lines))
+        for fd, handle in handlers:
+            self._nursery.start_soon(self._pump, child, fd, sink.acquire(), handle)
+        self._nursery.start_soon(self._watch, child)
+        log.info("%s: started pid %d", self.name, child.pid)
+        if spec.notify:
+            self._start_deadline = now + spec.policy.start_timeout
+            self._set_state(STARTING)
+        else:
+            self._became_ready(now)
+        return await self._supervise(child, gen, spec.notify, spec.policy)
+
+    async def _supervise(self, child: Child, gen: int, notify: bool, policy: Policy) -> bool:
+        watchdog = notify and policy.watchdog_timeout > 0
+        while True:
+            if child.exited.is_set():
+                self.message = f"exited unexpectedly ({self.last_exit})"
+                log.warning("%s: pid %d %s", self.name, child.pid, self.message)
+                return True
+            if self.gen != gen or not self.want_run or self.removing:
+                await self._terminate(child)
+                return False
+            now = trio.current_time()
+            wake = math.inf
+            if not self.ready:
+                if now >= self._start_deadline:
+                    await self._kill(child, f"not ready within {policy.start_timeout:g} s "
+                                            "(no READY=1): killed")
+                    return True
+                wake = self._start_deadline
+            else:
+                if watchdog:
+                    due = self._last_ping + policy.watchdog_timeout
+                    if now >= due:
+                        await self._kill(child, f"watchdog: no WATCHDOG=1 for "
+                                                f"{policy.watchdog_timeout:g} s: killed")
+                        return True
+                    wake = min(wake, due)
+                if self._reset_pending:
+                    due = self.backoff.reset_due(self._running_since)
+                    if now >= due:
+                        self._reset_pending = False
+                        if self.backoff.reset():
+                            log.info("%s: up for %g s, no longer degraded", self.name,
+                                     policy.backoff_reset_after)
+                            self._announce_change()
+                    else:
+                        wake = min(wake, due)
+            event = self._poke_event
+            with trio.move_on_at(wake):
+                await event.wait()
+
+    def _became_ready(self, now: float) -> None:
+        self.ready = True
+        self._running_since = now
+        self._last_ping = now
+        self._reset_pending = True
+        self._set_state(RUNNING)
+
+    def _on_notify(self, child: Child, fields: dict[str, str]) -> None:
+        if child is not self.child or child.exited.is_set():
+            return
+        now = trio.current_time()
+        if "STATUS" in fields:
+            self.message = fields["STATUS"][:MAX_MESSAGE]
+        if fields.get("READY") == "1" and not self.ready and self.state == STARTING:
+            self._became_ready(now)
+        if fields.get("WATCHDOG") == "1":
+            self._last_ping = now
+        if fields.get("STOPPING") == "1" and self.state in (STARTING, RUNNING):
+            self._set_state(STOPPING)
+        self.poke()
+
+    async def _terminate(self, child: Child) -> None:
+        """SIGTERM to the group, the grace period, then SIGKILL to the group."""
+        self._set_state(STOPPING)
+        grace = self.spec.policy.stop_grace
+        child.signal_group(signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await child.exited.wait()
+        if not child.exited.is_set():
+            self.message = f"still running {grace:g} s after SIGTERM: killed"
+            log.warning("%s: pid %d %s", self.name, child.pid, self.message)
+            child.signal_group(signal.SIGKILL)
+            await child.exited.wait()
+        with trio.move_on_after(OUTPUT_DRAIN):
+            await child.output_done.wait()
+            # "stopped" means the whole group is gone: the killed grandchildren are zombies until
+            # the reaper (woken by their SIGCHLD) collects them; no event says when, so poll.
+            while child.group_alive():
+                await trio.sleep(0.01)
+
+    async def _kill(self, child: Child, why: str) -> None:
+        self.message = why
+        log.warning("%s: pid %d %s", self.name, child.pid, why)
+        child.signal_group(signal.SIGKILL)
+        await child.exited.wait()
+
+    async def _stop_child(self) -> None:
+        child = self.child
+        if child is not None and not child.exited.is_set():
+            await self._terminate(child)
+
+    async def _watch(self, child: Child) -> None:
+        # Shielded: whatever is cancelled, the exit is reaped and accounted for.
+        with trio.CancelScope(shield=True):
+            status = await child.wait()
+        self.ctx.notify.unregister(child.pid)
+        self.ctx.children.discard(child.pid)
+        self.last_exit = describe_exit(status)
+        if self.child is child:
+            self.child = None
+            self.ready = False
+        self.poke()
+
+    async def _pump(self, child: Child, fd: int, sink: LogSink, handle: Callable[[list[Line]], None]) -> None:
+        # Shielded so a shutdown still records the child's last words; the runner bounds it.
+        scope = trio.CancelScope(shield=True)
+        self._pump_scopes.add(scope)
+        try:
+            with scope:
+                await pump(fd, handle)
+        except OSError as e:
+            log.warning("%s: reading output of pid %d failed: %s", self.name, child.pid, e)
+        finally:
+            self._pump_scopes.discard(scope)
+            sink.release()
+            child.output_closed()
+
+    def _sink_for(self, log_dir: Path) -> LogSink:
+        if self._sink is None or self._sink.log_dir != log_dir:
+            if self._sink is not None:
+                self._sink.release()
+            self._sink = LogSink(log_dir, self.ctx.logs, self.ctx.compressor).acquire()
+        return self._sink
+
+    def _prepare(self, spec: ProcessSpec) -> dict[str, str]:
+        """The child's environment, and the files it names."""
+        env = dict(self.ctx.base_env)
+        if spec.notify:
+            env["NOTIFY_SOCKET"] = os.fspath(self.ctx.notify.path)
+            if spec.policy.watchdog_timeout > 0:
+                env["WATCHDOG_USEC"] = str(int(spec.policy.watchdog_timeout * 1e6))
+        if spec.listen:
+            env["LISTEN_FDS"] = "1"
+            env["LISTEN_FDNAMES"] = "http"
+        if spec.config is not None:
+            write_private(self.config_path, spec.config)
+            env["OWA_CONFIG"] = os.fspath(self.config_path)
+        if spec.admin_socket:
+            admin = self.admin_path
+            admin.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(admin.parent, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                admin.unlink()      # a dead predecessor's socket file would make the bind fail
+            env["OWA_ADMIN_SOCKET"] = os.fspath(admin)
+        env.update(spec.env)
+        return env
+
+    def forget_files(self) -> None:
+        """The service is gone: its config file (it holds credentials) goes too."""
+        with contextlib.suppress(FileNotFoundError):
+            self.config_path.unlink()
+
+    # ---- state and events --------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            previous, self.state = self.state, state
+            self._announce_change(previous)
+
+    def _announce_change(self, previous: str | None = None) -> None:
+        child = self.child
+        self.ctx.emit(ServiceEvent(
+            name=self.spec.name, group=self.spec.group, state=self.state,
+            previous=self.state if previous is None else previous,
+            pid=child.pid if child is not None and not child.exited.is_set() else None,
+            at=time.time(), message=self.message, restarts=self.restarts, degraded=self.backoff.tripped))
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()

@@ -1,0 +1,48 @@
+"""What the supervisor is asked to run: one frozen spec per service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oraclewad.settings import Policy
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One supervised service. Two specs are equal exactly when the running process would differ,
+    so `apply` restarts a service iff its spec is unequal (labels are display-only: not compared).
+    """
+
+    name: str                                   # "imperio/recovery", "programs/sandbox": unique key
+    group: str                                  # tenant id, or "programs"
+    argv: tuple[str, ...]
+    log_dir: Path                               # logs/<tenant>/<service>/
+    # Extra env on top of a minimal inherited one (PATH, LANG, LC_ALL, TZ, HOME, PYTHONPATH if set).
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: Path | None = None
+    # Bound by the supervisor, kept across restarts, passed as fd 3 with LISTEN_FDS=1,
+    # LISTEN_FDNAMES=http. LISTEN_PID is not set (the pid is unknown before the spawn), so
+    # children must accept LISTEN_FDS without it.
+    listen: tuple[str, int] | None = None
+    # True: the child must send READY=1 (start deadline applies) and WATCHDOG=1 when the policy
+    # has a watchdog. False: running as soon as spawned, no watchdog.
+    notify: bool = True
+    config: str | None = None                   # JSON text -> 0600 file, path in OWA_CONFIG
+    admin_socket: bool = True                   # OWA_ADMIN_SOCKET=run_dir/admin/<group>-<svc>.sock
+    policy: Policy = field(default_factory=Policy)
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.argv:
+            raise ValueError("ProcessSpec needs a name and a non-empty argv")
+
+    @property
+    def service(self) -> str:
+        """The part of the name after the group ("recovery" in "imperio/recovery")."""
+        return self.name.rpartition("/")[2]
+
+    @property
+    def file_stem(self) -> str:
+        """<group>-<svc>: the stem of this service's config file and admin socket."""
+        return f"{self.group}-{self.service}"

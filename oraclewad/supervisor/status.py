@@ -1,0 +1,54 @@
+"""What the supervisor reports: service status, state-change events, the outcome of apply()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+BACKOFF = "backoff"
+DEGRADED = "degraded"       # waiting to retry at the cap delay: the breaker tripped
+STATES = (STARTING, RUNNING, STOPPING, STOPPED, BACKOFF, DEGRADED)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    group: str
+    state: str                  # one of STATES
+    pid: int | None
+    started_at: float | None    # wall clock (unix time) of the current process's spawn
+    uptime: float | None        # seconds since that spawn; None without a process
+    restarts: int               # automatic restarts after unexpected exits
+    ready: bool                 # READY=1 received (or spawned, for notify=False)
+    last_exit: str              # "exit 1", "killed by SIGKILL", "" before any exit
+    message: str                # the child's last STATUS=, or why the supervisor acted
+    labels: tuple[tuple[str, str], ...] = ()
+    degraded: bool = False      # breaker tripped; cleared once the service stays up past the reset
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    """A state change of one service (also sent when the breaker trips or clears)."""
+
+    name: str
+    group: str
+    state: str
+    previous: str
+    pid: int | None
+    at: float                   # wall clock
+    message: str
+    restarts: int
+    degraded: bool
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What apply() did, by service name (each tuple sorted)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()     # spec changed: restarted if running, else used at next start
+    unchanged: tuple[str, ...] = ()

@@ -1,0 +1,166 @@
+"""A tiny supervised child for the supervisor tests (stdlib only, starts in a few ms).
+
+Speaks the notify protocol on $NOTIFY_SOCKET (READY=1, WATCHDOG=1 every WATCHDOG_USEC/4,
+STOPPING=1 on SIGTERM) and reports what the tests look at in STATUS=, as space-separated
+key=value pairs: pid, ino (of fd 3), gpid (grandchild), orphan. With LISTEN_FDS=1 it accepts on
+fd 3 and answers every line with its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+_notify_sock: socket.socket | None = None
+
+
+def notify(*lines: str) -> None:
+    global _notify_sock
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if _notify_sock is None:
+        _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):   # supervisor gone: its death signal, not this, ends us
+        _notify_sock.sendto("\n".join(lines).encode(), address)
+
+
+def out(record: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps({"ts": time.time(), **record}) + "\n")
+    sys.stdout.flush()
+
+
+def serve(sock: socket.socket) -> None:
+    while True:
+        conn, _ = sock.accept()
+        with conn, conn.makefile("rwb") as f:
+            f.readline()
+            f.write(f"{os.getpid()}\n".encode())
+            f.flush()
+
+
+def spawn_grandchild(ignore_term: bool) -> int:
+    pid = os.fork()
+    if pid == 0:
+        if not ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        while True:
+            time.sleep(3600)
+    return pid
+
+
+def spawn_orphan(lifetime: float) -> int:
+    """Double fork: the grandchild escapes to its own session and is re-parented to the daemon."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:
+            os.setsid()
+            os.write(w, f"{os.getpid()}\n".encode())     # only once it has escaped
+            os.close(r)
+            os.close(w)
+            time.sleep(lifetime)
+            os._exit(0)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        grandchild = int(f.readline())
+    os.waitpid(middle, 0)
+    return grandchild
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--crash-after", type=float, default=None)
+    p.add_argument("--exit-code", type=int, default=3)
+    p.add_argument("--ignore-term", action="store_true")
+    p.add_argument("--spawn-grandchild", action="store_true")
+    p.add_argument("--orphan", type=float, default=None, metavar="LIFETIME")
+    p.add_argument("--no-ready", action="store_true")
+    p.add_argument("--no-watchdog", action="store_true")
+    p.add_argument("--log-sample", action="store_true")
+    p.add_argument("--log-bytes", type=int, default=0)
+    p.add_argument("--long-line", type=int, default=0)
+    args = p.parse_args()
+
+    status = {"pid": os.getpid()}
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        def on_term(signum: int, frame: object) -> None:
+            notify("STOPPING=1")
+            out({"level": "info", "msg": "stopping on SIGTERM"})
+            os._exit(0)
+        signal.signal(signal.SIGTERM, on_term)
+    if args.spawn_grandchild:
+        status["gpid"] = spawn_grandchild(args.ignore_term)
+    if args.orphan is not None:
+        status["orphan"] = spawn_orphan(args.orphan)
+    if os.environ.get("LISTEN_FDS") == "1":
+        sock = socket.socket(fileno=3)
+        status["ino"] = os.fstat(3).st_ino
+        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    if args.log_sample:
+        for record in (
+            {"level": "info", "channel": "webhook", "msg": "order received", "order": 17},
+            {"level": "info", "channel": "broadcast", "msg": "campaign tick"},
+            {"level": "warning", "channel": "antiban", "msg": "slowing down"},
+            {"level": "error", "channel": "webhook", "msg": "send failed"},
+            {"level": "info", "channel": "Bad Channel!", "msg": "bad channel name"},
+            {"level": "info", "channel": "error", "msg": "reserved channel name"},
+            {"level": "critical", "msg": "no channel, critical"},
+        ):
+            out(record)
+        sys.stdout.write("plain text line\n")
+        sys.stdout.flush()
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            traceback.print_exc()
+            sys.stderr.flush()
+    if args.long_line:
+        sys.stdout.write("x" * args.long_line + "\n")
+        sys.stdout.write("after long line\n")
+        sys.stdout.flush()
+    written = 0
+    while written < args.log_bytes:
+        line = json.dumps({"level": "info", "channel": "broadcast", "msg": "m" * 150, "n": written})
+        sys.stdout.write(line + "\n")
+        written += len(line) + 1
+    sys.stdout.flush()
+
+    text = " ".join(f"{k}={v}" for k, v in status.items())
+    if not args.no_ready:
+        notify("READY=1", f"STATUS={text}")
+    else:
+        notify(f"STATUS={text}")
+
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    interval = int(usec) / 4e6 if usec.isdigit() and not args.no_watchdog else None
+    crash_at = time.monotonic() + args.crash_after if args.crash_after is not None else None
+    while True:
+        now = time.monotonic()
+        if crash_at is not None and now >= crash_at:
+            out({"level": "error", "msg": "crashing on purpose"})
+            sys.exit(args.exit_code)
+        waits = [3600.0]
+        if interval:
+            waits.append(interval)
+        if crash_at is not None:
+            waits.append(crash_at - now)
+        time.sleep(max(min(waits), 0))
+        if interval:
+            notify("WATCHDOG=1")
+
+
+if __name__ == "__main__":
+    main()

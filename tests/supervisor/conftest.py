@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from oraclewad.settings import LogSettings, Policy
+from oraclewad.supervisor import ProcessSpec, Supervisor
+
+CHILD = Path(__file__).resolve().parent.parent / "programs" / "child.py"
+
+# Quick to restart, never degraded unless a test asks for it, generous start deadline.
+FAST = Policy(backoff_initial=0.05, backoff_max=0.5, backoff_jitter=0.0, backoff_reset_after=60.0,
+              breaker_restarts=1000, breaker_window=600.0, start_timeout=10.0, watchdog_timeout=5.0,
+              stop_grace=3.0)
+
+
+def child_argv(*flags: str) -> tuple[str, ...]:
+    # -S skips site: the child is stdlib only and starts faster.
+    return (sys.executable, "-S", str(CHILD), *flags)
+
+
+def status_fields(message: str) -> dict[str, str]:
+    """The key=value pairs the test child puts in STATUS=."""
+    return dict(part.split("=", 1) for part in message.split() if "=" in part)
+
+
+def proc_state(pid: int) -> str | None:
+    """'R', 'S', 'Z', ... or None once the pid is gone (reaped)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return None
+    return data[data.rfind(b")") + 2:].split()[0].decode()
+
+
+def zombie_children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                data = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = data[data.rfind(b")") + 2:].split()
+            if fields[0] == b"Z" and int(fields[1]) == me:
+                found.append(int(name))
+    return found
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> None:
+    """For conditions no event announces (a pid disappearing from /proc)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(step)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    # Short on purpose: unix socket paths are limited to 107 bytes, pytest's tmp_path is long.
+    path = Path(tempfile.mkdtemp(prefix="owa", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_spec(root: Path) -> Callable[..., ProcessSpec]:
+    def make(name: str, *flags: str, **fields: Any) -> ProcessSpec:
+        group, _, _ = name.partition("/")
+        fields.setdefault("policy", FAST)
+        fields.setdefault("admin_socket", False)
+        return ProcessSpec(name=name, group=group, argv=child_argv(*flags),
+                           log_dir=root / "logs" / name, **fields)
+    return make
+
+
+@pytest.fixture
+def make_supervisor(root: Path, nursery: trio.Nursery) -> Callable[..., Any]:
+    async def make(logs: LogSettings | None = None, **kwargs: Any) -> Supervisor:
+        kwargs.setdefault("rng", random.Random(7))
+        kwargs.setdefault("reap_grace", 0.3)
+        sup = Supervisor(root / "run", root / "state", logs or LogSettings(), **kwargs)
+        await nursery.start(sup.run)
+        return sup
+    return make
+
+
+@pytest.fixture
+async def sup(make_supervisor: Callable[..., Any]) -> AsyncIterator[Supervisor]:
+    yield await make_supervisor()
+
+
+def policy(**changes: Any) -> Policy:
+    return replace(FAST, **changes)

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(levelname)s %(name)s: %(message)s")
+    # pgserver narrates every pg_ctl call at INFO; the daemon reports what matters itself.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     path = find_config(args.config)
     try:
         settings = load_settings(path)

@@ -48,6 +48,7 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 view = await fleet.reload()
                 for problem in view.problems:
                     log.error("config problem (tenant skipped): %s", problem)
+                await fleet.wait_spawned(timeout=30)
                 log.info("started %d tenants: %s", len(fleet.tenants), fleet.summary())
                 notifier.notify("READY=1", f"STATUS={fleet.summary()}")
                 if notifier.watchdog_interval:

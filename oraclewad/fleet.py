@@ -50,6 +50,7 @@ from oraclewad.tenants.ports import PortBook
 from oraclewad.tenants.store import create_tenant_file, find_tenant_file, retire_tenant_file
 
 PROGRAMS = "programs"
+SPAWNED = ("starting", "running", "backoff", "degraded")
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 SERVICES_PACKAGE = Path(__file__).parent / "services"
 
@@ -296,6 +297,15 @@ class Fleet:
             else:
                 doc.setdefault(key, value)
         return doc
+
+    async def wait_spawned(self, timeout: float) -> None:
+        """Until every service that should run has a process (what READY=1 to systemd promises)."""
+        held_down = self.supervisor.operator_stopped
+        with trio.move_on_after(timeout):
+            for snap in self.supervisor.snapshot():
+                if snap.state == "stopped" and snap.name not in held_down:
+                    with contextlib.suppress(NotFound):
+                        await self.supervisor.wait_state(snap.name, SPAWNED, timeout)
 
     async def wait_ready(self, tenant_id: str, timeout: float) -> None:
         with trio.move_on_after(timeout):

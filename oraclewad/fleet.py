@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import time
@@ -249,10 +250,11 @@ class Fleet:
 
     async def forward_supervisor_events(self) -> None:
         """Supervisor state changes become fleet events (run as a daemon task)."""
-        async with self.supervisor.subscribe() as receive:
-            async for event in receive:
-                group, _, service = event.name.partition("/")
-                self._publish(group, service, "state", state=event.state, message=event.message)
+        while True:  # a subscription that fell behind is dropped; take a new one
+            async with self.supervisor.subscribe() as receive:
+                async for event in receive:
+                    group, _, service = event.name.partition("/")
+                    self._publish(group, service, "state", state=event.state, message=event.message)
 
     # ---- Operations: tenants ----------------------------------------------------------------
 
@@ -309,15 +311,23 @@ class Fleet:
 
     async def wait_ready(self, tenant_id: str, timeout: float) -> None:
         with trio.move_on_after(timeout):
-            while True:
-                views = self.status(tenant_id)
-                if views and all(v.ready or v.state == "stopped" for v in views):
-                    return
-                await trio.sleep(0.05)
+            for name in self._tenant(tenant_id).unit_names():
+                while not self._supervised(name):
+                    await trio.sleep(0.1)  # provisioning (and its retries) come first
+                if name not in self.supervisor.operator_stopped:
+                    await self.supervisor.wait_state(name, "running", math.inf)
+            return
         states = ", ".join(f"{v.service} {v.state}{': ' + v.message if v.message else ''}"
                            for v in self.status(tenant_id))
         raise Unavailable(f"tenant {tenant_id!r} is not ready after {timeout:g}s ({states}); "
                           f"see `oraclectl logs {tenant_id}`")
+
+    def _supervised(self, name: str) -> bool:
+        try:
+            self.supervisor.status(name)
+        except NotFound:
+            return False
+        return True
 
     async def remove_tenant(self, tenant_id: str, *, purge: bool) -> list[str]:
         async with self._lock:
@@ -327,6 +337,7 @@ class Fleet:
             await self._reload()
             if tenant is not None:
                 lines += [f"stopped {name}" for name in tenant.unit_names()]
+                await self.supervisor.forget(tenant.unit_names())
             services = [s.name for s in tenant.services] if tenant else list(SERVICES)
             if purge:
                 lines += await self.provisioner.purge(tenant_id, services)

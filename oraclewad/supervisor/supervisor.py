@@ -290,6 +290,12 @@ class Supervisor:
         names = doc.get("stopped", []) if isinstance(doc, dict) else []
         return {n for n in names if isinstance(n, str)}
 
+    async def forget(self, names: Iterable[str]) -> None:
+        """Drop operator stops of services that no longer exist (a removed tenant re-added later
+        starts like a new one)."""
+        for name in names:
+            await self._set_operator_stopped(name, False)
+
     async def _set_operator_stopped(self, name: str, stopped: bool) -> None:
         if (name in self._operator_stopped) == stopped:
             return

@@ -184,7 +184,8 @@ class Fleet:
                 name=name, group=PROGRAMS, argv=program.command, env=program.env, cwd=program.cwd,
                 listen=(self.settings.bind_host, program.port) if program.port else None,
                 notify=program.notify, config=None, admin_socket=False,
-                log_dir=self.settings.log_dir / PROGRAMS / program.name, policy=program.policy)
+                log_dir=self.settings.log_dir / PROGRAMS / program.name, policy=program.policy,
+                labels=(("port", str(program.port)),) if program.port else ())
         for tenant in self.tenants.values():
             if not self.provisioning.get(tenant.id, _Provisioning()).done:
                 continue
@@ -398,6 +399,13 @@ class Fleet:
                 views.append(ServiceView(tid, svc.name, snap.state, snap.pid, snap.uptime, snap.restarts,
                                          snap.ready, self.ports.get(name), release,
                                          snap.message or snap.last_exit))
+        if tenant_id is None:
+            # A broken tenant file is skipped, not hidden: it shows here until it is fixed.
+            for problem in self.problems:
+                source = Path(problem.source)
+                if source.parent == self.settings.tenants_dir and source.stem not in self.tenants:
+                    views.append(ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
+                                             str(problem)))
         if tenant_id in (None, PROGRAMS):
             for snap in by_name.values():
                 if snap.group == PROGRAMS:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
-from tests.harness import alive, children_of, unique_id, wait_for, write_tenant
+from tests.harness import alive, children_of, free_port_base, unique_id, wait_for, write_tenant
 
 
 def service_pids(daemon) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -20,7 +22,7 @@ def all_running(daemon, count: int):  # type: ignore[no-untyped-def]
     result = daemon.ctl("--json", "status", check=False)
     if result.returncode != 0:  # a busy 2-core machine can miss oraclectl's deadline; ask again
         return None
-    rows = json.loads(result.stdout)
+    rows = [r for r in json.loads(result.stdout) if r["state"] != "invalid"]
     return len(rows) == count and all(r["state"] == "running" and r["ready"] for r in rows) and rows
 
 
@@ -100,6 +102,9 @@ def test_reload_touches_only_what_changed(make_daemon) -> None:
     assert f"{remove}/recovery" not in after and not alive(before[f"{remove}/recovery"])
     assert f"{add}/recovery" in after
     assert "broken.toml: services" in daemon.stderr()
+    invalid = [r for r in daemon.ctl_json("status") if r["state"] == "invalid"]
+    assert [r["tenant"] for r in invalid] == ["broken"]
+    assert 'services: must be "all"' in invalid[0]["message"]
 
 
 def test_a_second_daemon_on_the_same_state_refuses(make_daemon) -> None:
@@ -125,3 +130,36 @@ def test_operator_stop_survives_a_daemon_restart(make_daemon) -> None:
                     what="recovery running")
     state = {r["service"]: r["state"] for r in rows}
     assert state == {"recovery": "running", "broadcast": "stopped"}
+
+
+def test_systemd_notify_protocol(make_daemon) -> None:
+    daemon = make_daemon()
+    daemon.start()  # READY=1 arrived on a real datagram socket
+    ready = next(i for i, m in enumerate(daemon.messages) if m == "READY=1")
+    assert any(m.startswith("STATUS=") for m in daemon.messages[:ready + 2])
+    daemon.wait_message("WATCHDOG=1", timeout=5)  # WATCHDOG_USEC=3 s: a ping at least every second
+    daemon.wait_message("WATCHDOG=1", timeout=5)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_message("RELOADING=1")
+    daemon.wait_message("READY=1")
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_message("STOPPING=1")
+    assert daemon.proc.wait(15) == 0
+
+
+def test_host_programs_run_under_the_same_policy(make_daemon) -> None:
+    child = Path(__file__).resolve().parent.parent / "programs" / "child.py"
+    daemon = make_daemon(extra=f"""
+[programs.sidecar]
+command = [{json.dumps(sys.executable)}, {json.dumps(str(child))}]
+port = {free_port_base() + 150}
+notify = true
+""")
+    daemon.start()
+    row = wait_for(lambda: next((r for r in daemon.ctl_json("status") if r["tenant"] == "programs"
+                                 and r["state"] == "running"), None), what="the sidecar running")
+    assert row["service"] == "sidecar" and row["port"] == free_port_base() + 150
+    os.kill(row["pid"], signal.SIGKILL)
+    wait_for(lambda: next((r for r in daemon.ctl_json("status") if r["tenant"] == "programs"
+                           and r["state"] == "running" and r["pid"] != row["pid"]), None),
+             what="the sidecar back with a new pid")

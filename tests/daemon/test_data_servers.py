@@ -1,0 +1,70 @@
+"""The daemon with its data servers: embedded by default, and a PostgreSQL outage during `tenant add`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from oraclewad.provision.embedded import EmbeddedPostgres
+from tests.harness import copy_example, unique_id, wait_for
+
+
+def test_embedded_servers_run_the_example_tenant(make_daemon) -> None:
+    # The `make run` path: no [postgres]/[redis] in the config.
+    root = Path(tempfile.mkdtemp(prefix="owa-embedded-"))  # pgserver's user must traverse it
+    try:
+        daemon = make_daemon(root, backend="embedded")
+        copy_example(root)
+        daemon.start()
+
+        def healthy() -> list | None:
+            result = daemon.ctl("--json", "health", "imperio", check=False)
+            rows = json.loads(result.stdout) if result.returncode == 0 else []
+            return rows if len(rows) == 2 and all(h["status"] == "ok" for h in rows) else None
+
+        rows = wait_for(healthy, timeout=60, what="imperio healthy")
+        for row in rows:
+            assert row["checks"]["postgres"]["ok"] and row["checks"]["redis"]["ok"]
+        assert (root / "state" / "postgres").is_dir() and (root / "state" / "redis").is_dir()
+        assert daemon.stop() == 0
+        assert not list((root / "state" / "postgres").glob("postmaster.pid"))  # stopped with the daemon
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres():  # type: ignore[no-untyped-def]
+    """A PostgreSQL this test can stop and start, given to the daemon as an external server."""
+    root = Path(tempfile.mkdtemp(prefix="owa-outage-"))
+    server = EmbeddedPostgres(root / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_down_during_tenant_add_is_unavailable_then_heals(make_daemon, own_postgres) -> None:
+    daemon = make_daemon(extra=f"[postgres]\ndsn = {own_postgres.admin_dsn!r}\n", backend="embedded")
+    steady = unique_id()
+    (daemon.root / "tenants.d").mkdir(exist_ok=True)
+    daemon.start()
+    daemon.ctl("tenant", "add", steady, "--timeout", "60")
+    own_postgres.stop()
+    tid = unique_id()
+    result = daemon.ctl("tenant", "add", tid, "--timeout", "3", check=False)
+    assert result.returncode == 1
+    assert "unreachable" in result.stderr + result.stdout
+    rows = {r["service"]: r for r in daemon.ctl_json("status", tid)}
+    assert rows["recovery"]["state"] == "unavailable"
+    assert "UNAVAILABLE" in rows["recovery"]["message"]
+    # The tenant that was already running keeps running while its database is away.
+    assert all(r["state"] == "running" for r in daemon.ctl_json("status", steady))
+    own_postgres.start()
+    wait_for(lambda: all(r["state"] == "running" and r["ready"] for r in daemon.ctl_json("status", tid)),
+             timeout=60, what="the tenant to be provisioned and started once PostgreSQL is back")

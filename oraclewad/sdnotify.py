@@ -22,7 +22,9 @@ class SystemdNotifier:
         self.watchdog_interval: float | None = int(usec) / 3e6 if watched else None
         self._sock: socket.socket | None = None
         if self.address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a reader that stops reading must never stall the daemon's event loop.
+            kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            self._sock = socket.socket(socket.AF_UNIX, kind)
 
     def notify(self, *lines: str) -> bool:
         if self._sock is None or self.address is None:

@@ -88,12 +88,13 @@ class Daemon:
     def socket_path(self) -> Path:
         return self.root / "run" / "oraclewad.sock"
 
-    def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> Daemon:
+    def start(self, *, wait_ready: bool = True, timeout: float = 60.0,
+              watchdog_usec: int = 3_000_000) -> Daemon:
         notify_path = self.root / f"systemd-notify-{time.monotonic_ns()}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
         self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "3000000"}
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": str(watchdog_usec)}
         env.pop("OWA_CONFIG", None)
         self.messages = []
         self.stderr_path = self.root / "daemon.stderr"

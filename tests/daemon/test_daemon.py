@@ -163,3 +163,13 @@ notify = true
     wait_for(lambda: next((r for r in daemon.ctl_json("status") if r["tenant"] == "programs"
                            and r["state"] == "running" and r["pid"] != row["pid"]), None),
              what="the sidecar back with a new pid")
+
+
+def test_a_notify_reader_that_stops_reading_never_stalls_the_daemon(make_daemon) -> None:
+    # Linux queues 10 datagrams per unix socket; at a ping every 0.1 s nobody reading fills it in 1 s.
+    daemon = make_daemon()
+    daemon.start(watchdog_usec=300_000)
+    time.sleep(3)  # nothing to await: the point is that nobody reads meanwhile
+    started = time.monotonic()
+    daemon.ctl("status", timeout=10)
+    assert time.monotonic() - started < 5

@@ -32,6 +32,10 @@ lint: $(VENV)/.installed-test
 check: $(VENV)/.installed-run
 	$(BIN)/oraclewad check --config $(CONFIG)
 
+# Regenerate oraclewad/_proto from proto/ (commit the result; a test fails if it is stale).
+proto: $(VENV)/.installed-test
+	$(BIN)/python scripts/gen_proto.py
+
 bench: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[bench]'
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

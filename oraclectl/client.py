@@ -1,0 +1,179 @@
+"""Where the daemon is, how to reach it, and what its answers mean for the exit code."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
+
+DEFAULT_SOCKETS = ("./var/run/oraclewad.sock", "/run/oraclewa/oraclewad.sock")
+UNARY_TIMEOUT = 10.0
+# The daemon sets this trailer on every error it returns itself (oraclewad.control.bridge).
+ANSWERED_BY = ("oraclewa-answered-by", "oraclewad")
+CONNECT_TIMEOUT = 5.0
+HINT = "Is the daemon running? Check `systemctl status oraclewad`, or start it with `make run` in a checkout."
+
+# Codes that mean "never got to the daemon" rather than "the daemon said no".
+_TRANSPORT_DETAILS = re.compile(r"failed to connect|connection refused|connect failed|socket closed|"
+                                r"no such file|handshake|ssl|dns resolution|unreachable|"
+                                r"connection reset|broken pipe|goaway", re.IGNORECASE)
+
+
+class Unreachable(Exception):
+    """The daemon could not be reached (exit 3)."""
+
+
+class Refused(Exception):
+    """The daemon answered with an error (exit 1)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def normalize_version(version: str) -> str:
+    """`v2.1.0` and `2.1.0` name the same release."""
+    version = version.strip()
+    return version[1:] if re.match(r"[vV]\d", version) else version
+
+
+def socket_candidates(env: Mapping[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    found = [env["OWA_SOCKET"]] if env.get("OWA_SOCKET") else []
+    return found + list(DEFAULT_SOCKETS)
+
+
+def resolve_socket(env: Mapping[str, str] | None = None) -> str:
+    """$OWA_SOCKET, ./var/run/oraclewad.sock, /run/oraclewa/oraclewad.sock: the first that exists,
+    else the first candidate (so the error names the place most likely meant)."""
+    candidates = socket_candidates(env)
+    return next((c for c in candidates if os.path.exists(c)), candidates[0])
+
+
+@dataclass(frozen=True)
+class Target:
+    socket: str | None = None
+    addr: str | None = None
+    token_file: str | None = None
+    tls_ca: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.socket is not None:
+            return f"unix:{os.path.abspath(self.socket)}"
+        scheme = "https" if self.tls_ca else "tcp"
+        return f"{scheme}://{self.addr}"
+
+
+def _check_unix(path: str) -> None:
+    # A plain connect tells "no daemon" apart from "daemon said no" at once, with the reason.
+    where = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise Unreachable(f"cannot reach the daemon at unix:{where}: no such socket file. {HINT}")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(CONNECT_TIMEOUT)
+    try:
+        s.connect(path)
+    except PermissionError:
+        raise Unreachable(f"cannot reach the daemon at unix:{where}: permission denied. Run as root or as "
+                          "a member of the daemon's group (the socket directory is mode 0750).") from None
+    except OSError as e:
+        raise Unreachable(f"cannot reach the daemon at unix:{where}: {e.strerror or e}. {HINT}") from None
+    finally:
+        s.close()
+
+
+def _check_tcp(target: Target) -> None:
+    # A refused port fails at once here; grpc would keep retrying until the connect timeout.
+    host, _, port = (target.addr or "").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except ValueError:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"--addr {target.addr}: must be HOST:PORT") from None
+    except OSError as e:
+        raise Unreachable(f"cannot reach the daemon at {target.label}: {e.strerror or e}. {HINT}") from None
+
+
+class Client:
+    """A channel and stub for one command; every failure becomes Unreachable or Refused."""
+
+    def __init__(self, target: Target, *, timeout: float = UNARY_TIMEOUT) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        if target.socket is not None:
+            _check_unix(target.socket)
+            self.channel = grpc.insecure_channel(f"unix:{os.path.abspath(target.socket)}")
+        else:
+            if not target.addr:
+                raise ValueError("either a socket or an address")
+            if target.token_file:
+                try:
+                    token = Path(target.token_file).read_text().strip()
+                except OSError as e:
+                    raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                                  f"cannot read the token file {target.token_file}: {e.strerror}") from None
+                self.metadata = (("authorization", f"Bearer {token}"),)
+            if target.tls_ca:
+                try:
+                    ca = Path(target.tls_ca).read_bytes()
+                except OSError as e:
+                    raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+                                  f"cannot read the CA file {target.tls_ca}: {e.strerror}") from None
+                self.channel = grpc.secure_channel(target.addr, grpc.ssl_channel_credentials(ca))
+            else:
+                self.channel = grpc.insecure_channel(target.addr)
+            _check_tcp(target)
+            try:
+                grpc.channel_ready_future(self.channel).result(timeout=CONNECT_TIMEOUT)
+            except grpc.FutureTimeoutError:
+                self.channel.close()
+                tls = " (TLS: is --tls-ca the CA that signed its certificate?)" if target.tls_ca else ""
+                raise Unreachable(f"cannot reach the daemon at {target.label} within "
+                                  f"{CONNECT_TIMEOUT:g}s{tls}. {HINT}") from None
+        self.stub = pb_grpc.ControlStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _failure(self, error: grpc.RpcError) -> Exception:
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        details = (error.details() if hasattr(error, "details") else "") or str(code)
+        trailers = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+        answered = trailers.get(ANSWERED_BY[0]) == ANSWERED_BY[1]
+        if code == grpc.StatusCode.UNAVAILABLE and not answered and _TRANSPORT_DETAILS.search(details):
+            return Unreachable(f"lost the daemon at {self.target.label}: {details}. {HINT}")
+        return Refused(code, details)
+
+    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
+                                              metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise self._failure(e) from None
+
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        call = getattr(self.stub, method)(request, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED and not call.is_active():
+                return          # we cancelled it ourselves (Ctrl-C, closed pipe)
+            raise self._failure(e) from None
+        finally:
+            call.cancel()

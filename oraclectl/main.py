@@ -1,0 +1,489 @@
+"""oraclectl: the operator's command line for the oraclewad daemon.
+
+Exit codes: 0 ok, 1 the daemon refused or failed (its message is printed), 2 usage,
+3 the daemon is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+
+from oraclectl import render
+from oraclectl.client import (
+    UNARY_TIMEOUT,
+    Client,
+    Refused,
+    Target,
+    Unreachable,
+    normalize_version,
+    resolve_socket,
+    socket_candidates,
+)
+from oraclectl.envimport import SECRET_PLACEHOLDER, EnvFileError, convert, parse_dotenv
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
+
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+SERVICE_CHOICES = ("all", "recovery", "broadcast")
+
+
+class UsageError(Exception):
+    """A mistake in the invocation that argparse cannot see (exit 2)."""
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    stdout: TextIO
+    stderr: TextIO
+    stdin: TextIO
+
+    @property
+    def json(self) -> bool:
+        return bool(self.args.json)
+
+    def out(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def err(self, text: str) -> None:
+        self.stderr.write(text + "\n")
+        self.stderr.flush()
+
+    def client(self) -> Client:
+        a = self.args
+        if a.addr:
+            target = Target(addr=a.addr, token_file=a.token_file, tls_ca=a.tls_ca)
+        else:
+            target = Target(socket=a.socket or resolve_socket())
+        return Client(target, timeout=a.timeout)
+
+    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        with self.client() as client:
+            return client.call(method, request, timeout=timeout)
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+def _services_arg(value: str) -> list[str]:
+    return ["recovery", "broadcast"] if value == "all" else [value]
+
+
+def _read_secret(path: str, ctx: Ctx) -> str:
+    try:
+        text = ctx.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"--evolution-key-file: cannot read {path}: {e.strerror}") from None
+    secret = text.strip()
+    if not secret:
+        raise UsageError(f"--evolution-key-file: {path} is empty")
+    return secret
+
+
+def _add(ctx: Ctx, new: pb.NewTenant) -> int:
+    a = ctx.args
+    request = pb.AddTenantRequest(tenant=new, wait=not a.no_wait, timeout_s=a.wait_timeout)
+    tenant = ctx.call("AddTenant", request, timeout=a.wait_timeout + 15)
+    if ctx.json:
+        ctx.out(render.dumps(render.to_dict(tenant)))
+        return OK
+    state = "added" if a.no_wait else "added and ready"
+    ctx.out(f"tenant {tenant.id} {state}")
+    ctx.out(render.tenant_detail(tenant))
+    if a.no_wait:
+        ctx.out(f"\nnot waiting for readiness: follow with `oraclectl status {tenant.id}`")
+    return OK
+
+
+def cmd_tenant_add(ctx: Ctx) -> int:
+    a = ctx.args
+    new = pb.NewTenant(id=a.id, name=a.name or "", services=_services_arg(a.services),
+                       release=normalize_version(a.release or ""), evolution_url=a.evolution_url or "",
+                       instances=a.instance or [])
+    if a.evolution_key_file:
+        new.evolution_api_key = _read_secret(a.evolution_key_file, ctx)
+    return _add(ctx, new)
+
+
+def cmd_tenant_remove(ctx: Ctx) -> int:
+    a = ctx.args
+    if a.purge and not a.yes:
+        if not ctx.stdin.isatty():
+            raise UsageError("--purge deletes the tenant's databases, Redis keys, secrets and logs; "
+                             "stdin is not a terminal, so pass --yes to confirm")
+        ctx.stderr.write(f"This deletes every database, Redis key, secret and log of tenant {a.id}.\n"
+                         f"Type the tenant id to confirm: ")
+        ctx.stderr.flush()
+        if ctx.stdin.readline().strip() != a.id:
+            ctx.err("not confirmed; nothing removed")
+            return FAILED
+    request = pb.RemoveTenantRequest(id=a.id, purge=a.purge)
+    response = ctx.call("RemoveTenant", request, timeout=max(a.timeout, 60))
+    if ctx.json:
+        ctx.out(render.dumps({"id": a.id, "purged": a.purge, "actions": list(response.actions)}))
+    else:
+        ctx.out(f"tenant {a.id} removed" + (" and purged" if a.purge else ""))
+        for line in response.actions:
+            ctx.out(f"  {line}")
+    return OK
+
+
+def cmd_tenant_list(ctx: Ctx) -> int:
+    response = ctx.call("ListTenants", pb.ListTenantsRequest())
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(t) for t in response.tenants]))
+    else:
+        ctx.out(render.tenants_table(list(response.tenants)))
+    return OK
+
+
+def cmd_tenant_show(ctx: Ctx) -> int:
+    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=ctx.args.id))
+    ctx.out(render.dumps(render.to_dict(tenant)) if ctx.json else render.tenant_detail(tenant))
+    return OK
+
+
+def cmd_tenant_import_env(ctx: Ctx) -> int:
+    a = ctx.args
+    try:
+        text = Path(a.file).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {a.file}: {e.strerror}") from None
+    try:
+        values, warnings = parse_dotenv(text)
+        conversion = convert(values, tenant_id=a.id, source=a.file)
+    except EnvFileError as e:
+        raise UsageError(f"{a.file} cannot be imported:\n  " + "\n  ".join(e.problems)) from None
+    if a.instance:
+        conversion.instances = tuple(dict.fromkeys([*conversion.instances, *a.instance]))
+    warnings += conversion.warnings
+    if a.dry_run:
+        if ctx.json:
+            ctx.out(render.dumps({"tenant": conversion.tenant_doc(), "warnings": warnings,
+                                  "notes": conversion.notes, "toml": conversion.to_toml()}))
+        else:
+            for w in warnings:
+                ctx.err(f"warning: {w}")
+            for n in conversion.notes:
+                ctx.err(f"note: {n}")
+            ctx.out(f"# tenants.d/{conversion.tenant_id}.toml as `oraclectl tenant import-env` would add it")
+            ctx.out(conversion.to_toml().rstrip())
+        return OK
+    for w in warnings:
+        ctx.err(f"warning: {w}")
+    return _add(ctx, conversion.new_tenant(release=normalize_version(a.release or "")))
+
+
+def _services(ctx: Ctx, response: Any) -> int:
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
+    else:
+        ctx.out(render.services_table(list(response.services)))
+    return OK
+
+
+def cmd_status(ctx: Ctx) -> int:
+    return _services(ctx, ctx.call("Status", pb.StatusRequest(tenant=ctx.args.id or "")))
+
+
+def cmd_health(ctx: Ctx) -> int:
+    response = ctx.call("Health", pb.HealthRequest(tenant=ctx.args.id or ""))
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
+    else:
+        ctx.out(render.health_table(list(response.services)))
+    return OK if all(s.status in ("ok", "stopped") for s in response.services) else FAILED
+
+
+def cmd_metrics(ctx: Ctx) -> int:
+    response = ctx.call("Metrics", pb.MetricsRequest(tenant=ctx.args.id or ""))
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
+    else:
+        ctx.out(render.metrics_table(list(response.services)))
+    return OK
+
+
+def _verb(method: str) -> Callable[[Ctx], int]:
+    def run(ctx: Ctx) -> int:
+        request = pb.ServiceRequest(tenant=ctx.args.id, service=ctx.args.service or "")
+        return _services(ctx, ctx.call(method, request, timeout=max(ctx.args.timeout, 60)))
+
+    return run
+
+
+def cmd_reload(ctx: Ctx) -> int:
+    response = ctx.call("Reload", pb.ReloadRequest(), timeout=max(ctx.args.timeout, 60))
+    ctx.out(render.dumps(render.to_dict(response)) if ctx.json else render.reload_text(response))
+    return OK
+
+
+def _deployed(ctx: Ctx, response: Any) -> int:
+    if ctx.json:
+        ctx.out(render.dumps(render.to_dict(response)))
+    else:
+        ctx.out(f"{response.tenant}: {response.from_version or '?'} -> {response.to_version}"
+                + (f" ({response.message})" if response.message else ""))
+    return OK
+
+
+def cmd_deploy(ctx: Ctx) -> int:
+    request = pb.DeployRequest(tenant=ctx.args.id, version=normalize_version(ctx.args.version))
+    return _deployed(ctx, ctx.call("Deploy", request, timeout=max(ctx.args.timeout, 120)))
+
+
+def cmd_rollback(ctx: Ctx) -> int:
+    request = pb.RollbackRequest(tenant=ctx.args.id, version=normalize_version(ctx.args.version or ""))
+    return _deployed(ctx, ctx.call("Rollback", request, timeout=max(ctx.args.timeout, 120)))
+
+
+def cmd_history(ctx: Ctx) -> int:
+    response = ctx.call("History", pb.HistoryRequest(tenant=ctx.args.id))
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(e) for e in response.entries]))
+    else:
+        import time
+
+        rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.action, e.from_version,
+                 e.to_version, e.result) for e in response.entries]
+        ctx.out(render.table(("WHEN", "ACTION", "FROM", "TO", "RESULT"), rows) if rows else "no history")
+    return OK
+
+
+def cmd_releases(ctx: Ctx) -> int:
+    response = ctx.call("ListReleases", pb.ListReleasesRequest())
+    if ctx.json:
+        ctx.out(render.dumps([render.to_dict(r) for r in response.releases]))
+    else:
+        ctx.out(render.table(("VERSION",), [(r.version,) for r in response.releases]))
+    return OK
+
+
+def _stream(ctx: Ctx, method: str, request: Any, lines: Callable[[Any], list[str]],
+            json_lines: Callable[[Any], list[Any]] = lambda item: [render.to_dict(item)]) -> int:
+    with ctx.client() as client:
+        try:
+            for item in client.stream(method, request):
+                text = [render.json_line(v) for v in json_lines(item)] if ctx.json else lines(item)
+                if text:
+                    ctx.out("\n".join(text))
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:
+            # `oraclectl logs -f | head`: the reader left; nothing more to say.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return OK
+
+
+def cmd_logs(ctx: Ctx) -> int:
+    a = ctx.args
+    request = pb.TailLogsRequest(tenant=a.id, service=a.service or "", channel=a.channel, lines=a.lines,
+                                 follow=a.follow)
+    labelled = not a.service
+
+    prefix = "[{}] " if labelled else ""
+
+    def lines(item: pb.LogLines) -> list[str]:
+        return [prefix.format(item.service) + line for line in item.lines]
+
+    def json_lines(item: pb.LogLines) -> list[dict[str, str]]:
+        return [{"service": item.service, "line": line} for line in item.lines]
+
+    return _stream(ctx, "TailLogs", request, lines, json_lines)
+
+
+def cmd_events(ctx: Ctx) -> int:
+    a = ctx.args
+    request = pb.WatchEventsRequest(tenant=a.tenant or "", recent=a.recent, follow=a.follow)
+    return _stream(ctx, "WatchEvents", request, lambda e: [render.event_line(e)])
+
+
+# ---- argument parsing ------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  oraclectl status                       every service of every tenant
+  oraclectl tenant add lojaABC --name "Loja ABC" --evolution-url https://evo.example.com \\
+      --evolution-key-file /root/lojaABC.key --instance lojaABC-1
+  oraclectl tenant import-env .env.imperio --dry-run
+  oraclectl logs imperio recovery -f
+  oraclectl --json status imperio | jq .
+  oraclectl --addr vps.example.com:7443 --token-file ~/.oraclewa.token --tls-ca ca.pem status
+
+The socket defaults to $OWA_SOCKET, then ./var/run/oraclewad.sock, then /run/oraclewa/oraclewad.sock.
+exit codes: 0 ok, 1 the daemon refused or failed, 2 usage, 3 daemon unreachable
+"""
+
+
+def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", default=default,
+                       help="daemon's unix socket (default: first existing of "
+                            f"{', '.join(socket_candidates({'OWA_SOCKET': '$OWA_SOCKET'}))})")
+    where.add_argument("--addr", metavar="HOST:PORT", default=default,
+                       help="daemon's TCP listener (needs --token-file)")
+    group.add_argument("--token-file", metavar="F", default=default, help="file holding the TCP bearer token")
+    group.add_argument("--tls-ca", metavar="F", default=default, help="CA certificate: use TLS for --addr")
+    group.add_argument("--json", action="store_true", default=default,
+                       help="print JSON (one document; JSON lines for logs/events)")
+    if not suppress:    # top level only: `tenant add --timeout` is the readiness wait
+        group.add_argument("--timeout", type=float, metavar="S", default=UNARY_TIMEOUT,
+                           help=f"deadline for quick calls in seconds (default {UNARY_TIMEOUT:g})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="oraclectl", description="Operate the oraclewad daemon.",
+                                     epilog=EPILOG, formatter_class=fmt)
+    _connection_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(sub: Any, name: str, help_text: str, func: Callable[[Ctx], int], epilog: str = "",
+                **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=("examples:\n" + epilog) if epilog else None, formatter_class=fmt, **kw)
+        _connection_options(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    tenant = commands.add_parser("tenant", help="add, remove, list, show or import tenants",
+                                 description="Manage tenants (the client businesses).", formatter_class=fmt,
+                                 epilog="examples:\n  oraclectl tenant list\n  oraclectl tenant add lojaABC\n"
+                                        "  oraclectl tenant remove lojaABC --purge --yes")
+    tsub = tenant.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
+
+    def wait_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-wait", action="store_true", help="answer once the file is written; don't wait "
+                                                               "for the services to be ready")
+        p.add_argument("--timeout", dest="wait_timeout", type=float, default=120.0, metavar="S",
+                       help="how long to wait for readiness (default 120)")
+
+    p = command(tsub, "add", "add a tenant: write tenants.d/ID.toml, provision and start its services",
+                cmd_tenant_add,
+                "  oraclectl tenant add lojaABC --name 'Loja ABC' --services recovery\n"
+                "  oraclectl tenant add imperio --evolution-url https://evo.example.com "
+                "--evolution-key-file key.txt --instance imperio-1 --instance imperio-2\n"
+                "  pass - as --evolution-key-file to read the key from stdin")
+    p.add_argument("id", help="tenant id: a letter first, then letters, digits, '_' or '-'")
+    p.add_argument("--name", help="display name (default: the id)")
+    p.add_argument("--services", choices=SERVICE_CHOICES, default="all", help="which services (default all)")
+    p.add_argument("--release", metavar="V", help="pin a release (v2.1.0 and 2.1.0 are the same)")
+    p.add_argument("--evolution-url", metavar="U", help="the Evolution API base URL")
+    p.add_argument("--evolution-key-file", metavar="F",
+                   help="file holding the Evolution API key; the daemon stores it 0600 (never in tenants.d)")
+    p.add_argument("--instance", action="append", metavar="NAME", help="an Evolution instance (repeatable)")
+    wait_options(p)
+
+    p = command(tsub, "remove", "remove a tenant: stop its services and retire its file", cmd_tenant_remove,
+                "  oraclectl tenant remove lojaABC\n  oraclectl tenant remove lojaABC --purge --yes")
+    p.add_argument("id")
+    p.add_argument("--purge", action="store_true",
+                   help="also delete its databases, Redis keys, secrets and logs")
+    p.add_argument("--yes", action="store_true", help="don't ask before --purge")
+
+    command(tsub, "list", "list tenants", cmd_tenant_list,
+            "  oraclectl tenant list\n  oraclectl --json tenant list")
+    p = command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
+                "  oraclectl tenant show imperio")
+    p.add_argument("id")
+
+    p = command(tsub, "import-env", "add a tenant from a .env file of the old (v3 Node) system",
+                cmd_tenant_import_env,
+                "  oraclectl tenant import-env .env.imperio --dry-run\n"
+                "  oraclectl tenant import-env .env.novocliente --id novocliente")
+    p.add_argument("file", help="the .env file (CLIENT_ID, SERVICE_TYPE, ANTIBAN_*, EVOLUTION_API_* ...)")
+    p.add_argument("--id", help="tenant id (default: CLIENT_ID)")
+    p.add_argument("--release", metavar="V", help="pin a release")
+    p.add_argument("--instance", action="append", metavar="NAME", help="an Evolution instance (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help=f"print the tenant file instead of adding it (the key shows as {SECRET_PLACEHOLDER})")
+    wait_options(p)
+
+    p = command(commands, "status", "supervision state of every service (or one tenant's)", cmd_status,
+                "  oraclectl status\n  oraclectl status imperio\n  oraclectl --json status")
+    p.add_argument("id", nargs="?", help="tenant id (default: all)")
+    p = command(commands, "health", "ask each service for its dependency checks (exit 1 if any fails)",
+                cmd_health, "  oraclectl health imperio")
+    p.add_argument("id", nargs="?")
+    p = command(commands, "metrics", "key figures per service", cmd_metrics, "  oraclectl metrics")
+    p.add_argument("id", nargs="?")
+    for name, method in (("start", "Start"), ("stop", "Stop"), ("restart", "Restart")):
+        p = command(commands, name, f"{name} a tenant's services (or one of them)", _verb(method),
+                    f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast")
+        p.add_argument("id", help="tenant id (or `programs`)")
+        p.add_argument("service", nargs="?", help="recovery or broadcast (default: both)")
+    command(commands, "reload", "re-read tenants.d and apply the difference (like SIGHUP)", cmd_reload,
+            "  oraclectl reload")
+    p = command(commands, "deploy", "move a tenant to another release", cmd_deploy,
+                "  oraclectl deploy imperio v2.2.0")
+    p.add_argument("id")
+    p.add_argument("version", help="v2.1.0 and 2.1.0 are the same")
+    p = command(commands, "rollback", "move a tenant back (default: to its previous release)", cmd_rollback,
+                "  oraclectl rollback imperio\n  oraclectl rollback imperio v2.1.0")
+    p.add_argument("id")
+    p.add_argument("version", nargs="?")
+    p = command(commands, "history", "a tenant's release history", cmd_history, "  oraclectl history imperio")
+    p.add_argument("id")
+    command(commands, "releases", "installed releases", cmd_releases, "  oraclectl releases")
+    p = command(commands, "logs", "a tenant's log lines (all its services unless one is named)", cmd_logs,
+                "  oraclectl logs imperio\n  oraclectl logs imperio recovery --channel webhook -n 200\n"
+                "  oraclectl logs imperio -f")
+    p.add_argument("id")
+    p.add_argument("service", nargs="?")
+    p.add_argument("--channel", default="combined",
+                   help="combined (default), error, webhook, broadcast, antiban")
+    p.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+                   help="existing lines first (default 50)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
+                cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--tenant", help="only this tenant's events")
+    p.add_argument("-n", "--recent", type=int, default=50, metavar="N",
+                   help="recent events first (default 50)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+         stdin: TextIO | None = None) -> int:
+    parser = build_parser()
+    stdout, stderr, stdin = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:      # argparse: --help is 0, a usage error is 2
+        return int(e.code or 0)
+    if args.addr and not args.token_file:
+        parser.print_usage(stderr)
+        stderr.write("oraclectl: error: --addr needs --token-file (the daemon's control.token)\n")
+        return USAGE
+    ctx = Ctx(args, stdout, stderr, stdin)
+    try:
+        return args.func(ctx)
+    except UsageError as e:
+        ctx.err(f"oraclectl: error: {e}")
+        return USAGE
+    except Unreachable as e:
+        ctx.err(f"oraclectl: {e}")
+        return UNREACHABLE
+    except Refused as e:
+        ctx.err(f"oraclectl: {_code_name(e.code)}: {e.details}")
+        return FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _code_name(code: grpc.StatusCode) -> str:
+    return code.name.lower().replace("_", " ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Tables for people and JSON for scripts, from the daemon's protobuf answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+DASH = "-"
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Every field by its proto name; unset optional fields are null; int64 stays a number."""
+    out: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        value = getattr(msg, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: (to_dict(v) if value_field.message_type else v) for k, v in value.items()}
+        elif field.is_repeated:
+            out[field.name] = [to_dict(v) if field.message_type else v for v in value]
+        elif field.message_type is not None:
+            if field.message_type.full_name == "google.protobuf.Struct":
+                out[field.name] = json_format.MessageToDict(value)
+            else:
+                out[field.name] = to_dict(value) if msg.HasField(field.name) else None
+        elif field.has_presence and not msg.HasField(field.name):
+            out[field.name] = None
+        else:
+            out[field.name] = value
+    return out
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False)
+
+
+def json_line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[DASH if c is None or c == "" else str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def opt(msg: Message, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def services_table(services: Sequence[Any]) -> str:
+    if not services:
+        return "no services"
+    rows = [(s.tenant, s.service, s.state, opt(s, "pid"), duration(opt(s, "uptime_s")), s.restarts,
+             s.release, yes_no(s.ready), opt(s, "port")) for s in services]
+    headers = ("TENANT", "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "RELEASE", "READY", "PORT")
+    text = table(headers, rows)
+    # A ready service's message is history (its last exit); for the others it says what is wrong.
+    notes = [f"  {s.tenant}/{s.service}: {s.message}" for s in services if s.message and not s.ready]
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def tenants_table(tenants: Sequence[Any]) -> str:
+    if not tenants:
+        return "no tenants (add one with `oraclectl tenant add ID`)"
+    rows = []
+    for t in tenants:
+        states = ", ".join(f"{s.service} {s.state}" for s in t.states) or DASH
+        ports = ", ".join(f"{k}:{v}" for k, v in sorted(t.ports.items())) or DASH
+        rows.append((t.id, t.name, ",".join(t.services), t.release, ports, yes_no(t.provisioned), states))
+    return table(("ID", "NAME", "SERVICES", "RELEASE", "PORTS", "PROVISIONED", "STATE"), rows)
+
+
+def tenant_detail(t: Any) -> str:
+    lines = [f"tenant {t.id} ({t.name})",
+             f"  services:     {', '.join(t.services) or DASH}",
+             f"  release:      {t.release or DASH}"]
+    for service in t.services:
+        port = t.ports.get(service)
+        lines.append(f"  {service + ' port:':<14}{port if port is not None else DASH}")
+    lines += [f"  webhook URL:  {t.webhook_url or DASH}",
+              f"  secrets in:   {t.secrets_file or DASH} (a file on the daemon's host, mode 0600)",
+              f"  tenant file:  {t.source_file or DASH}",
+              f"  provisioned:  {yes_no(t.provisioned)}"]
+    lines += [f"  problem:      {p}" for p in t.problems]
+    if t.states:
+        lines += ["", services_table(list(t.states))]
+    return "\n".join(lines)
+
+
+def health_table(services: Sequence[Any]) -> str:
+    if not services:
+        return "no services"
+    rows = []
+    for h in services:
+        checks = json_format.MessageToDict(h.checks)
+        summary = " ".join(f"{k}={_short(v)}" for k, v in checks.items())
+        rows.append((h.tenant, h.service, h.status, summary, h.detail))
+    return table(("TENANT", "SERVICE", "STATUS", "CHECKS", "DETAIL"), rows)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("status", "ok", "state"):
+            if key in value:
+                return _short(value[key])
+        return "{...}"
+    if isinstance(value, bool):
+        return "ok" if value else "fail"
+    return str(value)
+
+
+FIRST_FIGURES = ("restarts", "uptime_s", "ready", "rss_bytes", "cpu_seconds", "requests_total")
+
+
+def _figure(name: str, value: float) -> str:
+    if name == "uptime_s":
+        return duration(value)
+    if name.endswith("_bytes"):
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if value < 1024 or unit == "GiB":
+                return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+            value /= 1024
+    return f"{value:g}"
+
+
+def metrics_table(services: Sequence[Any]) -> str:
+    if not services:
+        return "no services"
+    names = {k for m in services for k in m.figures}
+    columns = [n for n in FIRST_FIGURES if n in names] + sorted(names - set(FIRST_FIGURES))
+    rows = [(m.tenant, m.service, *(_figure(c, m.figures[c]) if c in m.figures else None for c in columns))
+            for m in services]
+    return table(("TENANT", "SERVICE", *(c.upper() for c in columns)), rows)
+
+
+def reload_text(r: Any) -> str:
+    lines = []
+    for label, items in (("added", r.added), ("removed", r.removed), ("restarted", r.restarted),
+                         ("unchanged", r.unchanged)):
+        lines.append(f"{label + ':':<11}{', '.join(items) if items else DASH}")
+    lines += [f"problem:   {p}" for p in r.problems]
+    return "\n".join(lines)
+
+
+def event_line(e: Any) -> str:
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
+    who = e.tenant + (f"/{e.service}" if e.service else "")
+    parts = [when, who or DASH, e.kind]
+    if e.state:
+        parts.append(e.state)
+    if e.message:
+        parts.append(e.message)
+    return "  ".join(parts)

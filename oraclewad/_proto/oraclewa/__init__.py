@@ -1,0 +1,1 @@
+"""Generated gRPC code; regenerate with `make proto` (scripts/gen_proto.py)."""

@@ -1,0 +1,308 @@
+"""oraclewa.v1.Control: thin adapters from protobuf requests to `Operations` and back."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
+from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
+from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
+from oraclewad.control.streams import TOO_SLOW, EventFeed, LogTail, Streams
+from oraclewad.errors import NotFound
+from oraclewad.operations import (
+    EventView,
+    HealthView,
+    MetricsView,
+    NewTenant,
+    Operations,
+    ServiceView,
+    TenantView,
+)
+
+SERVICES = ("recovery", "broadcast")
+DEFAULT_ADD_TIMEOUT = 60.0
+DEFAULT_LINES = 50
+MAX_LINES = 10_000
+POLL_INTERVAL = 0.2
+RELEASES_LATER = ("releases arrive with the releases issue; this daemon runs only the bundled release "
+                  "(`oraclectl releases` lists what a tenant can pin in its file)")
+
+
+def normalize_version(version: str) -> str:
+    """`v2.1.0` and `2.1.0` name the same release."""
+    version = version.strip()
+    return version[1:] if re.match(r"[vV]\d", version) else version
+
+
+# ---- views -> messages ---------------------------------------------------------------------
+
+def service_state(v: ServiceView) -> pb.ServiceState:
+    msg = pb.ServiceState(tenant=v.tenant, service=v.service, state=v.state, restarts=v.restarts,
+                          ready=v.ready, release=v.release, message=v.message)
+    if v.pid is not None:
+        msg.pid = v.pid
+    if v.uptime_s is not None:
+        msg.uptime_s = v.uptime_s
+    if v.port is not None:
+        msg.port = v.port
+    return msg
+
+
+def tenant_message(v: TenantView) -> pb.Tenant:
+    return pb.Tenant(id=v.id, name=v.name, services=list(v.services), release=v.release,
+                     ports=dict(v.ports), webhook_url=v.webhook_url, secrets_file=v.secrets_file,
+                     source_file=v.source_file, provisioned=v.provisioned, problems=list(v.problems),
+                     states=[service_state(s) for s in v.states])
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    # A JSON round trip turns anything odd (tuples, paths, numbers as keys) into Struct-able values.
+    out.update(json.loads(json.dumps(dict(values), default=str)))
+    return out
+
+
+def health_message(v: HealthView) -> pb.ServiceHealth:
+    return pb.ServiceHealth(tenant=v.tenant, service=v.service, status=v.status,
+                            checks=_struct(v.checks), detail=v.detail)
+
+
+def metrics_message(v: MetricsView) -> pb.ServiceMetrics:
+    return pb.ServiceMetrics(tenant=v.tenant, service=v.service,
+                             figures={k: float(x) for k, x in v.figures.items()})
+
+
+def event_message(v: EventView) -> pb.Event:
+    return pb.Event(ts=v.ts, tenant=v.tenant, service=v.service, kind=v.kind, state=v.state,
+                    message=v.message)
+
+
+def new_tenant(msg: pb.NewTenant) -> NewTenant:
+    """Validate what only the request can get wrong; the daemon validates the rest like a file."""
+    if not msg.id:
+        raise invalid("id", "is required (a letter first, then letters, digits, '_' or '-')")
+    bad = [s for s in msg.services if s not in SERVICES]
+    if bad:
+        raise invalid("services", f"unknown service {bad[0]!r}: use recovery and/or broadcast")
+    if len(set(msg.services)) != len(msg.services):
+        raise invalid("services", "lists a service twice")
+    try:
+        extra = tomllib.loads(msg.extra_toml) if msg.extra_toml else {}
+    except tomllib.TOMLDecodeError as e:
+        raise invalid("extra_toml", f"is not valid TOML: {e}") from None
+    return NewTenant(id=msg.id, name=msg.name, services=tuple(msg.services) or SERVICES,
+                     release=normalize_version(msg.release), evolution_url=msg.evolution_url,
+                     evolution_api_key=msg.evolution_api_key, instances=tuple(msg.instances),
+                     extra=extra)
+
+
+def _batches(lines: list[str], max_bytes: int = 256 * 1024) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line) + 8
+        if size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise invalid(field, "is required")
+    return value
+
+
+class ControlServicer(pb_grpc.ControlServicer):
+    def __init__(self, ops: Operations, bridge: Bridge, streams: Streams, feed: EventFeed) -> None:
+        self.ops = ops
+        self.bridge = bridge
+        self.streams = streams
+        self.feed = feed
+
+    # ---- tenants ----
+
+    @rpc
+    def AddTenant(self, request: pb.AddTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
+        if not request.HasField("tenant"):
+            raise invalid("tenant", "is required")
+        new = new_tenant(request.tenant)
+        timeout = request.timeout_s if request.timeout_s > 0 else DEFAULT_ADD_TIMEOUT
+        # Not cancelled with the client's deadline: a half-done add is worse than a late answer.
+        view = self.bridge.run(self.ops.add_tenant, new, wait=request.wait, timeout=timeout)
+        return tenant_message(view)
+
+    @rpc
+    def RemoveTenant(self, request: pb.RemoveTenantRequest,
+                     context: grpc.ServicerContext) -> pb.RemoveTenantResponse:
+        actions = self.bridge.run(self.ops.remove_tenant, _required(request.id, "id"), purge=request.purge)
+        return pb.RemoveTenantResponse(actions=list(actions))
+
+    @rpc
+    def ListTenants(self, request: pb.ListTenantsRequest,
+                    context: grpc.ServicerContext) -> pb.ListTenantsResponse:
+        views = self.bridge.run_sync(self.ops.list_tenants)
+        return pb.ListTenantsResponse(tenants=[tenant_message(v) for v in views])
+
+    @rpc
+    def GetTenant(self, request: pb.GetTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
+        return tenant_message(self.bridge.run_sync(self.ops.get_tenant, _required(request.id, "id")))
+
+    # ---- services ----
+
+    @rpc
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        views = self.bridge.run_sync(self.ops.status, request.tenant or None)
+        return pb.StatusResponse(services=[service_state(v) for v in views])
+
+    @rpc
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
+        views = self.bridge.run(self.ops.health, request.tenant or None, deadline=context.time_remaining())
+        return pb.HealthResponse(services=[health_message(v) for v in views])
+
+    def _verb(self, verb: str, request: pb.ServiceRequest) -> pb.StatusResponse:
+        fn = getattr(self.ops, verb)
+        views = self.bridge.run(fn, _required(request.tenant, "tenant"), request.service or None)
+        return pb.StatusResponse(services=[service_state(v) for v in views])
+
+    @rpc
+    def Start(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        return self._verb("start", request)
+
+    @rpc
+    def Stop(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        return self._verb("stop", request)
+
+    @rpc
+    def Restart(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        return self._verb("restart", request)
+
+    @rpc
+    def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
+        v = self.bridge.run(self.ops.reload)
+        return pb.ReloadResponse(added=list(v.added), removed=list(v.removed), restarted=list(v.restarted),
+                                 unchanged=list(v.unchanged), problems=list(v.problems))
+
+    @rpc
+    def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.MetricsResponse:
+        views = self.bridge.run(self.ops.metrics, request.tenant or None, deadline=context.time_remaining())
+        return pb.MetricsResponse(services=[metrics_message(v) for v in views])
+
+    # ---- releases: only the listing exists until the releases issue ----
+
+    def _not_yet(self, tenant: str, what: str) -> RpcFailure:
+        self.bridge.run_sync(self.ops.get_tenant, _required(tenant, "tenant"))   # NOT_FOUND first
+        return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot {what}: {RELEASES_LATER}")
+
+    @rpc
+    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        version = normalize_version(_required(request.version, "version"))
+        raise self._not_yet(request.tenant, f"deploy {version} to {request.tenant}")
+
+    @rpc
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        target = normalize_version(request.version) or "the previous release"
+        raise self._not_yet(request.tenant, f"roll {request.tenant} back to {target}")
+
+    @rpc
+    def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
+        raise self._not_yet(request.tenant, f"show the release history of {request.tenant}")
+
+    @rpc
+    def ListReleases(self, request: pb.ListReleasesRequest,
+                     context: grpc.ServicerContext) -> pb.ListReleasesResponse:
+        versions = self.bridge.run_sync(self.ops.releases)
+        return pb.ListReleasesResponse(releases=[pb.Release(version=v) for v in versions])
+
+    # ---- streams ----
+
+    def _log_tails(self, request: pb.TailLogsRequest) -> list[LogTail]:
+        tenant = _required(request.tenant, "tenant")
+        channel = request.channel or "combined"
+        if request.service:
+            return [LogTail(self.bridge.run_sync(self.ops.log_file, tenant, request.service, channel),
+                            request.service)]
+        services = self.bridge.run_sync(self.ops.get_tenant, tenant).services
+        tails, missing = [], None
+        for service in services:
+            try:
+                path = self.bridge.run_sync(self.ops.log_file, tenant, service, channel)
+                tails.append(LogTail(path, service))
+            except NotFound as e:       # one service without this log yet: show the others
+                missing = e
+        if not tails:
+            raise missing or NotFound(f"tenant {tenant!r} runs no services")
+        return tails
+
+    @rpc
+    def TailLogs(self, request: pb.TailLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogLines]:
+        lines = request.lines if request.HasField("lines") else DEFAULT_LINES
+        if not 0 <= lines <= MAX_LINES:
+            raise invalid("lines", f"must be between 0 and {MAX_LINES}")
+        tails = self._log_tails(request)
+        stream = self.streams.open(context, "TailLogs")
+        try:
+            for tail in tails:
+                for batch in _batches(tail.last_lines(lines, keep_partial=request.follow)):
+                    with stream.sending():
+                        yield pb.LogLines(service=tail.service, lines=batch)
+            while request.follow:
+                if self.bridge.closing.is_set():
+                    raise RpcFailure(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                if stream.dropped or not context.is_active():
+                    return
+                got = False
+                for tail in tails:
+                    for batch in _batches(tail.poll()):
+                        got = True
+                        with stream.sending():
+                            yield pb.LogLines(service=tail.service, lines=batch)
+                if not got:
+                    self.bridge.closing.wait(POLL_INTERVAL)   # wakes at once on shutdown
+        finally:
+            for tail in tails:
+                tail.close()
+            self.streams.close(stream)
+
+    @rpc
+    def WatchEvents(self, request: pb.WatchEventsRequest,
+                    context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        recent = request.recent if request.HasField("recent") else DEFAULT_LINES
+        if recent < 0:
+            raise invalid("recent", "must be 0 or more")
+        stream = self.streams.open(context, "WatchEvents")
+
+        def overflow() -> None:
+            stream.drop(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_SLOW)
+
+        backlog, sub = self.feed.subscribe(request.tenant, recent, request.follow, overflow)
+        try:
+            for event in backlog:
+                with stream.sending():
+                    yield event_message(event)
+            while sub is not None:
+                if self.bridge.closing.is_set():
+                    raise RpcFailure(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                if stream.dropped or not context.is_active():
+                    return
+                items = sub.pipe.get(POLL_INTERVAL)
+                if items is None:
+                    if sub.pipe.overflowed:
+                        raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_SLOW)
+                    raise RpcFailure(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                for event in items:
+                    with stream.sending():
+                        yield event_message(event)
+        finally:
+            if sub is not None:
+                self.feed.unsubscribe(sub)
+            self.streams.close(stream)

@@ -39,7 +39,8 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             notifier.notify("STATUS=starting data servers")
             async with open_servers(settings) as servers, trio.open_nursery() as nursery:
-                supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs)
+                supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs,
+                                        max_parallel_starts=settings.max_parallel_starts)
                 await nursery.start(supervisor.run)
                 fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
                 nursery.start_soon(fleet.forward_supervisor_events)

@@ -110,6 +110,7 @@ class Settings:
     redis: RedisSettings
     control: ControlSettings
     programs: tuple[ProgramSettings, ...] = ()
+    max_parallel_starts: int = 0        # services between spawn and READY=1 at once; 0 = 4 per core
 
     @property
     def secrets_dir(self) -> Path:
@@ -159,6 +160,7 @@ def load_settings(path: Path) -> Settings:
         "releases_dir": resolve(d.get("releases_dir", str, "var/releases")),
     }
     default_release = d.get("default_release", str, "bundled")
+    max_parallel_starts = d.get("max_parallel_starts", int, 0, check=non_negative)
     d.finish()
 
     s = root.sub("services")
@@ -242,4 +244,5 @@ def load_settings(path: Path) -> Settings:
     return Settings(path=path, **settings_paths, bind_host=bind_host, public_url=public_url,
                     port_range=(port_range[0], port_range[1]), metrics_listen=metrics_listen,
                     default_release=default_release, policy=policy, logs=logs,
-                    postgres=postgres, redis=redis, control=control, programs=tuple(programs))
+                    postgres=postgres, redis=redis, control=control, programs=tuple(programs),
+                    max_parallel_starts=max_parallel_starts)

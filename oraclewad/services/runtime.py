@@ -279,8 +279,11 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
                                                f"{getattr(exc, 'strerror', None) or exc}")
             servers.cancel_scope.cancel()
         else:
-            if not stopper.requested.is_set():
-                await plan.notifier.send("READY=1")
+            # READY=1 is sent once; a full notify queue must delay it, never lose it (the
+            # supervisor would kill us at the start deadline).
+            while (plan.notifier.enabled and not stopper.requested.is_set()
+                   and not await plan.notifier.send("READY=1")):
+                await trio.sleep(0.2)
             log.info("ready", extra={"http": binds, "admin_socket": plan.admin_path,
                                      "release": ctx.release, "pid": os.getpid(),
                                      "postgres": redact_url(cfg.postgres.dsn) if cfg.postgres else None,

@@ -55,17 +55,24 @@ class NotifyServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()      # stale from a previous daemon (the pidfile rules out a live one)
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            await sock.bind(os.fspath(self.path))
+            sock.bind(os.fspath(self.path))
             os.chmod(self.path, 0o660)
             task_status.started()
             cmsg_space = socket.CMSG_SPACE(_UCRED.size)
             while True:
-                data, ancdata, _, _ = await sock.recvmsg(MAX_DATAGRAM, cmsg_space)
-                self.received += 1
-                self._dispatch(data, ancdata)
+                await trio.lowlevel.wait_readable(sock)
+                # Drain everything queued per wakeup: Linux queues only net.unix.max_dgram_qlen
+                # (often 10) datagrams, and a child whose READY=1 finds the queue full waits.
+                while True:
+                    try:
+                        data, ancdata, _, _ = sock.recvmsg(MAX_DATAGRAM, cmsg_space)
+                    except BlockingIOError:
+                        break
+                    self.received += 1
+                    self._dispatch(data, ancdata)
         finally:
             sock.close()
             with contextlib.suppress(FileNotFoundError):

@@ -68,6 +68,9 @@ class Context:
     # A spawn blocks the loop for about a millisecond (the vfork waits for setpriv's exec); taking
     # turns puts a scheduling round, and so an I/O poll, between two spawns of a mass start.
     spawn_turn: trio.Lock = field(default_factory=trio.Lock)
+    # How many services may be between spawn and READY=1 at once. A cold start of 200 children
+    # on 2 cores otherwise has every one of them miss its start deadline and start over.
+    start_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(8))
 
 
 def write_private(path: Path, text: str) -> None:
@@ -107,6 +110,7 @@ class Runner:
         self.done = trio.Event()
         self._previous = previous       # a retiring runner of the same name: wait for it
         self._spawned_at = 0.0
+        self._holding_slot = False
         self._running_since = 0.0
         self._last_ping = 0.0
         self._start_deadline = math.inf
@@ -251,6 +255,20 @@ class Runner:
         spec = self.spec
         self.attempts += 1
         self.ready = False
+        self._set_state(STARTING)  # queued for a start slot counts as starting
+        await self.ctx.start_slots.acquire()
+        self._holding_slot = True
+        try:
+            return await self._run_attempt(spec, gen)
+        finally:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._holding_slot:
+            self._holding_slot = False
+            self.ctx.start_slots.release()
+
+    async def _run_attempt(self, spec: ProcessSpec, gen: int) -> bool:
         try:
             async with self.ctx.spawn_turn:
                 if self.gen != gen or not self.want_run or self.removing:
@@ -329,6 +347,7 @@ class Runner:
                 await event.wait()
 
     def _became_ready(self, now: float) -> None:
+        self._release_slot()
         self.ready = True
         self._running_since = now
         self._last_ping = now

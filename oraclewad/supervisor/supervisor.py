@@ -65,7 +65,9 @@ class Supervisor:
     """
 
     def __init__(self, run_dir: Path, state_dir: Path, logs: LogSettings, *,
-                 rng: random.Random | None = None, reap_grace: float = 10.0) -> None:
+                 rng: random.Random | None = None, reap_grace: float = 10.0,
+                 max_parallel_starts: int = 0) -> None:
+        """max_parallel_starts: services allowed between spawn and READY=1 at once (0: 4 per core)."""
         self.run_dir = Path(run_dir)
         self.state_dir = Path(state_dir)
         self.logs = logs
@@ -85,7 +87,8 @@ class Supervisor:
         self._ctx = Context(run_dir=self.run_dir, logs=logs, compressor=self.compressor,
                             listeners=self.listeners, notify=self.notify, children=self._children,
                             base_env=minimal_env(), rng=rng or random.Random(), emit=self._emit,
-                            runner_done=self._runner_done)
+                            runner_done=self._runner_done,
+                            start_slots=trio.Semaphore(max_parallel_starts or 4 * (os.cpu_count() or 1)))
 
     # ---- lifetime ----------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import pytest
 
 from tests.harness import Daemon, drop_external, external_servers_reachable, write_config
 
-EXTERNAL = external_servers_reachable()
+# OWA_TEST_BACKEND=embedded runs everything as on a machine without PostgreSQL/Redis.
+EXTERNAL = os.environ.get("OWA_TEST_BACKEND") != "embedded" and external_servers_reachable()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ each test skips with the reason when its server is not there."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ from tests.services.helpers import base_env, write_config
 
 pytestmark = pytest.mark.external
 
+if os.environ.get("OWA_TEST_BACKEND") == "embedded":
+    pytest.skip("OWA_TEST_BACKEND=embedded: as on a machine without PostgreSQL/Redis",
+                allow_module_level=True)
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PASSWORD = "pw-" + secrets.token_hex(8)

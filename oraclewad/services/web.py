@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from oraclewad.services.runtime import ServiceContext
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -23,3 +28,16 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 def json_error_handlers() -> Mapping[Any, Any]:
     return {HTTPException: _http_error, 500: _server_error}
+
+
+def describing_app(ctx: ServiceContext, note: str) -> Starlette:
+    """An app that only describes itself: what a service serves before its business logic lands."""
+    endpoints = [{"method": "GET", "path": "/", "description": "this description"}]
+
+    async def index(request: Request) -> JSONResponse:
+        return JSONResponse({
+            "service": ctx.service, "tenant": ctx.tenant, "display_name": ctx.display_name,
+            "release": ctx.release, "status": "ready", "endpoints": endpoints, "note": note,
+        })
+
+    return Starlette(routes=[Route("/", index, methods=["GET"])], exception_handlers=json_error_handlers())

@@ -10,6 +10,7 @@ import trio
 
 from oraclewad.control import serve_control
 from oraclewad.fleet import Fleet
+from oraclewad.metrics import serve_metrics
 from oraclewad.pidfile import PidFile
 from oraclewad.provision import Provisioner, open_servers
 from oraclewad.sdnotify import SystemdNotifier
@@ -45,6 +46,8 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
                 nursery.start_soon(fleet.forward_supervisor_events)
                 await nursery.start(serve_control, settings, fleet)
+                if settings.metrics_listen:
+                    await nursery.start(serve_metrics, settings.metrics_listen, fleet)
                 notifier.notify("STATUS=starting tenants")
                 view = await fleet.reload()
                 for problem in view.problems:

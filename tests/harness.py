@@ -38,6 +38,7 @@ def write_config(root: Path, *, backend: str = "embedded", extra: str = "", poli
                    '[redis]\nurl = "redis://127.0.0.1:6379/0"\n')
     (root / "tenants.d").mkdir(parents=True, exist_ok=True)
     config = root / "oraclewad.toml"
+    metrics = "" if "[metrics]" in extra else '[metrics]\nlisten = ""'
     config.write_text(f"""
 [daemon]
 tenants_dir = "tenants.d"
@@ -47,8 +48,7 @@ run_dir = "run"
 releases_dir = "releases"
 [services]
 port_range = [{free_port_base()}, {free_port_base() + 199}]
-[metrics]
-listen = ""
+{metrics}
 [policy]
 backoff_initial = 0.1
 backoff_max = 2.0

@@ -99,7 +99,8 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
     tenant_id = root.get("id", str)
     stem = source.stem
     if tenant_id is None:
-        root.fail("id", f'is required: add id = "{stem}"')
+        if "id" not in doc:  # a wrong type was reported by get()
+            root.fail("id", f'is required: add id = "{stem}"')
         tenant_id = stem
     elif (why := id_problem(tenant_id)) is not None:
         root.fail("id", why)

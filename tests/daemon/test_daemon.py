@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.harness import alive, children_of, free_port_base, unique_id, wait_for, write_tenant
 
 
@@ -173,3 +175,17 @@ def test_a_notify_reader_that_stops_reading_never_stalls_the_daemon(make_daemon)
     started = time.monotonic()
     daemon.ctl("status", timeout=10)
     assert time.monotonic() - started < 5
+
+
+def test_prometheus_endpoint_reports_every_service(make_daemon) -> None:
+    port = free_port_base() + 160
+    daemon = make_daemon(extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    tid = unique_id()
+    write_tenant(daemon.root, tid)
+    (daemon.root / "tenants.d" / "broken.toml").write_text("id = 1\n")
+    daemon.start()
+    wait_for(lambda: all_running(daemon, 2), what="services running")
+    body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert f'owa_service_up{{service="recovery",tenant="{tid}"}} 1.0' in body
+    assert f'owa_service_state{{service="broadcast",state="running",tenant="{tid}"}} 1.0' in body
+    assert "owa_tenants 1.0" in body and "owa_config_problems 1.0" in body

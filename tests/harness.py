@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,9 +67,10 @@ _PORT_BASE: list[int] = []
 
 
 def free_port_base() -> int:
-    """A per-process block of 200 ports, so parallel daemons never share a range."""
+    """A per-process block of 200 ports, so parallel test runs rarely share a range; all below
+    Linux's ephemeral range (32768+), where outgoing connections would take ports from us."""
     if not _PORT_BASE:
-        _PORT_BASE.append(20000 + (os.getpid() % 200) * 200)
+        _PORT_BASE.append(20000 + (os.getpid() % 60) * 200)
     return _PORT_BASE[0]
 
 
@@ -216,3 +220,38 @@ def drop_external(tenant_ids: list[str]) -> None:
     for t in tenant_ids:
         for key in r.scan_iter(match=f"{t.lower().replace('-', '_')}:*", count=1000):
             r.unlink(key)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for [control] tcp and tenant ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tenant_ids(root: Path) -> list[str]:
+    """Ids of every tenant file a daemon under root has seen (tenants.d and its .removed/ archive)."""
+    return sorted({p.name.split(".")[0] for p in (root / "tenants.d").rglob("*.toml")})
+
+
+@contextmanager
+def running_daemon(root: Path, *, backend: str, extra: str = "", policy: str = "") -> Iterator[Daemon]:
+    """A started daemon under root, stopped on exit; what it provisioned on external servers is dropped."""
+    root.mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(root, write_config(root, backend=backend, extra=extra, policy=policy))
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+        if backend == "external":
+            drop_external(tenant_ids(root))
+
+
+def ctl_in_process(socket_path: Path, *argv: str, stdin: str | io.StringIO = "") -> tuple[int, str, str]:
+    """oraclectl's main() in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from oraclectl.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    stdin_file = stdin if isinstance(stdin, io.StringIO) else io.StringIO(stdin)
+    code = main(["--socket", str(socket_path), *argv], stdout=out, stderr=err, stdin=stdin_file)
+    return code, out.getvalue(), err.getvalue()

@@ -50,7 +50,7 @@ class Notifier:
     def enabled(self) -> bool:
         return self.path is not None
 
-    async def send(self, message: str) -> bool:
+    async def send(self, message: str, timeout: float = _SEND_TIMEOUT) -> bool:
         """True if the datagram left; a daemon that is gone or not reading is logged, not fatal
         (the supervisor's start deadline and watchdog decide what happens then)."""
         if self.path is None:
@@ -58,7 +58,7 @@ class Notifier:
         if self._sock is None:  # created here: trio sockets need a running trio loop
             self._sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            with trio.move_on_after(_SEND_TIMEOUT) as scope:
+            with trio.move_on_after(timeout) as scope:
                 await self._sock.sendto(message.encode(), unix_address(self.path))
         except OSError as exc:
             log.warning("notify failed", extra={"notify": message, "error": str(exc)})

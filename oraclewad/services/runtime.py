@@ -178,7 +178,9 @@ class _Stopper:
             name = signal.Signals(signum).name
             if not self.requested.is_set():
                 log.info("stopping", extra={"signal": name})
-                await self.notifier.send("STOPPING=1")
+                # Informational only: when a whole fleet stops at once the daemon's queue is full,
+                # and waiting the usual second for it would only delay the drain.
+                await self.notifier.send("STOPPING=1", timeout=0.05)
                 self.requested.set()
                 self.startup_scope.cancel()
             else:

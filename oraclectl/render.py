@@ -98,17 +98,20 @@ def tenants_table(tenants: Sequence[Any]) -> str:
 
 
 def tenant_detail(t: Any) -> str:
+    def field(label: str, value: object) -> str:
+        return f"  {label + ':':<16}{value}"
+
     lines = [f"tenant {t.id} ({t.name})",
-             f"  services:     {', '.join(t.services) or DASH}",
-             f"  release:      {t.release or DASH}"]
+             field("services", ", ".join(t.services) or DASH),
+             field("release", t.release or DASH)]
     for service in t.services:
         port = t.ports.get(service)
-        lines.append(f"  {service + ' port:':<14}{port if port is not None else DASH}")
-    lines += [f"  webhook URL:  {t.webhook_url or DASH}",
-              f"  secrets in:   {t.secrets_file or DASH} (a file on the daemon's host, mode 0600)",
-              f"  tenant file:  {t.source_file or DASH}",
-              f"  provisioned:  {yes_no(t.provisioned)}"]
-    lines += [f"  problem:      {p}" for p in t.problems]
+        lines.append(field(f"{service} port", port if port is not None else DASH))
+    lines += [field("webhook URL", t.webhook_url or DASH),
+              field("secrets in", f"{t.secrets_file or DASH} (a file on the daemon's host, mode 0600)"),
+              field("tenant file", t.source_file or DASH),
+              field("provisioned", yes_no(t.provisioned))]
+    lines += [field("problem", p) for p in t.problems]
     if t.states:
         lines += ["", services_table(list(t.states))]
     return "\n".join(lines)

@@ -255,3 +255,11 @@ def ctl_in_process(socket_path: Path, *argv: str, stdin: str | io.StringIO = "")
     stdin_file = stdin if isinstance(stdin, io.StringIO) else io.StringIO(stdin)
     code = main(["--socket", str(socket_path), *argv], stdout=out, stderr=err, stdin=stdin_file)
     return code, out.getvalue(), err.getvalue()
+
+
+def tcp_address(daemon: Daemon) -> str:
+    """The daemon's [control] tcp address, as written by write_config(extra=...)."""
+    for line in daemon.config.read_text().splitlines():
+        if line.replace(" ", "").startswith('tcp="'):
+            return line.split('"')[1]
+    raise AssertionError(f"{daemon.config} has no [control] tcp")

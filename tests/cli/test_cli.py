@@ -1,23 +1,39 @@
-"""oraclectl against the real control server on a real unix socket (in-process Operations double)."""
+"""oraclectl against a REAL `oraclewad run` on its unix socket (and TCP).
+
+One daemon serves the whole module (`daemon` fixture); tests use tenant ids from unique_id() so they
+never collide with each other or with other runs on the machine's shared PostgreSQL. oraclectl runs
+in-process (`ctl`) where only its output matters, and as a real process where the process is the point
+(exit codes from the shell, $OWA_SOCKET, `logs -f`).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import socket as socketlib
+import subprocess
 import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
-import trio
+import pytest
 
-from tests.control.double import Harness
+from tests.harness import Daemon, ctl_in_process, free_port, running_daemon, tcp_address, unique_id, wait_for
+
+pytestmark = pytest.mark.timeout(120)
 
 ENV_FILE = """\
 # old per-client config
-export CLIENT_ID=lojaABC
+export CLIENT_ID={tenant}
 CLIENT_NAME="Loja ABC Online"
 SERVICE_TYPE=all
-RECOVERY_PORT=4003
-BROADCAST_PORT=4004
+RECOVERY_PORT={recovery}
+BROADCAST_PORT={broadcast}
 ANTIBAN_DELAY_MIN=30000
 ANTIBAN_DELAY_MAX=120000
 EVOLUTION_API_URL=https://evo.example.com
@@ -26,304 +42,333 @@ SOMETHING_NEW=1
 """
 
 
-async def test_tenant_commands_table_and_json(control: Harness, root: Path) -> None:
-    key = root / "evo.key"
-    key.write_text("evo-key-123\n")
-    code, out, err = await control.ctl(
-        "tenant",
-        "add",
-        "imperio",
-        "--name",
-        "Império Prêmios",
-        "--evolution-url",
-        "https://evo.example.com",
-        "--evolution-key-file",
-        str(key),
-        "--instance",
-        "imperio-1",
-    )
-    assert code == 0, err
-    assert "tenant imperio added and ready" in out
-    assert "webhook URL:  http://127.0.0.1:" in out and "/webhooks/orders" in out
-    assert "secrets in:   " in out and "evo-key-123" not in out
-    stored = root / "state" / "secrets" / "imperio.evolution.key"
-    assert stored.read_text() == "evo-key-123" and (stored.stat().st_mode & 0o777) == 0o600
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Daemon]:
+    """One real daemon for the module, with TCP on and a second installed release."""
+    root = tmp_path_factory.mktemp("cli")
+    release = root / "releases" / "2.1.0"
+    release.mkdir(parents=True)
+    (release / "release.toml").write_text(f'python = "{sys.executable}"\n')
+    extra = f'[control]\ntcp = "127.0.0.1:{free_port()}"\n'
+    with running_daemon(root, backend=backend, extra=extra) as daemon:
+        yield daemon
 
-    code, out, _ = await control.ctl(
-        "--json", "tenant", "add", "lojaABC", "--services", "recovery", "--no-wait"
-    )
-    assert code == 0
+
+def ctl(daemon: Daemon, *argv: str, stdin: str | io.StringIO = "") -> tuple[int, str, str]:
+    return ctl_in_process(daemon.socket_path, *argv, stdin=stdin)
+
+
+def ctl_process(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "oraclectl", *argv], capture_output=True, text=True,
+                            env=env, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+def added(daemon: Daemon, *argv: str) -> str:
+    code, out, err = ctl(daemon, "tenant", "add", *argv, "--timeout", "90")
+    assert code == 0, err
+    return out
+
+
+def ours(out: str, *tenants: str) -> list[str]:
+    """The table rows of these tenants (the module's daemon serves other tests' tenants too)."""
+    return [line for line in out.splitlines() if line.split() and line.split()[0] in tenants]
+
+
+def evolution_key_file(daemon: Daemon, tenant_id: str) -> Path:
+    """Where the tenant file says its Evolution API key went (under the daemon's secrets dir)."""
+    doc = tomllib.loads((daemon.root / "tenants.d" / f"{tenant_id}.toml").read_text())
+    path = Path(doc["evolution"]["api_key_file"])
+    assert path.parent == daemon.root / "state" / "secrets", path
+    return path
+
+
+def test_tenant_commands_table_and_json(daemon: Daemon, tmp_path: Path) -> None:
+    imperio, loja = unique_id("imperio"), unique_id("lojaABC")  # sort like "imperio" < "lojaABC"
+    key = tmp_path / "evo.key"
+    key.write_text("evo-key-123\n")
+    out = added(daemon, imperio, "--name", "Império Prêmios", "--evolution-url", "https://evo.example.com",
+                "--evolution-key-file", str(key), "--instance", "imperio-1")
+    assert f"tenant {imperio} added and ready" in out
+    assert re.search(r"webhook URL: +http://127\.0\.0\.1:\d+/webhooks/orders", out)
+    assert re.search(r"secrets in: +/", out) and "evo-key-123" not in out
+    stored = evolution_key_file(daemon, imperio)
+    assert stored.read_text().strip() == "evo-key-123" and (stored.stat().st_mode & 0o777) == 0o600
+
+    code, out, err = ctl(daemon, "--json", "tenant", "add", loja, "--services", "recovery", "--no-wait")
+    assert code == 0, err
     assert json.loads(out)["services"] == ["recovery"]
 
-    code, out, _ = await control.ctl("tenant", "list")
+    code, out, _ = ctl(daemon, "tenant", "list")
     assert code == 0
-    header, *rows = out.splitlines()
-    assert header.split()[:3] == ["ID", "NAME", "SERVICES"] and [r.split()[0] for r in rows] == [
-        "imperio",
-        "lojaABC",
-    ]
-    code, out, _ = await control.ctl("tenant", "list", "--json")  # --json after the command too
-    assert [t["id"] for t in json.loads(out)] == ["imperio", "lojaABC"]
+    assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "SERVICES"]
+    assert [r.split()[0] for r in ours(out, imperio, loja)] == [imperio, loja]
+    code, out, _ = ctl(daemon, "tenant", "list", "--json")  # --json after the command too
+    assert [t["id"] for t in json.loads(out) if t["id"] in (imperio, loja)] == [imperio, loja]
 
-    code, out, _ = await control.ctl("tenant", "show", "imperio")
-    assert code == 0 and out.startswith("tenant imperio (Império Prêmios)") and "recovery port:" in out
-    code, out, _ = await control.ctl("--json", "tenant", "show", "imperio")
+    code, out, _ = ctl(daemon, "tenant", "show", imperio)
+    assert code == 0 and out.startswith(f"tenant {imperio} (Império Prêmios)") and "recovery port:" in out
+    code, out, _ = ctl(daemon, "--json", "tenant", "show", imperio)
     shown = json.loads(out)
     assert shown["ports"]["recovery"] > 0 and shown["states"][0]["pid"] > 0  # int64 stays a number
 
-    code, out, err = await control.ctl("tenant", "add", "imperio")
+    code, out, err = ctl(daemon, "tenant", "add", imperio)
     assert code == 1 and "already exists" in err and err.startswith("oraclectl: already exists:")
-    code, out, err = await control.ctl("tenant", "add", "9lives")
+    code, out, err = ctl(daemon, "tenant", "add", "9lives")
     assert code == 1 and "invalid argument: id: invalid tenant id '9lives'" in err
 
-    code, out, err = await control.ctl("tenant", "remove", "lojaABC", "--purge")  # stdin is not a TTY
+    code, out, err = ctl(daemon, "tenant", "remove", loja, "--purge")  # stdin is not a TTY
     assert code == 2 and "--yes" in err
-    code, out, _ = await control.ctl("tenant", "remove", "lojaABC", "--purge", "--yes")
-    assert code == 0 and "tenant lojaABC removed and purged" in out
-    code, out, _ = await control.ctl("--json", "tenant", "remove", "imperio")
-    assert json.loads(out) == {"id": "imperio", "purged": False, "actions": json.loads(out)["actions"]}
-    code, out, err = await control.ctl("tenant", "show", "imperio")
+    code, out, _ = ctl(daemon, "tenant", "remove", loja, "--purge", "--yes")
+    assert code == 0 and f"tenant {loja} removed and purged" in out
+    code, out, _ = ctl(daemon, "--json", "tenant", "remove", imperio)
+    removed = json.loads(out)
+    assert removed == {"id": imperio, "purged": False, "actions": removed["actions"]} and removed["actions"]
+    code, out, err = ctl(daemon, "tenant", "show", imperio)
     assert code == 1 and "not found" in err
 
 
-async def test_service_commands_table_and_json(control: Harness) -> None:
-    await control.add("imperio")
-    code, out, _ = await control.ctl("status")
+@pytest.fixture(scope="module")
+def tenant(daemon: Daemon) -> str:
+    """A running tenant the service, logs and TCP tests share; each leaves it running."""
+    tid = unique_id("imperio")
+    added(daemon, tid)
+    return tid
+
+
+def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
+    code, out, _ = ctl(daemon, "status")
+    assert out.splitlines()[0].split() == [
+        "TENANT", "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "RELEASE", "READY", "PORT"]
+    code, out, _ = ctl(daemon, "status", tenant)
     lines = out.splitlines()
-    assert lines[0].split() == [
-        "TENANT",
-        "SERVICE",
-        "STATE",
-        "PID",
-        "UPTIME",
-        "RESTARTS",
-        "RELEASE",
-        "READY",
-        "PORT",
-    ]
     assert len(lines) == 3 and all(" running " in line and " yes " in line for line in lines[1:])
-    code, out, _ = await control.ctl("--json", "status", "imperio")
+    code, out, _ = ctl(daemon, "--json", "status", tenant)
     rows = json.loads(out)
-    assert {r["service"] for r in rows} == {"recovery", "broadcast"} and all(
-        isinstance(r["pid"], int) for r in rows
-    )
+    assert {r["service"] for r in rows} == {"recovery", "broadcast"}
+    assert all(isinstance(r["pid"], int) for r in rows)
 
-    code, out, _ = await control.ctl("stop", "imperio", "broadcast")
+    code, out, _ = ctl(daemon, "stop", tenant, "broadcast")
     assert code == 0 and " stopped " in out and "broadcast" in out
-    code, out, _ = await control.ctl("--json", "stop", "imperio", "broadcast")
+    code, out, _ = ctl(daemon, "--json", "stop", tenant, "broadcast")
     assert json.loads(out)[0]["pid"] is None  # unset optional -> null
-    code, out, _ = await control.ctl("start", "imperio")
+    code, out, _ = ctl(daemon, "start", tenant)
     assert code == 0 and out.count(" running ") == 2
-    code, out, _ = await control.ctl("--json", "restart", "imperio", "recovery")
-    assert json.loads(out)[0]["restarts"] == 1
+    pid = next(r["pid"] for r in rows if r["service"] == "recovery")
+    code, out, _ = ctl(daemon, "--json", "restart", tenant, "recovery")
+    restarted = json.loads(out)
+    assert [r["service"] for r in restarted] == ["recovery"] and restarted[0]["pid"] != pid
 
-    code, out, _ = await control.ctl("health")
+    code, out, _ = ctl(daemon, "health", tenant)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["TENANT", "SERVICE", "STATUS"]
     assert "postgres=ok" in out and "redis=ok" in out
-    code, out, _ = await control.ctl("--json", "health", "imperio")
-    assert json.loads(out)[0]["checks"]["postgres"]["ms"] == 1.5
+    code, out, _ = ctl(daemon, "--json", "health", tenant)
+    assert json.loads(out)[0]["checks"]["postgres"]["latency_ms"] > 0
 
-    code, out, _ = await control.ctl("metrics")
-    assert code == 0 and "RSS_BYTES" in out and "39.1MiB" in out
-    code, out, _ = await control.ctl("--json", "metrics", "imperio")
-    assert json.loads(out)[0]["figures"]["requests_total"] == 12.0
+    code, out, _ = ctl(daemon, "metrics", tenant)
+    assert code == 0 and "RSS_BYTES" in out and "MiB" in out
+    code, out, _ = ctl(daemon, "--json", "metrics", tenant)
+    assert json.loads(out)[0]["figures"]["rss_bytes"] > 1_000_000
 
-    code, out, _ = await control.ctl("reload")
-    assert code == 0 and "unchanged: imperio" in out and "problem:" in out
-    code, out, _ = await control.ctl("--json", "reload")
-    assert json.loads(out)["unchanged"] == ["imperio"]
+    bad = daemon.root / "tenants.d" / f"{unique_id('bad')}.toml"
+    bad.write_text('id = "1nvalid"\n')
+    try:
+        code, out, _ = ctl(daemon, "reload")
+        assert code == 0 and "unchanged: " in out and f"{tenant}/recovery" in out
+        assert "problem:" in out and bad.name in out
+        code, out, _ = ctl(daemon, "--json", "reload")
+        assert f"{tenant}/recovery" in json.loads(out)["unchanged"]
+    finally:
+        bad.unlink()
 
-    code, out, _ = await control.ctl("releases")
+    code, out, _ = ctl(daemon, "releases")
     assert out.split() == ["VERSION", "bundled", "2.1.0"]
-    code, out, _ = await control.ctl("--json", "releases")
+    code, out, _ = ctl(daemon, "--json", "releases")
     assert json.loads(out) == [{"version": "bundled"}, {"version": "2.1.0"}]
 
     for argv in (
-        ("deploy", "imperio", "v2.2.0"),
-        ("rollback", "imperio"),
-        ("rollback", "imperio", "2.1.0"),
-        ("history", "imperio"),
-        ("--json", "history", "imperio"),
+        ("deploy", tenant, "v2.2.0"),
+        ("rollback", tenant),
+        ("rollback", tenant, "2.1.0"),
+        ("history", tenant),
+        ("--json", "history", tenant),
     ):
-        code, out, err = await control.ctl(*argv)
+        code, out, err = ctl(daemon, *argv)
         assert code == 1 and out == "", argv
         assert "failed precondition" in err and "releases arrive with the releases issue" in err, argv
-    code, _, err = await control.ctl("deploy", "imperio", "v2.2.0")
-    assert "deploy 2.2.0 to imperio" in err  # v2.2.0 and 2.2.0 are the same
+    code, _, err = ctl(daemon, "deploy", tenant, "v2.2.0")
+    assert f"deploy 2.2.0 to {tenant}" in err  # v2.2.0 and 2.2.0 are the same
 
 
-async def test_logs_and_events(control: Harness) -> None:
-    await control.add("imperio")
-    log = Path(control.ops.log_file("imperio", "recovery", "combined"))
+def test_logs_and_events(daemon: Daemon, tenant: str) -> None:
+    wait_for(lambda: all(r["ready"] for r in json.loads(ctl(daemon, "--json", "status", tenant)[1])),
+             what="the tenant ready")
+    log = daemon.root / "log" / tenant / "recovery" / "combined.log"
     with log.open("a") as f:
         f.writelines(f"line {i}\n" for i in range(10))
-    code, out, _ = await control.ctl("logs", "imperio", "recovery", "-n", "3")
+    code, out, _ = ctl(daemon, "logs", tenant, "recovery", "-n", "3")
     assert code == 0 and out.splitlines() == ["line 7", "line 8", "line 9"]
-    code, out, _ = await control.ctl("logs", "imperio", "-n", "1")
+    code, out, _ = ctl(daemon, "logs", tenant, "-n", "1")
     assert sorted(out.splitlines())[0].startswith("[broadcast] ") and "[recovery] line 9" in out
-    code, out, _ = await control.ctl("--json", "logs", "imperio", "recovery", "-n", "2")
+    code, out, _ = ctl(daemon, "--json", "logs", tenant, "recovery", "-n", "2")
     assert [json.loads(x) for x in out.splitlines()] == [
         {"service": "recovery", "line": "line 8"},
         {"service": "recovery", "line": "line 9"},
     ]
-    code, _, err = await control.ctl("logs", "imperio", "recovery", "--channel", "webhook")
+    code, _, err = ctl(daemon, "logs", tenant, "recovery", "--channel", "webhook")
     assert code == 1 and "no 'webhook' log" in err
 
-    code, out, _ = await control.ctl("events")
-    assert code == 0 and "imperio  tenant_added" in out and "imperio/recovery  state  running" in out
-    code, out, _ = await control.ctl("--json", "events", "-n", "2")
+    code, out, _ = ctl(daemon, "events")
+    assert code == 0 and f"{tenant}  tenant_added" in out and f"{tenant}/recovery  state  running" in out
+    code, out, _ = ctl(daemon, "--json", "events", "--tenant", tenant, "-n", "2")
     assert [json.loads(x)["kind"] for x in out.splitlines()] == ["state", "state"]
 
     # Follow mode as a real process: lines written after it starts arrive. The writer repeats its line
     # until it shows up, so a slow process start (a loaded machine) cannot make the test miss it.
-    argv = ["--socket", str(control.socket), "logs", "imperio", "recovery", "-n", "0", "-f"]
-    proc = await trio.lowlevel.open_process([sys.executable, "-m", "oraclectl", *argv], stdout=-1)
+    argv = ["--socket", str(daemon.socket_path), "logs", tenant, "recovery", "-n", "0", "-f"]
+    proc = subprocess.Popen([sys.executable, "-m", "oraclectl", *argv], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     buf = b""
+    seen = threading.Event()
 
-    async def write_until_seen() -> None:
-        while b"appended later" not in buf:
+    def write_until_seen() -> None:
+        while not seen.is_set():
             with log.open("a") as f:
                 f.write("appended later\n")
-            await trio.sleep(0.5)
+            seen.wait(0.5)
 
+    writer = threading.Thread(target=write_until_seen)
+    writer.start()
     try:
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write_until_seen)
-                while b"appended later" not in buf:
-                    buf += await proc.stdout.receive_some(4096)
+        deadline = time.monotonic() + 60
+        while b"appended later" not in buf and time.monotonic() < deadline:
+            buf += os.read(proc.stdout.fileno(), 4096)
     finally:
+        seen.set()
+        writer.join()
         proc.terminate()
-        await proc.wait()
+        proc.wait()
     assert set(buf.decode().split()) == {"appended", "later"}
 
 
-async def test_subprocess_help_usage_and_unreachable(control: Harness, root: Path) -> None:
-    code, out, _ = await control.ctl_process("--socket", str(control.socket), "--json", "status")
-    assert code == 0 and json.loads(out) == []
-    code, out, _ = await control.ctl_process("--help")
+def test_subprocess_help_usage_and_unreachable(daemon: Daemon, tmp_path: Path) -> None:
+    socket = str(daemon.socket_path)
+    code, out, _ = ctl_process("--socket", socket, "--json", "status")
+    assert code == 0 and isinstance(json.loads(out), list)
+    code, out, _ = ctl_process("--help")
     assert code == 0 and "examples:" in out and "exit codes" in out
     for argv in (("tenant", "--help"), ("tenant", "add", "--help"), ("logs", "--help")):
-        code, out, _ = await control.ctl_process(*argv)
+        code, out, _ = ctl_process(*argv)
         assert code == 0 and "examples:" in out, argv
-    code, _, err = await control.ctl_process("tenant", "add")
+    code, _, err = ctl_process("tenant", "add")
     assert code == 2 and "required: id" in err
-    code, _, err = await control.ctl_process("--addr", "127.0.0.1:1", "status")
+    code, _, err = ctl_process("--addr", "127.0.0.1:1", "status")
     assert code == 2 and "--token-file" in err
 
-    missing = root / "nowhere" / "oraclewad.sock"
-    code, out, err = await control.ctl_process("--socket", str(missing), "status")
+    missing = tmp_path / "nowhere" / "oraclewad.sock"
+    code, out, err = ctl_process("--socket", str(missing), "status")
     assert code == 3 and out == ""
     assert str(missing) in err and "systemctl status oraclewad" in err and "make run" in err
     # A stale socket file with no daemon behind it is unreachable too, and so is a dead TCP port.
-    stale = root / "stale.sock"
-    import socket as socketlib
-
+    stale = tmp_path / "stale.sock"
     with socketlib.socket(socketlib.AF_UNIX) as s:
         s.bind(str(stale))
-    code, _, err = await control.ctl_process("--socket", str(stale), "status")
+    code, _, err = ctl_process("--socket", str(stale), "status")
     assert code == 3 and str(stale) in err
-    token = root / "token"
+    token = tmp_path / "token"
     token.write_text("x" * 43)
-    code, _, err = await control.ctl_process("--addr", "127.0.0.1:9", "--token-file", str(token), "status")
+    code, _, err = ctl_process("--addr", "127.0.0.1:9", "--token-file", str(token), "status")
     assert code == 3 and "tcp://127.0.0.1:9" in err
     # $OWA_SOCKET picks the socket when --socket is absent.
-    env = {**os.environ, "OWA_SOCKET": str(control.socket)}
-    code, out, _ = await control.ctl_process("status", env=env)
-    assert code == 0 and out.startswith("no services")
-    code, _, err = await control.ctl_process("status", env={**os.environ, "OWA_SOCKET": str(missing)})
+    code, out, _ = ctl_process("--json", "tenant", "list", env={**os.environ, "OWA_SOCKET": socket})
+    assert code == 0 and [t["id"] for t in json.loads(out)] == [
+        t["id"] for t in json.loads(ctl(daemon, "--json", "tenant", "list")[1])]
+    code, _, err = ctl_process("status", env={**os.environ, "OWA_SOCKET": str(missing)})
     assert code == 3 and str(missing) in err
 
 
-async def test_tcp_through_the_cli(root: Path) -> None:
-    from tests.control.double import fast_limits, serving
-
-    async with serving(root, limits=fast_limits(), tcp=True) as harness:
-        control = harness.settings.control
-        await harness.add("viatcp")
-        code, out, err = await harness.ctl_process(
-            "--addr", str(control.tcp), "--token-file", str(control.token_file), "--json", "status"
-        )
-        assert code == 0, err
-        assert {r["tenant"] for r in json.loads(out)} == {"viatcp"}
-        wrong = root / "wrong.token"
-        wrong.write_text("not-the-token-at-all")
-        code, _, err = await harness.ctl_process(
-            "--addr", str(control.tcp), "--token-file", str(wrong), "status"
-        )
-        assert code == 1 and "unauthenticated" in err
+def test_tcp_through_the_cli(daemon: Daemon, tenant: str, tmp_path: Path) -> None:
+    tcp = tcp_address(daemon)
+    token_file = daemon.root / "state" / "secrets" / "control.token"
+    code, out, err = ctl_process("--addr", tcp, "--token-file", str(token_file), "--json", "status")
+    assert code == 0, err
+    assert tenant in {r["tenant"] for r in json.loads(out)}
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token-at-all")
+    code, _, err = ctl_process("--addr", tcp, "--token-file", str(wrong), "status")
+    assert code == 1 and "unauthenticated" in err
 
 
-async def test_concurrent_cli_adds_of_one_id(control: Harness) -> None:
+def test_concurrent_cli_adds_of_one_id(daemon: Daemon) -> None:
+    twin = unique_id("twin")
     results: list[tuple[int, str, str]] = []
+    def one() -> None:
+        results.append(ctl(daemon, "tenant", "add", twin, "--no-wait"))
 
-    async def add() -> None:
-        results.append(await control.ctl("tenant", "add", "twin"))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(add)
-        nursery.start_soon(add)
-    assert sorted(code for code, _, _ in results) == [0, 1]
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _, _ in results) == [0, 1], results
     loser = next(r for r in results if r[0] == 1)
     assert "already exists" in loser[2]
 
 
-async def test_import_env_dry_run_and_add(control: Harness, root: Path) -> None:
-    env = root / ".env.lojaABC"
-    env.write_text(ENV_FILE)
-    code, out, err = await control.ctl("tenant", "import-env", str(env), "--dry-run")
+def test_import_env_dry_run_and_add(daemon: Daemon, tmp_path: Path) -> None:
+    tid = unique_id("lojaABC")
+    recovery, broadcast = free_port(), free_port()
+    env = tmp_path / f".env.{tid}"
+    env.write_text(ENV_FILE.format(tenant=tid, recovery=recovery, broadcast=broadcast))
+    code, out, err = ctl(daemon, "tenant", "import-env", str(env), "--dry-run")
     assert code == 0
     assert "s3cr3t-evo-key" not in out + err
     assert 'api_key_file = "<from EVOLUTION_API_KEY, stored 0600 on add>"' in out
     assert "warning: unknown key SOMETHING_NEW" in err
-    assert control.ops.tenants == {}  # a dry run adds nothing
-    code, out, err = await control.ctl("--json", "tenant", "import-env", str(env), "--dry-run")
+    assert not (daemon.root / "tenants.d" / f"{tid}.toml").exists()  # a dry run adds nothing
+    assert ctl(daemon, "tenant", "show", tid)[0] == 1
+    code, out, err = ctl(daemon, "--json", "tenant", "import-env", str(env), "--dry-run")
     doc = json.loads(out)
     assert doc["tenant"]["antiban"] == {"delay_min": 30.0, "delay_max": 120.0}
     assert "s3cr3t-evo-key" not in out
 
-    code, out, err = await control.ctl("tenant", "import-env", str(env))
+    code, out, err = ctl(daemon, "tenant", "import-env", str(env), "--timeout", "90")
     assert code == 0, err
     assert "s3cr3t-evo-key" not in out + err
-    assert "tenant lojaABC added and ready" in out
-    view = control.ops.get_tenant("lojaABC")
-    assert view.ports == {"recovery": 4003, "broadcast": 4004}
-    assert (root / "state" / "secrets" / "lojaABC.evolution.key").read_text() == "s3cr3t-evo-key"
+    assert f"tenant {tid} added and ready" in out
+    view = json.loads(ctl(daemon, "--json", "tenant", "show", tid)[1])
+    assert view["ports"] == {"recovery": recovery, "broadcast": broadcast}
+    key = evolution_key_file(daemon, tid)
+    assert key.read_text().strip() == "s3cr3t-evo-key" and (key.stat().st_mode & 0o777) == 0o600
+    assert "s3cr3t-evo-key" not in (daemon.root / "tenants.d" / f"{tid}.toml").read_text()
 
 
-async def test_oraclectl_imports_no_daemon_modules() -> None:
+def test_oraclectl_imports_no_daemon_modules() -> None:
     code = (
         "import sys, oraclectl.main, oraclectl.envimport\n"
         "bad = sorted(m for m in sys.modules\n"
         "             if m.startswith('oraclewad') and not m.startswith('oraclewad._proto'))\n"
         "assert bad == ['oraclewad'], bad\n"
     )
-    result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
-    assert result.returncode == 0, result.stderr.decode()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
-async def test_purge_asks_on_a_terminal(control: Harness) -> None:
-    import io
-
-    from oraclectl.main import main
-
+def test_purge_asks_on_a_terminal(daemon: Daemon) -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    await control.add("keepme")
-    await control.add("dropme")
+    keep, drop = unique_id("keepme"), unique_id("dropme")
+    for tid in (keep, drop):
+        assert ctl(daemon, "tenant", "add", tid, "--no-wait")[0] == 0
 
-    def run(tenant: str, answer: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        argv = ["--socket", str(control.socket), "tenant", "remove", tenant, "--purge"]
-        code = main(argv, stdout=out, stderr=err, stdin=Terminal(answer + "\n"))
-        return code, out.getvalue(), err.getvalue()
+    def listed() -> set[str]:
+        return {t["id"] for t in json.loads(ctl(daemon, "--json", "tenant", "list")[1])}
 
-    code, out, err = await trio.to_thread.run_sync(run, "keepme", "no")
+    code, out, err = ctl(daemon, "tenant", "remove", keep, "--purge", stdin=Terminal("no\n"))
     assert code == 1 and "Type the tenant id to confirm" in err and "nothing removed" in err
-    assert "keepme" in control.ops.tenants
-    code, out, err = await trio.to_thread.run_sync(run, "dropme", "dropme")
-    assert code == 0 and "tenant dropme removed and purged" in out
-    assert "dropme" not in control.ops.tenants
+    assert keep in listed()
+    code, out, err = ctl(daemon, "tenant", "remove", drop, "--purge", stdin=Terminal(drop + "\n"))
+    assert code == 0 and f"tenant {drop} removed and purged" in out
+    assert drop not in listed() and keep in listed()

@@ -1,3 +1,5 @@
+"""Fixtures for the few tests that serve the Operations double (see tests/control/double.py)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,14 +11,11 @@ from tests.control.double import Harness, fast_limits, serving, short_tmp
 
 
 @pytest.fixture
-def root():  # type: ignore[no-untyped-def]
-    path = short_tmp()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def control(root) -> AsyncIterator[Harness]:  # type: ignore[no-untyped-def]
-    """The real control server (unix socket) over the in-process Operations double."""
-    async with serving(root, limits=fast_limits()) as harness:
-        yield harness
+async def control() -> AsyncIterator[Harness]:
+    """The real control server (unix socket, fast_limits()) over the in-process Operations double."""
+    root = short_tmp()
+    try:
+        async with serving(root, limits=fast_limits()) as harness:
+            yield harness
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

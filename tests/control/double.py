@@ -34,6 +34,7 @@ import trio
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control import ControlLimits, serve_control
 from oraclewad.errors import NotFound
+from oraclewad.events import EventHub
 from oraclewad.operations import EventView, MetricsView
 from oraclewad.settings import Settings, load_settings
 
@@ -43,29 +44,14 @@ class FaultyOps:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._watchers: set[trio.MemorySendChannel[EventView]] = set()
+        self.events = EventHub()  # the daemon's own fan-out
         self.raise_in_metrics: Exception | None = None
 
     def publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
-        """Emit one event to every watcher at once; a full watcher is dropped, never waited on."""
-        event = EventView(time.time(), tenant, service, kind, state, message)
-        for send in list(self._watchers):
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._watchers.discard(send)
-                send.close()
+        self.events.publish(EventView(time.time(), tenant, service, kind, state, message))
 
-    async def watch_events(self) -> AsyncIterator[EventView]:
-        send, receive = trio.open_memory_channel[EventView](256)
-        self._watchers.add(send)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            self._watchers.discard(send)
-            send.close()
+    def watch_events(self) -> AsyncIterator[EventView]:
+        return self.events.watch()
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
         if self.raise_in_metrics is not None:

@@ -387,10 +387,10 @@ class Fleet:
             if tenant_id not in (None, tid):
                 continue
             prov = self.provisioning.get(tid, _Provisioning())
+            release = self._release(tenant).version
             for svc in tenant.services:
                 name = unit_name(tid, svc.name)
                 snap = by_name.get(name)
-                release = self._release(tenant).version
                 if snap is None:
                     views.append(ServiceView(tid, svc.name, "unavailable" if not prov.done else "pending",
                                              None, None, 0, False, self.ports.get(name), release,

@@ -102,13 +102,13 @@ class Fleet:
         runnable = {tid: t for tid, t in loaded.tenants.items()
                     if all(unit_name(tid, s.name) in ports for s in t.services)}
         for tid, tenant in list(runnable.items()):
-            try:
-                self._release(tenant)
-                self._evolution_key(tenant)
-            except OracleError as e:
-                problems.append(Problem(str(tenant.source), "release" if "release" in str(e) else
-                                        "evolution.api_key_file", str(e)))
-                del runnable[tid]
+            for key, check in (("release", self._release), ("evolution.api_key_file", self._evolution_key)):
+                try:
+                    check(tenant)
+                except OracleError as e:
+                    problems.append(Problem(str(tenant.source), key, str(e)))
+                    del runnable[tid]
+                    break
         old = self.tenants
         self.tenants, self.ports, self.problems = runnable, ports, problems
         for problem in problems:

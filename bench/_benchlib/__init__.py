@@ -203,10 +203,13 @@ def _bindable(port: int) -> bool:
 
 
 def free_port_block(size: int) -> int:
-    """First port of `size` consecutive bindable loopback ports (in 30000-59999)."""
-    start = 30000 + (os.getpid() * 7919) % 20000
+    """First port of `size` consecutive bindable loopback ports, in 10000-32767: below Linux's
+    ephemeral range, where the children's own outgoing connections (to PostgreSQL, Redis) would
+    take ports from the block between the check and the bind."""
+    low, high = 10000, 32768
+    start = low + (os.getpid() * 7919) % (high - low - size)
     for attempt in range(60):
-        base = 30000 + (start - 30000 + attempt * (size + 17)) % (30000 - size)
+        base = low + (start - low + attempt * (size + 17)) % (high - low - size)
         if all(_bindable(p) for p in range(base, base + size)):
             return base
     raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")

@@ -11,7 +11,7 @@ import trio
 from oraclewad.errors import OracleError, Problem
 from oraclewad.settings import Settings, find_config, load_settings
 from oraclewad.tenants.loader import load_tenants
-from oraclewad.tenants.ports import PortBook
+from oraclewad.tenants.ports import PortBook, ephemeral_overlap
 
 EPILOG = """examples:
   oraclewad                         run with ./oraclewad.toml (or $OWA_CONFIG, /etc/oraclewa/oraclewad.toml)
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if args.command == "run" else 1
     if args.command == "check":
         problems = check(settings)
+        if (warning := ephemeral_overlap(settings.port_range)) is not None:
+            print(f"warning: {settings.path}: {warning}", file=sys.stderr)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:

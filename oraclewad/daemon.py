@@ -16,6 +16,7 @@ from oraclewad.provision import Provisioner, open_servers
 from oraclewad.sdnotify import SystemdNotifier
 from oraclewad.settings import Settings
 from oraclewad.supervisor import Supervisor
+from oraclewad.tenants.ports import ephemeral_overlap
 
 log = logging.getLogger("oraclewad")
 
@@ -37,6 +38,8 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
     pidfile.acquire()
     try:
         prepare_directories(settings)
+        if (warning := ephemeral_overlap(settings.port_range)) is not None:
+            log.warning("%s", warning)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             notifier.notify("STATUS=starting data servers")
             async with open_servers(settings) as servers, trio.open_nursery() as nursery:

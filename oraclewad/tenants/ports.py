@@ -105,3 +105,18 @@ class PortBook:
         """Drop a purged tenant's allocations."""
         if any(self.remembered.pop(unit_name(tenant_id, s), None) for s in list(services)):
             write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())
+
+
+def ephemeral_overlap(port_range: tuple[int, int],
+                      proc_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> str | None:
+    """A warning when the service ports overlap the kernel's ephemeral range: outgoing
+    connections (children to PostgreSQL and Redis) may then hold a service's port when it binds."""
+    try:
+        low, high = (int(x) for x in proc_file.read_text().split())
+    except (OSError, ValueError):
+        return None
+    first, last = port_range
+    if first > high or last < low:
+        return None
+    return (f"[services] port_range {first}-{last} overlaps the kernel's ephemeral ports {low}-{high}: "
+            f"a service may find its port taken by an outgoing connection; pick a range below {low}")

@@ -16,7 +16,7 @@ from oraclewad.errors import AlreadyExists, InvalidArgument
 from oraclewad.settings import find_config, load_settings
 from oraclewad.tenants.ids import id_problem, resource_name
 from oraclewad.tenants.loader import load_tenants
-from oraclewad.tenants.ports import PortBook
+from oraclewad.tenants.ports import PortBook, ephemeral_overlap
 from oraclewad.tenants.store import create_tenant_file, retire_tenant_file
 from tests.harness import REPO, write_config, write_tenant
 
@@ -176,3 +176,11 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "KillMode=mixed",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "User=oraclewa"):
         assert line in unit
+
+
+def test_a_port_range_inside_the_ephemeral_ports_is_warned_about(tmp_path: Path) -> None:
+    proc = tmp_path / "ip_local_port_range"
+    proc.write_text("32768\t60999\n")
+    assert ephemeral_overlap((4100, 4999), proc) is None
+    warning = ephemeral_overlap((30000, 40000), proc)
+    assert warning is not None and "pick a range below 32768" in warning

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, drop_external, external_servers_reachable, write_config
+from tests.harness import ISSUED_IDS, Daemon, drop_external, external_servers_reachable, write_config
 
 # OWA_TEST_BACKEND=embedded runs everything as on a machine without PostgreSQL/Redis.
 EXTERNAL = os.environ.get("OWA_TEST_BACKEND") != "embedded" and external_servers_reachable()
@@ -37,3 +37,11 @@ def make_daemon(tmp_path: Path, backend: str) -> Iterator[Callable[..., Daemon]]
     if backend == "external":
         ids = {p.name.split(".")[0] for d in made for p in (d.root / "tenants.d").rglob("*.toml")}
         drop_external(sorted(ids))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_what_the_session_provisioned() -> Iterator[None]:
+    """Ids whose tenant file a test deleted escape per-test cleanup; the session catches them."""
+    yield
+    if EXTERNAL and ISSUED_IDS:
+        drop_external(sorted(set(ISSUED_IDS)))

@@ -200,9 +200,15 @@ def copy_example(root: Path) -> None:
     shutil.copy(REPO / "tenants.d" / "imperio.toml", root / "tenants.d" / "imperio.toml")
 
 
+ISSUED_IDS: list[str] = []
+
+
 def unique_id(prefix: str = "t") -> str:
-    """Tenant ids unique per run: the machine's PostgreSQL is shared by every test run."""
-    return f"{prefix}{os.urandom(4).hex()}"
+    """Tenant ids unique per run: the machine's PostgreSQL is shared by every test run. Every id
+    is remembered, so teardown can drop what it provisioned even if the tenant file is gone."""
+    tenant_id = f"{prefix}{os.urandom(4).hex()}"
+    ISSUED_IDS.append(tenant_id)
+    return tenant_id
 
 
 def drop_external(tenant_ids: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,8 +250,6 @@ def cmd_history(ctx: Ctx) -> int:
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(e) for e in response.entries]))
     else:
-        import time
-
         rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.action, e.from_version,
                  e.to_version, e.result) for e in response.entries]
         ctx.out(render.table(("WHEN", "ACTION", "FROM", "TO", "RESULT"), rows) if rows else "no history")

@@ -352,10 +352,17 @@ class Fleet:
             return lines
 
     def list_tenants(self) -> list[TenantView]:
-        return [self.get_tenant(tid) for tid in sorted(self.tenants, key=str.lower)]
+        # One status pass for the whole fleet, not one per tenant (each pass snapshots every service).
+        by_tenant: dict[str, list[ServiceView]] = {}
+        for view in self.status():
+            by_tenant.setdefault(view.tenant, []).append(view)
+        return [self._tenant_view(self.tenants[tid], by_tenant.get(tid, []))
+                for tid in sorted(self.tenants, key=str.lower)]
 
     def get_tenant(self, tenant_id: str) -> TenantView:
-        tenant = self._tenant(tenant_id)
+        return self._tenant_view(self._tenant(tenant_id), self.status(tenant_id))
+
+    def _tenant_view(self, tenant: Tenant, states: list[ServiceView]) -> TenantView:
         ports = {s.name: self.ports[unit_name(tenant.id, s.name)] for s in tenant.services}
         recovery_port = ports.get("recovery")
         webhook = f"{self.settings.public_url}:{recovery_port}/webhooks/orders" if recovery_port else ""
@@ -364,8 +371,7 @@ class Fleet:
             id=tenant.id, name=tenant.name, services=tuple(ports), release=self._release(tenant).version,
             ports=ports, webhook_url=webhook,
             secrets_file=str(self.provisioner.secrets_path(tenant.id)),
-            source_file=str(tenant.source), provisioned=state.done,
-            states=tuple(self.status(tenant.id)))
+            source_file=str(tenant.source), provisioned=state.done, states=tuple(states))
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self.tenants.get(tenant_id)

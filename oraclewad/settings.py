@@ -29,7 +29,7 @@ class Policy:
     stop_grace: float = 10.0
 
     def overridden(self, reader: TableReader) -> Policy:
-        """This policy with any keys the table sets; unknown keys are reported."""
+        """This policy with any keys the table sets (the caller reports unknown keys)."""
         changes: dict[str, Any] = {}
         for f in fields(self):
             kind = int if f.name == "breaker_restarts" else float
@@ -37,7 +37,6 @@ class Policy:
             value = reader.get(f.name, kind, check=check)
             if value is not None:
                 changes[f.name] = value
-        reader.finish()
         result = replace(self, **changes)
         if result.backoff_jitter >= 1:
             reader.fail("backoff_jitter", "must be below 1 (0.2 means +-20 %)")
@@ -178,7 +177,9 @@ def load_settings(path: Path) -> Settings:
     if not public_url:
         public_url = f"http://{bind_host}"
 
-    policy = Policy().overridden(root.sub("policy"))
+    policy_table = root.sub("policy")
+    policy = Policy().overridden(policy_table)
+    policy_table.finish()
 
     lg = root.sub("logs")
     logs = LogSettings(max_bytes=lg.get("max_bytes", int, 50 * 1024 * 1024, check=positive),
@@ -230,7 +231,9 @@ def load_settings(path: Path) -> Settings:
         port = p.get("port", int, check=port_number)
         notify = p.get("notify", bool, False)
         cwd = resolve(p.get("cwd", str)) or base
-        prog_policy = policy.overridden(p.sub("policy"))
+        prog_policy_table = p.sub("policy")
+        prog_policy = policy.overridden(prog_policy_table)
+        prog_policy_table.finish()
         p.finish()
         programs.append(ProgramSettings(name=name, command=tuple(command),
                                         env=tuple(sorted(env.items())), cwd=cwd, port=port,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from oraclewad.errors import Problem
+
+# A declared schema: key -> KEY (a value), a nested Schema (a table) or NAMES (a table of
+# operator-chosen names). See oraclewad/tenants/schema.py.
+KEY = "value"
+NAMES = "names"
+Schema = Mapping[str, "Schema | str"]
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a table"}
@@ -58,7 +65,27 @@ class TableReader:
     def finish(self) -> None:
         for name in self.table:
             if name not in self.seen:
-                self.fail(name, "unknown key: remove it or check its spelling")
+                self.fail(name, unknown_key(name, self.seen))
+
+
+def unknown_key(name: str, known: Iterable[str]) -> str:
+    """The message for a key nobody reads, with the closest known key when one is near."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f": did you mean {close[0]!r}?" if close else ": remove it or check its spelling"
+    return f"unknown key{hint}"
+
+
+def check_keys(table: Mapping[str, object], schema: Schema, source: str,
+               problems: list[Problem], prefix: str = "") -> None:
+    """Report every key of a document (at any depth) that its schema does not declare."""
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        spec = schema.get(name)
+        if spec is None:
+            problems.append(Problem(source, key, unknown_key(name, schema)))
+        elif isinstance(spec, Mapping) and isinstance(value, dict):
+            check_keys(value, spec, source, problems, key)
+        # A table given as a value is reported by the TableReader that reads it.
 
 
 def positive(value: float) -> str | None:

@@ -11,7 +11,8 @@ from oraclewad.errors import Problem
 from oraclewad.settings import Policy
 from oraclewad.tenants.ids import SERVICES, id_problem
 from oraclewad.tenants.ids import unit_name as _unit_name
-from oraclewad.tomlcheck import TableReader, port_number, positive
+from oraclewad.tenants.schema import TENANT
+from oraclewad.tomlcheck import TableReader, check_keys, port_number, positive
 
 ANTIBAN_STRATEGIES = ("conti_chips", "conservative", "moderate", "aggressive")
 EVOLUTION_API_VERSIONS = ("v2", "v1")
@@ -84,10 +85,10 @@ def _antiban(reader: TableReader) -> dict[str, Any]:
         low, high = reader.table.get(name), reader.table.get(name.replace("min", "max"))
         if isinstance(low, int | float) and isinstance(high, int | float) and low > high:
             reader.fail(name, f"must not exceed {name.replace('min', 'max')}")
-    # Warm-up and working hours are shaped by the anti-ban issue; accept tables for now.
+    # Warm-up and working hours are shaped by the anti-ban issue; their keys are declared in
+    # schema.py, their values pass through to the service.
     for name in ("warmup", "working_hours"):
         reader.sub(name)
-    reader.seen.update(reader.table)
     return dict(reader.table)
 
 
@@ -95,6 +96,7 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
                  problems: list[Problem]) -> Tenant | None:
     """Validate one tenant document; None (with problems appended) when it is unusable."""
     before = len(problems)
+    check_keys(doc, TENANT, str(source), problems)
     root = TableReader(doc, str(source), "", problems)
     tenant_id = root.get("id", str)
     stem = source.stem
@@ -117,7 +119,6 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
         sub = root.sub(svc)
         port = sub.get("port", int, check=port_number)
         svc_policy = policy.overridden(sub.sub("policy"))
-        sub.finish()
         if svc in wanted:
             services.append(ServiceConfig(svc, port, svc_policy))
 
@@ -133,7 +134,6 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
     api_version = ev.get("api_version", str, "v2")
     if api_version not in EVOLUTION_API_VERSIONS:
         ev.fail("api_version", 'must be "v2" or "v1"')
-    ev.finish()
     evolution = EvolutionConfig(
         url=url, instances=tuple(instances), api_version=api_version,
         api_key_file=None if key_file is None else source.parent / Path(key_file).expanduser())
@@ -142,7 +142,6 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
     templates = root.get("templates", dict, {})
     if not all(isinstance(v, str | list) for v in templates.values()):
         root.fail("templates", "values must be strings or lists of strings (variants)")
-    root.finish()
     if len(problems) > before:
         return None
     return Tenant(id=tenant_id, name=name, services=tuple(services), release=release,

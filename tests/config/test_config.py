@@ -96,6 +96,37 @@ def test_invalid_tenant_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert "problem(s) found" in result.stderr and "badkeys.toml" in result.stderr
 
 
+def test_unknown_keys_in_every_tenant_table_are_problems_with_a_suggestion(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    write_tenant(tmp_path, "typos", 'relase = "2.0"\n[recovery]\nprot = 4101\n[recovery.policy]\n'
+                 "start_timout = 5.0\n[evolution]\ninstance = []\n[antiban]\nstratgy = \"moderate\"\n"
+                 "foo = 1\n[antiban.warmup.day1]\nmin = 1\nmaxx = 2\n[antiban.working_hours]\n"
+                 'start = "08:00"\nzone = "UTC"\n[templates]\nreminder = "Oi {name}"\n')
+    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    assert "typos" not in loaded.tenants
+    text = "\n".join(str(p) for p in loaded.problems)
+    for expected in ("relase: unknown key: did you mean 'release'?",
+                     "recovery.prot: unknown key: did you mean 'port'?",
+                     "recovery.policy.start_timout: unknown key: did you mean 'start_timeout'?",
+                     "evolution.instance: unknown key: did you mean 'instances'?",
+                     "antiban.stratgy: unknown key: did you mean 'strategy'?",
+                     "antiban.foo: unknown key: remove it or check its spelling",
+                     "antiban.warmup.day1.maxx: unknown key: did you mean 'max'?",
+                     "antiban.working_hours.zone: unknown key"):
+        assert expected in text
+    assert "templates" not in text  # template names are the operator's own
+    assert len(loaded.problems) == 8  # each reported once
+    result = subprocess.run([*ORACLEWAD, "check", "--config", str(settings.path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "antiban.stratgy: unknown key" in result.stderr
+
+
+def test_config_unknown_keys_suggest_the_close_one(tmp_path: Path) -> None:
+    config = write_config(tmp_path, extra="[logs]\nbackup = 3\n")
+    with pytest.raises(InvalidArgument, match=r"logs\.backup: unknown key: did you mean 'backups'"):
+        load_settings(config)
+
+
 def test_allocated_ports_are_stable_and_never_shared(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path))
     first = settings.port_range[0]

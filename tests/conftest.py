@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ISSUED_IDS, Daemon, drop_external, external_servers_reachable, write_config
+from tests.support.sandbox import Sandbox, SandboxProcess
 
 # OWA_TEST_BACKEND=embedded runs everything as on a machine without PostgreSQL/Redis.
 EXTERNAL = os.environ.get("OWA_TEST_BACKEND") != "embedded" and external_servers_reachable()
@@ -45,3 +46,18 @@ def _drop_what_the_session_provisioned() -> Iterator[None]:
     yield
     if EXTERNAL and ISSUED_IDS:
         drop_external(sorted(set(ISSUED_IDS)))
+
+
+@pytest.fixture(scope="session")
+def sandbox_process() -> Iterator[SandboxProcess]:
+    """One Evolution sandbox process for the session (stopped at its end)."""
+    process = SandboxProcess.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_process: SandboxProcess) -> Sandbox:
+    """The session's sandbox, emptied for this test: no instances, messages, faults or numbers."""
+    sandbox_process.reset()
+    return Sandbox(sandbox_process)

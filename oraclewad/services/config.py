@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oraclewad import contract
 from oraclewad.services.logs import LEVELS
 
-EX_CONFIG = 78
+EX_CONFIG = contract.EX_CONFIG
 KNOWN_KEYS = frozenset({
     "tenant", "service", "display_name", "release", "log_level", "http", "postgres", "redis",
     "webhook_secret", "evolution", "antiban", "templates",
@@ -102,18 +103,22 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 
 def load(service: str, env: Mapping[str, str] | None = None, *, need_port: bool = True) -> ServiceConfig:
-    """Read OWA_CONFIG for `service`; OWA_TENANT/OWA_SERVICE, when set, must agree with the file.
+    """Read the config from OWA_CONFIG_FD (supervised) or the file OWA_CONFIG (standalone) for
+    `service`; OWA_TENANT/OWA_SERVICE, when set, must agree with it.
 
     need_port: no socket is inherited, so http.port must say where to listen (standalone mode).
     """
     env = os.environ if env is None else env
-    path = env.get("OWA_CONFIG", "")
-    if not path:
-        raise ConfigError("OWA_CONFIG: not set; point it at the service's JSON config file")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"OWA_CONFIG: cannot read {path}: {exc.strerror or exc}") from None
+    if env.get(contract.ENV_CONFIG_FD):
+        path, text = _read_fd(env[contract.ENV_CONFIG_FD])
+    else:
+        path = env.get(contract.ENV_CONFIG, "")
+        if not path:
+            raise ConfigError("OWA_CONFIG: not set; point it at the service's JSON config file")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"OWA_CONFIG: cannot read {path}: {exc.strerror or exc}") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -122,6 +127,22 @@ def load(service: str, env: Mapping[str, str] | None = None, *, need_port: bool 
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: must be a JSON object, not {type(raw).__name__}")
     return parse(raw, service, env, path=path, need_port=need_port)
+
+
+def _read_fd(value: str) -> tuple[str, str]:
+    try:
+        fd = int(value)
+    except ValueError:
+        raise ConfigError(f"OWA_CONFIG_FD: {value!r} is not a file descriptor number") from None
+    try:
+        with os.fdopen(fd, "rb") as f:     # read once, then closed: nothing to inherit further
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"OWA_CONFIG_FD: cannot read fd {fd}: {exc.strerror or exc}") from None
+    try:
+        return f"fd {fd}", data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"OWA_CONFIG_FD: fd {fd} is not UTF-8 text") from None
 
 
 def parse(raw: Mapping[str, Any], service: str, env: Mapping[str, str], *, path: str = "<config>",

@@ -13,9 +13,9 @@ from collections.abc import MutableMapping
 
 import trio
 
+from oraclewad.contract import HTTP_FD_NAME, LISTEN_FDS_START
 from oraclewad.services.config import ConfigError
 
-LISTEN_FDS_START = 3
 DEFAULT_WATCHDOG_INTERVAL = 10.0
 _MIN_WATCHDOG_INTERVAL = 0.01  # a tiny WATCHDOG_USEC must not turn the ping loop into a busy loop
 _SEND_TIMEOUT = 1.0
@@ -89,11 +89,18 @@ def watchdog_interval(env: MutableMapping[str, str]) -> float:
     return max(value / 1e6 / 3, _MIN_WATCHDOG_INTERVAL)
 
 
-def listen_http_fd(env: MutableMapping[str, str], name: str = "http") -> int | None:
-    """sd_listen_fds for one named socket: the fd number, or None when nothing was passed to us.
+def listen_http_fd(env: MutableMapping[str, str], name: str = HTTP_FD_NAME) -> int | None:
+    """sd_listen_fds for one named socket: the fd number, or None when nothing was passed to us."""
+    return listen_fds(env, (name,)).get(name)
+
+
+def listen_fds(env: MutableMapping[str, str], wanted: tuple[str, ...] = (HTTP_FD_NAME,),
+               ) -> dict[str, int]:
+    """sd_listen_fds with names: {name: fd} for each of `wanted` that was passed (contract.py).
 
     Like sd_listen_fds(1): ignores fds meant for another pid, marks ours close-on-exec, and unsets
-    the LISTEN_* variables so a grandchild cannot mistake them for its own.
+    the LISTEN_* variables so a grandchild cannot mistake them for its own. A single unnamed
+    socket is taken as the first wanted name.
     """
     count = env.get("LISTEN_FDS")
     pid = env.get("LISTEN_PID")
@@ -101,13 +108,13 @@ def listen_http_fd(env: MutableMapping[str, str], name: str = "http") -> int | N
     for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         env.pop(key, None)
     if not count or (pid and pid != str(os.getpid())):
-        return None
+        return {}
     try:
         n = int(count)
     except ValueError:
         raise ConfigError(f"LISTEN_FDS: {count!r} is not a number") from None
     if n < 1:
-        return None
+        return {}
     fds = list(range(LISTEN_FDS_START, LISTEN_FDS_START + n))
     for fd in fds:
         try:
@@ -116,12 +123,19 @@ def listen_http_fd(env: MutableMapping[str, str], name: str = "http") -> int | N
             raise ConfigError(f"LISTEN_FDS: says {n} fd(s) from {LISTEN_FDS_START}, but fd {fd} is "
                               "not open") from None
     labels = names.split(":") if names else []
-    if name in labels:
-        fd = fds[labels.index(name)]
-    elif n == 1 and not labels:
-        fd = fds[0]
+    found: dict[str, int] = {}
+    if n == 1 and not labels:
+        found[wanted[0]] = fds[0]
     else:
-        raise ConfigError(f"LISTEN_FDNAMES: no socket named {name!r} among {labels or n}")
+        found = {label: fd for label, fd in zip(labels, fds, strict=False) if label in wanted}
+    if wanted[0] not in found:
+        raise ConfigError(f"LISTEN_FDNAMES: no socket named {wanted[0]!r} among {labels or n}")
+    for name, fd in found.items():
+        _check_stream_socket(name, fd)
+    return found
+
+
+def _check_stream_socket(name: str, fd: int) -> None:
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
@@ -133,4 +147,3 @@ def listen_http_fd(env: MutableMapping[str, str], name: str = "http") -> int | N
         sock.detach()  # the fd stays open for hypercorn
     if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
         raise ConfigError(f"LISTEN_FDS: fd {fd} ({name}) is not a stream socket")
-    return fd

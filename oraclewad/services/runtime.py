@@ -1,7 +1,8 @@
 """Child bootstrap: every service process runs `run_service(...)` and gets the daemon contract for free.
 
-Startup: config (OWA_CONFIG) -> Postgres pool + schema check -> Redis PING -> public HTTP server on the
-inherited fd 3 (or http.host/port standalone) and admin server on OWA_ADMIN_SOCKET -> READY=1 ->
+Startup: config (fd OWA_CONFIG_FD, or file OWA_CONFIG) -> Postgres pool + schema check -> Redis PING ->
+public HTTP server on the inherited "http" fd (or http.host/port standalone) and admin server on the
+inherited "admin" fd (or OWA_ADMIN_SOCKET standalone) -> READY=1 ->
 WATCHDOG=1 from the trio loop. SIGTERM/SIGINT: STOPPING=1, stop accepting, drain in-flight requests
 (http.graceful_timeout_s), stop background tasks, close pools, exit 0. A second signal skips the drain.
 
@@ -28,22 +29,23 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, disable_created_metrics
 
+from oraclewad import contract
 from oraclewad.services import config as config_mod
 from oraclewad.services.admin import Health, HttpMetrics, SchemaProbe, build_admin_app
 from oraclewad.services.config import ConfigError, ServiceConfig
 from oraclewad.services.logs import Redactor, channel_logger, redact_url, secrets_in, setup_logging
-from oraclewad.services.notify import Notifier, check_unix_path, listen_http_fd, watchdog_interval
+from oraclewad.services.notify import Notifier, check_unix_path, listen_fds, watchdog_interval
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
     from redis import Redis
     from starlette.types import ASGIApp
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_OSERR = 71
-EX_CONFIG = config_mod.EX_CONFIG
+EX_OK = contract.EX_OK
+EX_UNAVAILABLE = contract.EX_UNAVAILABLE
+EX_SOFTWARE = contract.EX_SOFTWARE
+EX_OSERR = contract.EX_OSERR
+EX_CONFIG = contract.EX_CONFIG
 
 _CONNECT_TIMEOUT = 5
 _CLOSE_TIMEOUT = 5.0
@@ -126,19 +128,22 @@ def main(service: str, build_app: BuildApp, *, migrations: Path | None = None,
     redact = Redactor()
     setup_logging(static, redact)
     try:
-        http_fd = listen_http_fd(env)
+        passed = listen_fds(env, (contract.HTTP_FD_NAME, contract.ADMIN_FD_NAME))
+        http_fd = passed.get(contract.HTTP_FD_NAME)
         cfg = config_mod.load(service, env, need_port=http_fd is None)
         redact.add(secrets_in(cfg.raw))
         static["tenant"] = cfg.tenant
         logging.getLogger().setLevel(cfg.log_level.upper())
         notifier = Notifier(env.get("NOTIFY_SOCKET"))
         interval = watchdog_interval(env)
-        admin_path = env.get("OWA_ADMIN_SOCKET") or None
+        admin_path = env.get(contract.ENV_ADMIN_SOCKET) or None
         if admin_path:
-            check_unix_path("OWA_ADMIN_SOCKET", admin_path)
+            check_unix_path(contract.ENV_ADMIN_SOCKET, admin_path)
     except ConfigError as exc:
         return _refuse(exc.exit_code, str(exc))
-    if os.stat(cfg.path).st_mode & 0o077:
+    if contract.ADMIN_FD_NAME in passed:
+        admin_path = f"fd://{passed[contract.ADMIN_FD_NAME]}"  # bound (and removed) by the daemon
+    if not env.get(contract.ENV_CONFIG_FD) and os.stat(cfg.path).st_mode & 0o077:
         log.warning("config file is readable by other users: it holds credentials, chmod 600 it",
                     extra={"path": cfg.path})
     plan = _Plan(cfg, build_app, migrations or Path(__file__).parent / service / "migrations",
@@ -257,7 +262,8 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
     async def run_admin(path: str, task_status: trio.TaskStatus[list[str]]) -> None:
         # Created 0600 (umask), never reachable from the network; it outlives the public server's
         # drain so /healthz and /metrics keep answering while requests finish.
-        admin_cfg = _hypercorn_config(f"unix:{path}", _ADMIN_GRACE, umask=0o177)
+        bind = path if path.startswith("fd://") else f"unix:{path}"
+        admin_cfg = _hypercorn_config(bind, _ADMIN_GRACE, umask=0o177)
         await serve(build_admin_app(health, ctx.metrics), admin_cfg, shutdown_trigger=admin_stop.wait,
                     task_status=task_status, mode="asgi")
         admin_done.set()
@@ -271,8 +277,9 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             if plan.admin_path:
                 where = f"unix:{plan.admin_path}"
                 await servers.start(run_admin, plan.admin_path)
-                os.chmod(plan.admin_path, 0o600)
-                admin_inode = os.stat(plan.admin_path).st_ino
+                if not plan.admin_path.startswith("fd://"):
+                    os.chmod(plan.admin_path, 0o600)
+                    admin_inode = os.stat(plan.admin_path).st_ino
             else:
                 admin_done.set()
         except* OSError as group:  # hypercorn raises bind errors from inside its own nursery

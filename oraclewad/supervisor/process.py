@@ -3,8 +3,9 @@
 Why posix_spawn: it runs on the calling (trio) thread with glibc's vfork-style clone, so the
 `setpriv --pdeathsig KILL` death signal is tied to a thread that lives as long as the daemon
 (ARCHITECTURE.md, "Child process contract"), it is as cheap as vfork with a large parent, and its
-file actions can place the listening socket at fd 3, which subprocess.Popen cannot do without
-preexec_fn.
+file actions can place the contract's descriptors at fd 3.., which subprocess.Popen cannot do
+without preexec_fn. setpriv also switches to the tenant's uid/gid, drops every capability and
+sets no_new_privs, so the whole privilege change happens in the exec'd helper, not in Python.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import trio
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 ENV = shutil.which("env") or "/usr/bin/env"
 LISTEN_FD = 3
+# CAP_SETUID and CAP_SETGID (capability numbers 7 and 6), and CAP_SETPCAP (8) for the bounding set.
+_CAP_SETGID, _CAP_SETUID, _CAP_SETPCAP = 6, 7, 8
 # Every named signal back to its default in the child: Python ignores SIGPIPE and SIGXFSZ, and
 # an ignored disposition would survive exec.
 _DEFAULT_SIGNALS = frozenset(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
@@ -102,6 +105,45 @@ def seal_inherited_fds() -> list[int]:
     return sealed
 
 
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def can_switch_users() -> bool:
+    """Whether children can be started as other users (root, or CAP_SETUID + CAP_SETGID)."""
+    caps = _effective_caps()
+    return bool(caps & (1 << _CAP_SETUID)) and bool(caps & (1 << _CAP_SETGID))
+
+
+def identity_args(uid: int, gid: int) -> list[str]:
+    """setpriv options: become uid/gid with no supplementary groups and no capabilities at all."""
+    args = [f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+            "--ambient-caps=-all", "--no-new-privs"]
+    if _effective_caps() & (1 << _CAP_SETPCAP):
+        args.append("--bounding-set=-all")
+    return args
+
+
+def _leaked_fds(keep: set[int]) -> list[int]:
+    """Inheritable fds of ours that a child would get by accident (hypercorn marks its listening
+    sockets inheritable, a library may open one without O_CLOEXEC): closed in the child."""
+    leaked = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in keep:
+            continue
+        with contextlib.suppress(OSError):     # the listdir's own fd is gone by now
+            if os.get_inheritable(fd):
+                leaked.append(fd)
+    return leaked
+
+
 def describe_exit(status: int | None) -> str:
     """A wait status for people: "exit 1", "killed by SIGKILL"."""
     if status is None:
@@ -130,8 +172,15 @@ def _check_program(argv0: str, env: Mapping[str, str], cwd: Path | None) -> None
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None,
-          listen_fd: int | None = None) -> Child:
-    """Start argv in a new session with stdin=/dev/null, stdout/stderr piped, listen_fd at fd 3."""
+          listen_fd: int | None = None, pass_fds: Sequence[int] = (),
+          user: tuple[int, int] | None = None) -> Child:
+    """Start argv in a new session with stdin=/dev/null, stdout/stderr piped, and pass_fds at
+    fd 3, 4, ... (listen_fd: one socket at fd 3); no other descriptor reaches the child.
+
+    user: (uid, gid) to run as, with no supplementary groups, capabilities or new privileges.
+    """
+    if listen_fd is not None:
+        pass_fds = (listen_fd, *pass_fds)
     if not os.access(SETPRIV, os.X_OK):
         raise SpawnError(f"{SETPRIV} is missing: install util-linux (setpriv ties children to the daemon)")
     _check_program(argv[0], env, cwd)
@@ -161,9 +210,14 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = Non
         actions = [(os.POSIX_SPAWN_DUP2, high(devnull), 0),
                    (os.POSIX_SPAWN_DUP2, high(out_w), 1),
                    (os.POSIX_SPAWN_DUP2, high(err_w), 2)]
-        if listen_fd is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, high(listen_fd), LISTEN_FD))
-        prefix = [SETPRIV, "--pdeathsig", "KILL", "--"]
+        for i, fd in enumerate(pass_fds):
+            actions.append((os.POSIX_SPAWN_DUP2, high(fd), LISTEN_FD + i))
+        targets = set(range(LISTEN_FD + len(pass_fds)))
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _leaked_fds(targets)]
+        prefix = [SETPRIV, "--pdeathsig", "KILL"]
+        if user is not None:
+            prefix += identity_args(*user)
+        prefix.append("--")
         if cwd is not None:
             # posix_spawn has no chdir action in Python; coreutils env does it in one cheap exec.
             prefix += [ENV, "-C", str(cwd), "--"]

@@ -13,11 +13,14 @@ trio.current_time() values, so a MockClock drives them in tests.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import random
 import signal
+import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import trio
 
+from oraclewad import contract
 from oraclewad.settings import LogSettings, Policy
 from oraclewad.supervisor.backoff import Backoff
 from oraclewad.supervisor.listeners import BindError, Listeners
@@ -73,20 +77,60 @@ class Context:
     start_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(8))
 
 
-def write_private(path: Path, text: str) -> None:
-    """A 0600 file in a 0700 directory, replaced whole (no fsync: run_dir is runtime state)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def sealed_memfd(text: str) -> int:
+    """The config as an anonymous, sealed, read-only file: it never touches a disk or a folder,
+    and the child (or anyone it hands it to) cannot change what the next reader sees."""
+    fd = os.memfd_create("oraclewa-config", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        os.fchmod(fd, 0o600)
         data = text.encode()
         while data:
             data = data[os.write(fd, data):]
-    finally:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
         os.close(fd)
-    os.replace(tmp, path)
+        raise
+    return fd
+
+
+def ensure_private_tmp(path: Path, user: tuple[int, int] | None) -> None:
+    """A 0700 folder owned by the service's user, in a parent others can cross but not list."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    pst = os.lstat(parent)
+    if not stat.S_ISDIR(pst.st_mode) or pst.st_uid != os.geteuid():
+        raise OSError(f"{parent} is not a folder of the daemon's user: remove it")
+    os.chmod(parent, 0o711)
+    uid, gid = user if user is not None else (os.geteuid(), os.getegid())
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a folder: remove it")
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, 0o700)
+
+
+def bind_admin(path: Path) -> socket.socket:
+    """The child's admin socket, bound by us (0600, in our 0700 folder) and handed over as an fd."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()      # a dead predecessor's socket file would make the bind fail
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(os.fspath(path))
+        finally:
+            os.umask(old)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Runner:
@@ -126,10 +170,6 @@ class Runner:
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def config_path(self) -> Path:
-        return self.ctx.run_dir / "children" / f"{self.spec.file_stem}.json"
 
     @property
     def admin_path(self) -> Path:
@@ -274,8 +314,14 @@ class Runner:
                 if self.gen != gen or not self.want_run or self.removing:
                     return False        # called off while waiting for the turn
                 listen = self.ctx.listeners.acquire(spec.name, spec.listen) if spec.listen else None
-                env = self._prepare(spec)
-                child = spawn(spec.argv, env, cwd=spec.cwd, listen_fd=listen.fileno() if listen else None)
+                owned: list[int] = []   # our copies of what only the child keeps
+                try:
+                    env, fds = self._prepare(spec, listen, owned)
+                    child = spawn(spec.argv, env, cwd=spec.cwd or spec.private_tmp, pass_fds=fds,
+                                  user=spec.user)
+                finally:
+                    for fd in owned:
+                        os.close(fd)
         except (BindError, SpawnError) as e:
             self.message = str(e)
             log.warning("%s: %s", self.name, e)
@@ -290,7 +336,8 @@ class Runner:
         self.started_wall = time.time()
         self.message = ""
         self.ctx.children.add(child.pid)
-        self.ctx.notify.register(child.pid, partial(self._on_notify, child))
+        self.ctx.notify.register(child.pid, partial(self._on_notify, child),
+                                 uid=spec.user[0] if spec.user else None)
         assert self._nursery is not None
         sink = self._sink_for(spec.log_dir)
         handlers: tuple[tuple[int, Callable[[list[Line]], None]], ...] = (
@@ -431,33 +478,42 @@ class Runner:
             self._sink = LogSink(log_dir, self.ctx.logs, self.ctx.compressor).acquire()
         return self._sink
 
-    def _prepare(self, spec: ProcessSpec) -> dict[str, str]:
-        """The child's environment, and the files it names."""
+    def _prepare(self, spec: ProcessSpec, listen: socket.socket | None,
+                 owned: list[int]) -> tuple[dict[str, str], list[int]]:
+        """The child's environment and descriptors (oraclewad/contract.py); `owned` collects
+        the fds opened here, which the caller closes once the child has its copies."""
         env = dict(self.ctx.base_env)
         if spec.notify:
-            env["NOTIFY_SOCKET"] = os.fspath(self.ctx.notify.path)
+            env[contract.ENV_NOTIFY] = self.ctx.notify.env_value
             if spec.policy.watchdog_timeout > 0:
-                env["WATCHDOG_USEC"] = str(int(spec.policy.watchdog_timeout * 1e6))
-        if spec.listen:
-            env["LISTEN_FDS"] = "1"
-            env["LISTEN_FDNAMES"] = "http"
-        if spec.config is not None:
-            write_private(self.config_path, spec.config)
-            env["OWA_CONFIG"] = os.fspath(self.config_path)
+                env[contract.ENV_WATCHDOG_USEC] = str(int(spec.policy.watchdog_timeout * 1e6))
+        fds: list[int] = []
+        names: list[str] = []
+        if listen is not None:
+            fds.append(listen.fileno())
+            names.append(contract.HTTP_FD_NAME)
         if spec.admin_socket:
-            admin = self.admin_path
-            admin.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(admin.parent, 0o700)
-            with contextlib.suppress(FileNotFoundError):
-                admin.unlink()      # a dead predecessor's socket file would make the bind fail
-            env["OWA_ADMIN_SOCKET"] = os.fspath(admin)
+            admin = bind_admin(self.admin_path)
+            owned.append(admin.detach())
+            fds.append(owned[-1])
+            names.append(contract.ADMIN_FD_NAME)
+        if fds:
+            env["LISTEN_FDS"] = str(len(fds))
+            env["LISTEN_FDNAMES"] = ":".join(names)
+        if spec.config is not None:
+            owned.append(sealed_memfd(spec.config))
+            env[contract.ENV_CONFIG_FD] = str(contract.LISTEN_FDS_START + len(fds))
+            fds.append(owned[-1])
+        if spec.private_tmp is not None:
+            ensure_private_tmp(spec.private_tmp, spec.user)
+            env["TMPDIR"] = env["HOME"] = os.fspath(spec.private_tmp)
         env.update(spec.env)
-        return env
+        return env, fds
 
     def forget_files(self) -> None:
-        """The service is gone: its config file (it holds credentials) goes too."""
+        """The service is gone: its admin socket file goes too."""
         with contextlib.suppress(FileNotFoundError):
-            self.config_path.unlink()
+            self.admin_path.unlink()
 
     # ---- state and events --------------------------------------------------------------------
 

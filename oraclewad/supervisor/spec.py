@@ -21,15 +21,17 @@ class ProcessSpec:
     # Extra env on top of a minimal inherited one (PATH, LANG, LC_ALL, TZ, HOME, PYTHONPATH if set).
     env: tuple[tuple[str, str], ...] = ()
     cwd: Path | None = None
-    # Bound by the supervisor, kept across restarts, passed as fd 3 with LISTEN_FDS=1,
-    # LISTEN_FDNAMES=http. LISTEN_PID is not set (the pid is unknown before the spawn), so
-    # children must accept LISTEN_FDS without it.
+    # Bound by the supervisor, kept across restarts, passed as fd 3 with LISTEN_FDNAMES=http
+    # (then the admin socket, if any). LISTEN_PID is not set (the pid is unknown before the
+    # spawn), so children must accept LISTEN_FDS without it. See oraclewad/contract.py.
     listen: tuple[str, int] | None = None
     # True: the child must send READY=1 (start deadline applies) and WATCHDOG=1 when the policy
     # has a watchdog. False: running as soon as spawned, no watchdog.
     notify: bool = True
-    config: str | None = None                   # JSON text -> 0600 file, path in OWA_CONFIG
-    admin_socket: bool = True                   # OWA_ADMIN_SOCKET=run_dir/admin/<group>-<svc>.sock
+    config: str | None = None                   # JSON text -> sealed memfd, number in OWA_CONFIG_FD
+    admin_socket: bool = True                   # bound at run_dir/admin/<group>-<svc>.sock, passed as fd
+    user: tuple[int, int] | None = None         # (uid, gid) to run as; None: the daemon's user
+    private_tmp: Path | None = None             # TMPDIR, HOME and default cwd, owned by `user`
     policy: Policy = field(default_factory=Policy)
     labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 

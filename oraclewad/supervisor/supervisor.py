@@ -18,7 +18,7 @@ from oraclewad.files import write_atomic
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor.listeners import Listeners
 from oraclewad.supervisor.logsink import Compressor
-from oraclewad.supervisor.notify import NotifyServer
+from oraclewad.supervisor.notify import NotifyServer, abstract_name
 from oraclewad.supervisor.process import seal_inherited_fds
 from oraclewad.supervisor.reaper import Reaper
 from oraclewad.supervisor.runner import Context, Runner
@@ -82,7 +82,7 @@ class Supervisor:
         self._children: set[int] = set()
         self.listeners = Listeners()
         self.compressor = Compressor()
-        self.notify = NotifyServer(self.run_dir / "notify.sock")
+        self.notify = NotifyServer(abstract_name(self.run_dir))
         self.reaper = Reaper(self._children.__contains__, grace=reap_grace)
         self._ctx = Context(run_dir=self.run_dir, logs=logs, compressor=self.compressor,
                             listeners=self.listeners, notify=self.notify, children=self._children,

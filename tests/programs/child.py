@@ -29,6 +29,8 @@ def notify(*lines: str) -> None:
         return
     if _notify_sock is None:
         _notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if address.startswith("@"):          # the abstract namespace, as sd_notify reads it
+        address = "\0" + address[1:]
     with contextlib.suppress(OSError):   # supervisor gone: its death signal, not this, ends us
         _notify_sock.sendto("\n".join(lines).encode(), address)
 
@@ -104,7 +106,7 @@ def main() -> None:
         status["gpid"] = spawn_grandchild(args.ignore_term)
     if args.orphan is not None:
         status["orphan"] = spawn_orphan(args.orphan)
-    if os.environ.get("LISTEN_FDS") == "1":
+    if os.environ.get("LISTEN_FDNAMES", "").split(":")[0] == "http":
         sock = socket.socket(fileno=3)
         status["ino"] = os.fstat(3).st_ino
         threading.Thread(target=serve, args=(sock,), daemon=True).start()

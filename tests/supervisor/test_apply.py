@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,11 +41,11 @@ async def test_apply_restarts_only_the_changed_spec(sup, make_spec):
 
 async def test_apply_adds_and_removes_without_touching_the_rest(sup, make_spec, root):
     keep, gone, new = "a/recovery", "b/recovery", "c/recovery"
-    sup.apply({keep: make_spec(keep), gone: make_spec(gone, config='{"secret": 1}')})
+    sup.apply({keep: make_spec(keep), gone: make_spec(gone, config='{"secret": 1}', admin_socket=True)})
     kept_pid = (await sup.wait_state(keep, "running", 10)).pid
     gone_pid = (await sup.wait_state(gone, "running", 10)).pid
-    config = root / "run" / "children" / "b-recovery.json"
-    assert config.stat().st_mode & 0o777 == 0o600
+    admin = root / "run" / "admin" / "b-recovery.sock"
+    assert admin.exists()
 
     changes = sup.apply({keep: make_spec(keep), new: make_spec(new)})
     assert changes.added == (new,)
@@ -51,7 +53,7 @@ async def test_apply_adds_and_removes_without_touching_the_rest(sup, make_spec, 
     assert changes.unchanged == (keep,)
     await sup.wait_removed(gone, 10)
     assert proc_state(gone_pid) is None
-    assert not config.exists()                  # its credentials do not outlive it
+    assert not admin.exists()                   # nothing of it is left behind
     await sup.wait_state(new, "running", 10)
     assert sup.status(keep).pid == kept_pid
     assert [s.name for s in sup.snapshot()] == [keep, new]
@@ -67,14 +69,17 @@ async def test_child_environment_and_files(sup, make_spec, root):
     raw = Path(f"/proc/{status.pid}/environ").read_text()
     environ = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
     assert environ["OWA_TENANT"] == "acme"
-    assert environ["OWA_CONFIG"] == str(root / "run" / "children" / "acme-recovery.json")
-    assert environ["OWA_ADMIN_SOCKET"] == str(root / "run" / "admin" / "acme-recovery.sock")
-    assert environ["NOTIFY_SOCKET"] == str(root / "run" / "notify.sock")
-    assert environ["LISTEN_FDS"] == "1" and environ["LISTEN_FDNAMES"] == "http"
+    # Everything arrives as a descriptor (oraclewad/contract.py): no path into our folders.
+    assert "OWA_CONFIG" not in environ and "OWA_ADMIN_SOCKET" not in environ
+    assert environ["NOTIFY_SOCKET"].startswith("@oraclewad-")
+    assert environ["LISTEN_FDS"] == "2" and environ["LISTEN_FDNAMES"] == "http:admin"
+    assert environ["OWA_CONFIG_FD"] == "5"
     assert "LISTEN_PID" not in environ
     assert environ["WATCHDOG_USEC"] == "5000000"
+    assert Path(f"/proc/{status.pid}/fd/5").read_text() == '{"dsn": "x"}'
     assert (root / "run" / "admin").stat().st_mode & 0o777 == 0o700
-    assert Path(environ["OWA_CONFIG"]).read_text() == '{"dsn": "x"}'
+    assert (root / "run" / "admin" / "acme-recovery.sock").stat().st_mode & 0o777 == 0o600
+    assert not (root / "run" / "children").exists()     # no credentials on disk
     # Its own session and process group, so a stop reaches everything it started.
     stat = Path(f"/proc/{status.pid}/stat").read_text().rpartition(")")[2].split()
     assert int(stat[2]) == int(stat[3]) == status.pid
@@ -110,3 +115,29 @@ async def test_slow_subscriber_is_dropped_and_never_blocks(sup, make_spec):
     with pytest.raises(trio.EndOfChannel):
         await slow.receive()                    # cut off after falling behind
     assert [fast.receive_nowait().state for _ in range(2)] == ["starting", "running"]
+
+
+async def test_child_inherits_exactly_the_contracts_descriptors(sup, make_spec, root):
+    # A daemon-side socket marked inheritable (hypercorn does that to the metrics listener).
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", 0))
+    stray.listen()
+    stray.set_inheritable(True)
+    try:
+        spec = make_spec("acme/recovery", config='{"dsn": "x"}', admin_socket=True, notify=False,
+                         listen=("127.0.0.1", 0))
+        spec = replace(spec, argv=("sleep", "60"))     # opens nothing of its own
+        sup.apply({spec.name: spec})
+        pid = (await sup.wait_state(spec.name, "running", 10)).pid
+        while not os.readlink(f"/proc/{pid}/exe").endswith("/sleep"):   # still in setpriv
+            await trio.sleep(0.01)
+        fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+    finally:
+        stray.close()
+    assert sorted(fds) == [0, 1, 2, 3, 4, 5], fds
+    assert fds[0] == "/dev/null" and fds[1].startswith("pipe:") and fds[2].startswith("pipe:")
+    assert fds[3].startswith("socket:") and fds[4].startswith("socket:")
+    assert fds[5].startswith("/memfd:oraclewa-config")
+    # The config cannot be changed through the child's copy (sealed).
+    with pytest.raises(PermissionError), open(f"/proc/{pid}/fd/5", "w"):
+        pass

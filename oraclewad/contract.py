@@ -1,0 +1,68 @@
+"""The child-process contract, shared by the daemon (supervisor) and the services. Stdlib only.
+
+A supervised tenant service receives everything it needs as an open file descriptor, so it
+needs no access to any file or folder of the daemon:
+
+    fd 0          /dev/null
+    fd 1, 2       pipes to the daemon's log sink (stdout: JSON lines, stderr: plain text)
+    fd 3, 4, ...  listening sockets, sd_listen_fds style: LISTEN_FDS=<n>, LISTEN_FDNAMES=http:admin
+                  ("http": the public TCP socket; "admin": a unix socket for /healthz, /metrics)
+    fd 3 + n      the JSON config, a sealed read-only memfd; its number is in OWA_CONFIG_FD
+
+and nothing else (the supervisor closes every other descriptor in the child). Notifications go
+to NOTIFY_SOCKET (an abstract unix socket, reachable by every uid); the daemon accepts a
+datagram only when the kernel-stamped pid *and* uid are those of the child it supervises.
+
+Standalone runs (no daemon) name a config file in OWA_CONFIG and an admin socket path in
+OWA_ADMIN_SOCKET instead.
+"""
+
+from __future__ import annotations
+
+# ---- environment
+ENV_TENANT = "OWA_TENANT"
+ENV_SERVICE = "OWA_SERVICE"
+ENV_CONFIG_FD = "OWA_CONFIG_FD"          # supervised: the config's fd number
+ENV_CONFIG = "OWA_CONFIG"                # standalone: the config file's path
+ENV_ADMIN_SOCKET = "OWA_ADMIN_SOCKET"    # standalone: where to bind the admin socket
+ENV_NOTIFY = "NOTIFY_SOCKET"
+ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
+
+# ---- descriptors
+LISTEN_FDS_START = 3
+HTTP_FD_NAME = "http"
+ADMIN_FD_NAME = "admin"
+
+# ---- exit codes (sysexits.h), the supervisor reports them by name
+EX_OK = 0
+EX_SOFTWARE_BUG = 1      # an uncaught exception: the traceback is on stderr
+EX_UNAVAILABLE = 69      # PostgreSQL or Redis unreachable at start
+EX_SOFTWARE = 70         # the release lacks a part it needs
+EX_OSERR = 71            # cannot listen (port in use, bad admin socket)
+EX_CONFIG = 78           # invalid config or environment, or a database schema mismatch
+
+EXIT_MEANINGS = {
+    EX_SOFTWARE_BUG: "crashed (traceback in error.log)",
+    EX_UNAVAILABLE: "PostgreSQL or Redis unreachable",
+    EX_SOFTWARE: "release incomplete",
+    EX_OSERR: "cannot listen",
+    EX_CONFIG: "invalid config or schema mismatch",
+}
+
+# ---- notify datagrams
+MAX_NOTIFY_DATAGRAM = 4096
+
+
+def parse_notify(data: bytes) -> dict[str, str]:
+    """KEY=VALUE lines (sd_notify format); later keys win, junk lines are skipped."""
+    fields: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        key, sep, value = line.partition("=")
+        if sep and key:
+            fields[key] = value
+    return fields
+
+
+def listen_fd_names(names: list[str]) -> dict[str, int]:
+    """LISTEN_FDNAMES entries -> fd numbers."""
+    return {name: LISTEN_FDS_START + i for i, name in enumerate(names)}

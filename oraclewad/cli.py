@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 import trio
@@ -22,7 +23,7 @@ EPILOG = """examples:
 
 def check(settings: Settings) -> list[Problem]:
     """Every problem of the config's tenants, ports included; writes nothing."""
-    loaded = load_tenants(settings.tenants_dir, settings.policy)
+    loaded = load_tenants(settings.tenants_dir, settings.policy, follow_symlinks=settings.tenant_symlinks)
     book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
     reserved = [p.port for p in settings.programs if p.port]
     _, port_problems = book.assign(loaded.tenants, reserved, persist=False)
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from oraclewad.daemon import run_daemon  # heavy imports only when running
 
+    # Once the daemon's own handlers are gone (the very end of a shutdown), a late SIGTERM or
+    # SIGINT must not turn a clean exit 0 into a death by signal. (Children never inherit this:
+    # they are spawned while the daemon's handlers are installed, which exec resets.)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         trio.run(run_daemon, settings)
     except OracleError as e:

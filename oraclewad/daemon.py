@@ -31,16 +31,30 @@ def prepare_directories(settings: Settings) -> None:
             os.chmod(path, mode)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _shutdown_requested(signum: int, frame: object) -> None:
+    """Handler outside the receiver's lifetime: a stop request while starting up or in the last
+    steps of shutdown. Trio re-raises signals still queued when its receiver closes; with this
+    handler in place a repeated SIGTERM/SIGINT is the same request, never a death by signal."""
+    _late_signals.append(signum)
+
+
+_late_signals: list[int] = []
+
+
 async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads tenants.d. Children stop before the data servers."""
     notifier = notifier or SystemdNotifier()
     pidfile = PidFile(settings.state_dir / "oraclewad.pid")
     pidfile.acquire()
+    saved = {s: signal.signal(s, _shutdown_requested) for s in (*STOP_SIGNALS, signal.SIGHUP)}
     try:
         prepare_directories(settings)
         if (warning := ephemeral_overlap(settings.port_range)) is not None:
             log.warning("%s", warning)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
             notifier.notify("STATUS=starting data servers")
             async with open_servers(settings) as servers, trio.open_nursery() as nursery:
                 supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs,
@@ -52,32 +66,47 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 if settings.metrics_listen:
                     await nursery.start(serve_metrics, settings.metrics_listen, fleet)
                 notifier.notify("STATUS=starting tenants")
-                view = await fleet.reload()
-                for problem in view.problems:
-                    log.error("config problem (tenant skipped): %s", problem)
+                await _reload(fleet)
                 await fleet.wait_spawned(timeout=30)
                 log.info("started %d tenants: %s", len(fleet.tenants), fleet.summary())
                 notifier.notify("READY=1", f"STATUS={fleet.summary()}")
                 if notifier.watchdog_interval:
                     nursery.start_soon(_watchdog, notifier)
                 nursery.start_soon(_status_loop, notifier, fleet)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        notifier.notify("RELOADING=1")
-                        view = await fleet.reload()
-                        for problem in view.problems:
-                            log.error("config problem (tenant skipped): %s", problem)
-                        log.info("reloaded: added %s, removed %s, restarted %s",
-                                 list(view.added), list(view.removed), list(view.restarted))
-                        notifier.notify("READY=1", f"STATUS={fleet.summary()}")
-                        continue
-                    log.info("received %s: stopping every service", signal.Signals(signum).name)
-                    notifier.notify("STOPPING=1", "STATUS=stopping services")
-                    nursery.cancel_scope.cancel()
-                    break
+                # A stop asked for before the receiver listened (recorded by the handler) counts.
+                stop_signal = next((s for s in _late_signals if s in STOP_SIGNALS), None)
+                if stop_signal is None:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            notifier.notify("RELOADING=1")
+                            await _reload(fleet)
+                            notifier.notify("READY=1", f"STATUS={fleet.summary()}")
+                            continue
+                        stop_signal = signum
+                        break
+                log.info("received %s: stopping every service", signal.Signals(stop_signal).name)
+                notifier.notify("STOPPING=1", "STATUS=stopping services")
+                nursery.cancel_scope.cancel()
     finally:
+        # Still inside the handlers above: a signal during these last steps changes nothing.
         pidfile.release()
         notifier.close()
+        _late_signals.clear()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+async def _reload(fleet: Fleet) -> None:
+    """A reload that fails (whatever the cause) is logged; the daemon and its tenants go on."""
+    try:
+        view = await fleet.reload()
+    except Exception:
+        log.exception("reload failed: tenants keep running as they were")
+        return
+    for problem in view.problems:
+        log.error("config problem (tenant skipped): %s", problem)
+    log.info("reloaded: added %s, removed %s, restarted %s",
+             list(view.added), list(view.removed), list(view.restarted))
 
 
 async def _watchdog(notifier: SystemdNotifier) -> None:

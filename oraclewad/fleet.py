@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ class Fleet:
             return await self._reload()
 
     async def _reload(self) -> ReloadView:
-        loaded = await trio.to_thread.run_sync(load_tenants, self.settings.tenants_dir, self.settings.policy)
+        loaded = await trio.to_thread.run_sync(
+            partial(load_tenants, self.settings.tenants_dir, self.settings.policy,
+                    follow_symlinks=self.settings.tenant_symlinks))
         reserved = [p.port for p in self.settings.programs if p.port]
         ports, port_problems = await trio.to_thread.run_sync(
             lambda: self.book.assign(loaded.tenants, reserved, self.ports))
@@ -500,8 +503,9 @@ class Fleet:
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:
         self._names(tenant_id, service)
-        if not channel or not set(channel) <= LOG_CHANNEL_CHARS:
-            raise InvalidArgument("must be a channel name such as combined, error, webhook", field="channel")
+        if not channel or len(channel) > 40 or not set(channel) <= LOG_CHANNEL_CHARS:
+            raise InvalidArgument("must be a channel name such as combined, error, webhook "
+                                  "(lowercase letters, digits, _; at most 40)", field="channel")
         path = self.settings.log_dir / tenant_id / service / f"{channel}.log"
         if not path.exists():
             present = sorted(p.stem for p in path.parent.glob("*.log"))

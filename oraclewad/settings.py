@@ -110,6 +110,7 @@ class Settings:
     control: ControlSettings
     programs: tuple[ProgramSettings, ...] = ()
     max_parallel_starts: int = 0        # services between spawn and READY=1 at once; 0 = 4 per core
+    tenant_symlinks: bool = False       # follow a symlink in tenants.d to a regular file
 
     @property
     def secrets_dir(self) -> Path:
@@ -160,6 +161,7 @@ def load_settings(path: Path) -> Settings:
     }
     default_release = d.get("default_release", str, "bundled")
     max_parallel_starts = d.get("max_parallel_starts", int, 0, check=non_negative)
+    tenant_symlinks = d.get("tenant_symlinks", bool, False)
     d.finish()
 
     s = root.sub("services")
@@ -248,4 +250,4 @@ def load_settings(path: Path) -> Settings:
                     port_range=(port_range[0], port_range[1]), metrics_listen=metrics_listen,
                     default_release=default_release, policy=policy, logs=logs,
                     postgres=postgres, redis=redis, control=control, programs=tuple(programs),
-                    max_parallel_starts=max_parallel_starts)
+                    max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks)

@@ -94,6 +94,30 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     context.abort(code, message)
 
 
+MAX_FIELD_CHARS = 1000
+# Fields that legitimately carry more: a tenant file's worth of TOML, a secret.
+LONG_FIELDS = {"extra_toml": 256 * 1024, "evolution_api_key": 4096}
+
+
+def check_request(message: Any, prefix: str = "") -> None:
+    """Every string in a request within its limit (RpcFailure INVALID_ARGUMENT naming the field),
+    so an oversized argument never reaches a path, a log line or an error message."""
+    for desc, value in message.ListFields():
+        name = f"{prefix}{desc.name}"
+        if desc.type == desc.TYPE_STRING:
+            limit = LONG_FIELDS.get(desc.name, MAX_FIELD_CHARS)
+            for item in (value if desc.is_repeated else [value]):
+                if len(item) > limit:
+                    raise invalid(name, f"is {len(item)} characters long; at most {limit}")
+        elif desc.type != desc.TYPE_MESSAGE or desc.message_type.name == "Struct":
+            continue
+        elif not desc.is_repeated:
+            check_request(value, f"{name}.")
+        elif not desc.message_type.GetOptions().map_entry:
+            for item in value:
+                check_request(item, f"{name}.")
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a servicer method (plain or generator) so any exception ends the call with its status."""
     name = method.__name__
@@ -102,6 +126,7 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
+                check_request(request)
                 yield from method(self, request, context)
                 return
             except Exception as exc:
@@ -113,6 +138,7 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            check_request(request)
             return method(self, request, context)
         except Exception as exc:
             code, message = status_for(exc, name)

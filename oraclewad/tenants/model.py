@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ from oraclewad.tenants.schema import TENANT
 from oraclewad.tomlcheck import TableReader, check_keys, port_number, positive
 
 ANTIBAN_STRATEGIES = ("conti_chips", "conservative", "moderate", "aggressive")
+# Limits on what a tenant file (or `tenant add`) may carry: status lines, logs and control
+# answers repeat these strings, so none may be huge or carry terminal control characters.
+MAX_NAME = 120
+MAX_STRING = 2000
+MAX_TEMPLATE = 4096
+MAX_LIST = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TEMPLATE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")    # newline and tab are text there
 EVOLUTION_API_VERSIONS = ("v2", "v1")
 
 
@@ -92,10 +101,44 @@ def _antiban(reader: TableReader) -> dict[str, Any]:
     return dict(reader.table)
 
 
+def string_problems(doc: dict[str, Any], source: str) -> list[Problem]:
+    """Every string or list in the document that is too long or carries control characters."""
+    found: list[Problem] = []
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in doc.items()]
+    while stack and len(found) < 10:
+        key, value = stack.pop()
+        in_templates = key == "templates" or key.startswith("templates.")
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}", v) for k, v in value.items())
+            if len(value) > MAX_LIST:
+                found.append(Problem(source, key, f"has {len(value)} keys; at most {MAX_LIST}"))
+            for k in value:
+                if len(k) > 100 or _CONTROL.search(k):
+                    found.append(Problem(source, key, "has a key that is over 100 characters or "
+                                         "holds control characters"))
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST:
+                found.append(Problem(source, key, f"has {len(value)} items; at most {MAX_LIST}"))
+            stack.extend((f"{key}[{i}]" if not in_templates else key, v)
+                         for i, v in enumerate(value[:MAX_LIST]))
+        elif isinstance(value, str):
+            limit = MAX_NAME if key == "name" else MAX_TEMPLATE if in_templates else MAX_STRING
+            bad = _TEMPLATE_CONTROL if in_templates else _CONTROL
+            if len(value) > limit:
+                found.append(Problem(source, key, f"is {len(value)} characters long; at most {limit}"))
+            elif (m := bad.search(value)) is not None:
+                found.append(Problem(source, key, f"holds the control character {m.group()!r} "
+                                     f"at position {m.start()}: remove it"))
+    return found
+
+
 def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
                  problems: list[Problem]) -> Tenant | None:
     """Validate one tenant document; None (with problems appended) when it is unusable."""
     before = len(problems)
+    if bad := string_problems(doc, str(source)):
+        problems.extend(sorted(bad, key=lambda p: p.key))
+        return None
     check_keys(doc, TENANT, str(source), problems)
     root = TableReader(doc, str(source), "", problems)
     tenant_id = root.get("id", str)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from functools import partial
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from oraclewad.control import serve_control
 from oraclewad.fleet import Fleet
@@ -62,14 +64,20 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 await nursery.start(supervisor.run)
                 fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
                 nursery.start_soon(fleet.forward_supervisor_events)
-                await nursery.start(serve_control, settings, fleet)
+                registry = CollectorRegistry()      # daemon-wide metrics kept by the control plane
+                await nursery.start(partial(serve_control, settings, fleet, registry=registry))
+                ready = trio.Event()                # /readyz: first start done, not stopping
                 if settings.metrics_listen:
-                    await nursery.start(serve_metrics, settings.metrics_listen, fleet)
+                    await nursery.start(partial(
+                        serve_metrics, settings.metrics_listen, fleet, registry=registry,
+                        child_timeout=settings.metrics_child_timeout,
+                        ready=lambda: ready.is_set() and not nursery.cancel_scope.cancel_called))
                 notifier.notify("STATUS=starting tenants")
                 await _reload(fleet)
                 await fleet.wait_spawned(timeout=30)
                 log.info("started %d tenants: %s", len(fleet.tenants), fleet.summary())
                 notifier.notify("READY=1", f"STATUS={fleet.summary()}")
+                ready.set()
                 if notifier.watchdog_interval:
                     nursery.start_soon(_watchdog, notifier)
                 nursery.start_soon(_status_loop, notifier, fleet)

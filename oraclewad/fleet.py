@@ -34,6 +34,7 @@ from oraclewad.errors import (
 from oraclewad.events import EventHub
 from oraclewad.files import write_atomic
 from oraclewad.operations import (
+    DaemonFigures,
     EventView,
     HealthView,
     MetricsView,
@@ -85,6 +86,7 @@ class Fleet:
         self.ports: dict[str, int] = {}
         self.problems: list[Problem] = []
         self.provisioning: dict[str, _Provisioning] = {}
+        self.provisioning_failures = 0      # attempts that failed or found a server unavailable
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
         self._lock = trio.Lock()
 
@@ -145,10 +147,12 @@ class Fleet:
         try:
             await self._provision(tenant)
         except Unavailable as e:
+            self.provisioning_failures += 1
             state.status = f"UNAVAILABLE: {e}"
             self._publish(tenant.id, "", "provision", message=state.status)
             self.nursery.start_soon(self._retry_provision, tenant, state)
         except OracleError as e:
+            self.provisioning_failures += 1
             state.status = f"FAILED: {e}"
             self._publish(tenant.id, "", "provision", message=state.status)
         else:
@@ -167,9 +171,11 @@ class Fleet:
                 try:
                     await self._provision(tenant)
                 except Unavailable as e:
+                    self.provisioning_failures += 1
                     state.status = f"UNAVAILABLE: {e}"
                     continue
                 except OracleError as e:
+                    self.provisioning_failures += 1
                     state.status = f"FAILED: {e}"
                     return
                 state.done, state.status = True, "provisioned"
@@ -469,8 +475,8 @@ class Fleet:
                 nursery.start_soon(probe, i, view)
         return [results[i] for i in range(len(views))]
 
-    def admin_socket(self, tenant_id: str, service: str) -> Path:
-        return self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock"
+    def admin_socket(self, tenant_id: str, service: str) -> str:
+        return str(self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock")
 
     async def _probe(self, view: ServiceView) -> HealthView:
         if view.state == "unavailable":
@@ -492,14 +498,51 @@ class Fleet:
                           checks=body.get("checks", {}), detail="")
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
+        snaps = {s.name: s for s in self.supervisor.snapshot()}
+        views = [v for v in self.status(tenant_id) if v.state != "invalid"]
+        # /proc of 200 children is a few thousand syscalls: off the event loop.
+        procs = await trio.to_thread.run_sync(lambda: [_proc_figures(v.pid) if v.pid else {} for v in views])
         result = []
-        for view in self.status(tenant_id):
+        for view, proc in zip(views, procs, strict=True):
             figures: dict[str, float] = {"restarts": float(view.restarts), "ready": float(view.ready),
-                                         "uptime_s": float(view.uptime_s or 0.0)}
-            if view.pid:
-                figures.update(_proc_figures(view.pid))
-            result.append(MetricsView(view.tenant, view.service, figures))
+                                         "uptime_s": float(view.uptime_s or 0.0), **proc}
+            snap = snaps.get(unit_name(view.tenant, view.service))
+            reasons: dict[str, int] = {}
+            if snap is not None:
+                reasons = dict(snap.restart_reasons)
+                figures["log_bytes"] = float(snap.log_bytes)
+                if snap.exit_code is not None:
+                    figures["last_exit_code"] = float(snap.exit_code)
+                if snap.start_seconds is not None:
+                    figures["start_seconds"] = snap.start_seconds
+            result.append(MetricsView(view.tenant, view.service, figures, state=view.state,
+                                      release=view.release, restart_reasons=reasons,
+                                      scrape=bool(view.pid and view.ready and view.tenant != PROGRAMS)))
         return result
+
+    def daemon_figures(self) -> DaemonFigures:
+        services: dict[str, list[ServiceView]] = {}
+        for view in self.status():
+            if view.tenant != PROGRAMS:
+                services.setdefault(view.tenant, []).append(view)
+        tenants = dict.fromkeys(TENANT_STATES, 0)
+        for views in services.values():
+            tenants[_tenant_state(views)] += 1
+        return DaemonFigures(tenants=tenants, config_problems=len(self.problems),
+                             provisioning_failures=self.provisioning_failures)
+
+    def metrics_token(self, tenant_id: str) -> str | None:
+        path = self._tenant(tenant_id).metrics_token_file
+        if path is None:
+            return None
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            # Fail closed: a token file that cannot be read must not open the endpoint.
+            raise FailedPrecondition(f"cannot read the metrics token file {path}: {e.strerror}") from None
+        if not token:
+            raise FailedPrecondition(f"the metrics token file {path} is empty")
+        return token
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:
         self._names(tenant_id, service)
@@ -528,12 +571,34 @@ class Fleet:
             f"; {len(self.problems)} config problems" if self.problems else "")
 
 
+TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")
+
+
+def _tenant_state(views: list[ServiceView]) -> str:
+    states = {v.state for v in views}
+    if "invalid" in states:
+        return "invalid"
+    if states & {"unavailable", "pending"}:
+        return "provisioning"
+    if all(v.state == "running" and v.ready for v in views):
+        return "ok"
+    if states <= {"stopped", "stopping"}:
+        return "stopped"
+    return "degraded"
+
+
 def _proc_figures(pid: int) -> Mapping[str, float]:
-    """RSS and CPU seconds of a child from /proc (it may be gone by the time we look)."""
+    """RSS, PSS and CPU seconds of a child from /proc (it may be gone by the time we look)."""
+    figures: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError, IndexError):
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         ticks = os.sysconf("SC_CLK_TCK")
+        figures["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
         rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        return {"cpu_seconds": (int(fields[11]) + int(fields[12])) / ticks,
-                "rss_bytes": float(rss_pages * os.sysconf("SC_PAGE_SIZE"))}
-    return {}
+        figures["rss_bytes"] = float(rss_pages * os.sysconf("SC_PAGE_SIZE"))
+        # PSS shares each shared page among its users: the honest "what this child costs".
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                figures["pss_bytes"] = float(int(line.split()[1]) * 1024)
+                break
+    return figures

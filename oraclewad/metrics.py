@@ -1,80 +1,330 @@
-"""The daemon's Prometheus endpoint: per-service supervision figures, read live from the fleet.
+"""The daemon's Prometheus endpoint: supervision figures of every service plus each child's own metrics.
 
-Each child also serves its own registry on its admin socket; aggregating those into this
-endpoint arrives with the metrics issue.
+    /metrics                 the daemon's figures and every child's, labelled tenant/service
+    /tenants/<id>/metrics    one tenant's (optionally behind its bearer token: [metrics] token_file)
+    /healthz                 the daemon's event loop answers
+    /readyz                  the first start of the fleet is done and the daemon is not stopping
+
+Everything is read at scrape time through `Operations`, so nothing is stale and nothing costs
+between scrapes. Children are scraped concurrently over their admin sockets, each bounded by
+`[metrics] child_timeout`: a hung child costs at most that, shows as
+`oraclewa_child_scrape_success 0` and `oraclewa_child_scrape_timeouts_total`, and never fails
+the scrape. Text or OpenMetrics by the request's Accept header (prometheus_client's choice).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
+import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from oraclewad.operations import ServiceView
-
-if TYPE_CHECKING:
-    from oraclewad.fleet import Fleet
+from oraclewad.errors import FailedPrecondition, NotFound
+from oraclewad.operations import DaemonFigures, MetricsView, Operations
+from oraclewad.scrape import ChildParser, Family, ParseError, merge
 
 log = logging.getLogger("oraclewad.metrics")
 
+# Always exported (0 or 1), so a query for a state that is not current still finds a series.
 STATES = ("starting", "running", "backoff", "degraded", "stopping", "stopped", "unavailable", "pending")
+REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
+MAX_CHILD_BYTES = 8 * 1024 * 1024   # a child answering more than this is cut off (and reported)
+Key = tuple[str, str]               # (tenant, service)
 
 
-class FleetCollector(Collector):
-    """Collects at scrape time, so the figures are never stale and cost nothing between scrapes."""
+@dataclass
+class ChildScrape:
+    key: Key
+    seconds: float
+    outcome: str                    # ok | timeout | error
+    text: str = ""                  # the child's answer, parsed into `families` off the event loop
+    families: list[Family] = field(default_factory=list)
 
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
+
+class ChildScraper:
+    """Reads the children's /metrics over their admin sockets; remembers per child what
+    repeated scrapes need (a keep-alive client, the label-set cache, the timeout count)."""
+
+    def __init__(self, ops: Operations, timeout: float) -> None:
+        self.ops = ops
+        self.timeout = timeout
+        self._clients: dict[Key, tuple[str, httpx.AsyncClient]] = {}
+        self._parsers: dict[Key, ChildParser] = {}
+        self.timeouts: dict[Key, int] = {}
+        self.errors: dict[Key, int] = {}
+
+    def _client(self, key: Key) -> httpx.AsyncClient:
+        path = self.ops.admin_socket(*key)
+        cached = self._clients.get(key)
+        if cached is not None and cached[0] == path:
+            return cached[1]
+        transport = httpx.AsyncHTTPTransport(uds=path, retries=0)
+        client = httpx.AsyncClient(transport=transport, timeout=self.timeout)
+        self._clients[key] = (path, client)
+        return client
+
+    async def scrape(self, views: Sequence[MetricsView]) -> list[ChildScrape]:
+        wanted = [(v.tenant, v.service) for v in views if v.scrape]
+        results: list[ChildScrape] = []
+        async with trio.open_nursery() as nursery:
+            for key in wanted:
+                nursery.start_soon(self._one, key, results)
+        return results
+
+    async def _one(self, key: Key, results: list[ChildScrape]) -> None:
+        start = time.perf_counter()
+        outcome, text = "timeout", ""
+        with trio.move_on_after(self.timeout):
+            try:
+                response = await self._client(key).get("http://child/metrics")
+                if response.status_code != 200 or len(response.content) > MAX_CHILD_BYTES:
+                    raise ValueError(f"answered {response.status_code}, {len(response.content)} bytes")
+                text, outcome = response.text, "ok"
+            except (httpx.HTTPError, OSError, ValueError) as e:
+                outcome = "error"
+                log.debug("metrics: scraping %s/%s failed: %s", *key, e)
+        if outcome == "timeout":
+            self.timeouts[key] = self.timeouts.get(key, 0) + 1
+            # The connection may still carry the late answer: start afresh next time.
+            await self._drop(key)
+        elif outcome == "error":
+            self.errors[key] = self.errors.get(key, 0) + 1
+        results.append(ChildScrape(key, time.perf_counter() - start, outcome, text))
+
+    def parse(self, results: list[ChildScrape]) -> None:
+        """Turn each answer into families (called in a worker thread)."""
+        for result in results:
+            text, result.text = result.text, ""
+            if result.outcome != "ok":
+                continue
+            parser = self._parsers.get(result.key)
+            if parser is None:
+                parser = self._parsers[result.key] = ChildParser(*result.key)
+            try:
+                result.families = parser.parse(text)
+            except ParseError as e:
+                result.outcome = "error"
+                self.errors[result.key] = self.errors.get(result.key, 0) + 1
+                log.warning("metrics: %s/%s serves unparsable metrics: %s", *result.key, e)
+
+    async def _drop(self, key: Key) -> None:
+        cached = self._clients.pop(key, None)
+        if cached is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await cached[1].aclose()
+
+    async def forget_others(self, keep: Iterable[Key]) -> None:
+        """Close the clients of services that are gone (removed tenants)."""
+        keep = set(keep)
+        for key in [k for k in self._clients if k not in keep]:
+            await self._drop(key)
+        for table in (self._parsers, self.timeouts, self.errors):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
+    async def aclose(self) -> None:
+        await self.forget_others(())
+
+
+def service_families(views: Sequence[MetricsView]) -> Iterator[Metric]:
+    """The daemon's per-service figures: supervision state and /proc readings."""
+    labels = ["tenant", "service"]
+    up = GaugeMetricFamily("oraclewa_service_up", "1 when the service's process runs and sent READY=1",
+                           labels=labels)
+    ready = GaugeMetricFamily("oraclewa_service_ready", "1 when the current process sent READY=1",
+                              labels=labels)
+    state = GaugeMetricFamily("oraclewa_service_state", "1 for the supervision state the service is in",
+                              labels=[*labels, "state"])
+    restarts = CounterMetricFamily("oraclewa_service_restarts",
+                                   "Automatic restarts since the daemon started, by cause",
+                                   labels=[*labels, "reason"])
+    exit_code = GaugeMetricFamily("oraclewa_service_last_exit_code",
+                                  "Exit code of the last exit (negative: killed by that signal number)",
+                                  labels=labels)
+    start = GaugeMetricFamily("oraclewa_service_start_duration_seconds",
+                              "Seconds from spawn to READY=1 of the current process", labels=labels)
+    uptime = GaugeMetricFamily("oraclewa_service_uptime_seconds", "Seconds since the current process started",
+                               labels=labels)
+    release = GaugeMetricFamily("oraclewa_service_release_info", "The release a service runs (value 1)",
+                                labels=[*labels, "release"])
+    rss = GaugeMetricFamily("oraclewa_service_resident_memory_bytes", "Resident memory (RSS) of the process",
+                            labels=labels)
+    pss = GaugeMetricFamily("oraclewa_service_proportional_memory_bytes",
+                            "Proportional set size (PSS: shared pages divided among their users)",
+                            labels=labels)
+    cpu = CounterMetricFamily("oraclewa_service_cpu_seconds",
+                              "User and system CPU time of the current process", labels=labels)
+    log_bytes = CounterMetricFamily("oraclewa_service_log_bytes",
+                                    "Bytes the daemon wrote to the service's combined.log", labels=labels)
+    for v in views:
+        key = [v.tenant, v.service]
+        f = v.figures
+        is_ready = bool(f.get("ready"))
+        up.add_metric(key, 1.0 if is_ready and v.state == "running" else 0.0)
+        ready.add_metric(key, 1.0 if is_ready else 0.0)
+        for name in (*STATES, *([v.state] if v.state not in STATES else [])):
+            state.add_metric([*key, name], 1.0 if v.state == name else 0.0)
+        for reason in REASONS:
+            restarts.add_metric([*key, reason], float(v.restart_reasons.get(reason, 0)))
+        if v.release:
+            release.add_metric([*key, v.release], 1.0)
+        uptime.add_metric(key, f.get("uptime_s", 0.0))
+        for family, name in ((exit_code, "last_exit_code"), (start, "start_seconds"), (rss, "rss_bytes"),
+                             (pss, "pss_bytes"), (cpu, "cpu_seconds"), (log_bytes, "log_bytes")):
+            if name in f:
+                family.add_metric(key, f[name])
+    yield from (up, ready, state, restarts, exit_code, start, uptime, release, rss, pss, cpu, log_bytes)
+
+
+def scrape_families(scraper: ChildScraper, results: Sequence[ChildScrape]) -> Iterator[Metric]:
+    labels = ["tenant", "service"]
+    duration = GaugeMetricFamily("oraclewa_child_scrape_duration_seconds",
+                                 "How long reading this child's own /metrics took", labels=labels)
+    success = GaugeMetricFamily("oraclewa_child_scrape_success",
+                                "1 if the child's /metrics answered within the timeout", labels=labels)
+    timeouts = CounterMetricFamily("oraclewa_child_scrape_timeouts",
+                                   "Scrapes of the child's /metrics that hit [metrics] child_timeout",
+                                   labels=labels)
+    errors = CounterMetricFamily("oraclewa_child_scrape_errors",
+                                 "Scrapes of the child's /metrics that failed (refused, bad answer)",
+                                 labels=labels)
+    for r in results:
+        key = list(r.key)
+        duration.add_metric(key, r.seconds)
+        success.add_metric(key, 1.0 if r.outcome == "ok" else 0.0)
+        timeouts.add_metric(key, float(scraper.timeouts.get(r.key, 0)))
+        errors.add_metric(key, float(scraper.errors.get(r.key, 0)))
+    yield from (duration, success, timeouts, errors)
+
+
+def daemon_families(figures: DaemonFigures, timeout: float) -> Iterator[Metric]:
+    tenants = GaugeMetricFamily("oraclewa_tenants", "Tenants by state", labels=["state"])
+    for name, count in figures.tenants.items():
+        tenants.add_metric([name], float(count))
+    yield tenants
+    yield GaugeMetricFamily("oraclewa_config_problems", "Problems in the config and tenant files",
+                            value=float(figures.config_problems))
+    yield CounterMetricFamily("oraclewa_provisioning_failures",
+                              "Tenant provisioning attempts that failed or found a server unavailable",
+                              value=float(figures.provisioning_failures))
+    yield GaugeMetricFamily("oraclewa_child_scrape_timeout_seconds",
+                            "How long a scrape waits for each child ([metrics] child_timeout)", value=timeout)
+
+
+class _Fixed:
+    """A collector over metrics gathered beforehand (the encoders want a `collect()`)."""
+
+    def __init__(self, parts: Iterable[Iterable[Metric]]) -> None:
+        self.parts = parts
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["tenant", "service"]
-        up = GaugeMetricFamily("owa_service_up", "1 when the service is running and ready", labels=labels)
-        restarts = GaugeMetricFamily("owa_service_restarts", "automatic restarts since the daemon started",
-                                     labels=labels)
-        uptime = GaugeMetricFamily("owa_service_uptime_seconds", "seconds since the current process started",
-                                   labels=labels)
-        state = GaugeMetricFamily("owa_service_state", "1 for the state the service is in",
-                                  labels=[*labels, "state"])
-        views: list[ServiceView] = [v for v in self.fleet.status() if v.state != "invalid"]
-        for v in views:
-            key = [v.tenant, v.service]
-            up.add_metric(key, 1.0 if v.ready and v.state == "running" else 0.0)
-            restarts.add_metric(key, float(v.restarts))
-            uptime.add_metric(key, float(v.uptime_s or 0.0))
-            for name in STATES:
-                state.add_metric([*key, name], 1.0 if v.state == name else 0.0)
-        yield from (up, restarts, uptime, state)
-        yield GaugeMetricFamily("owa_tenants", "tenants running (valid tenant files)",
-                                value=float(len(self.fleet.tenants)))
-        yield GaugeMetricFamily("owa_config_problems", "problems in the config and tenant files",
-                                value=float(len(self.fleet.problems)))
+        for part in self.parts:
+            yield from part
 
 
-async def serve_metrics(listen: str, fleet: Fleet, *,
+class MetricsApp:
+    def __init__(self, ops: Operations, *, child_timeout: float, registry: CollectorRegistry | None,
+                 ready: Callable[[], bool]) -> None:
+        self.ops = ops
+        self.scraper = ChildScraper(ops, child_timeout)
+        self.registry = registry or CollectorRegistry()
+        self.ready = ready
+        self.duration = Histogram("oraclewa_daemon_scrape_duration_seconds",
+                                  "Time to answer /metrics, children included",
+                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                                  registry=self.registry)
+
+    async def _expose(self, request: Request, tenant: str | None) -> Response:
+        start = time.perf_counter()
+        views = await self.ops.metrics(tenant)
+        results = await self.scraper.scrape(views)
+        if tenant is None:
+            await self.scraper.forget_others((v.tenant, v.service) for v in views)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        parts: list[Iterable[Metric]] = []
+        if tenant is None:
+            parts += [daemon_families(self.ops.daemon_figures(), self.scraper.timeout),
+                      self.registry.collect()]
+
+        def build() -> bytes:
+            # Parsing and encoding are the costly part (200 children: ~10^4 samples): a worker
+            # thread keeps the event loop, and with it supervision, responsive meanwhile.
+            self.scraper.parse(results)
+            parts.extend([service_families(views), scrape_families(self.scraper, results),
+                          list(merge(r.families for r in results))])
+            return encoder(_Fixed(parts))
+
+        body = await trio.to_thread.run_sync(build)
+        if tenant is None:
+            self.duration.observe(time.perf_counter() - start)
+        return Response(body, headers={"Content-Type": content_type})
+
+    async def metrics(self, request: Request) -> Response:
+        return await self._expose(request, None)
+
+    async def tenant_metrics(self, request: Request) -> Response:
+        tenant = request.path_params["tenant"]
+        try:
+            token = self.ops.metrics_token(tenant)
+        except NotFound:
+            return PlainTextResponse(f"no tenant {tenant!r}\n", status_code=404)
+        except FailedPrecondition as e:
+            log.error("metrics: %s", e)
+            return PlainTextResponse(f"tenant {tenant!r}: metrics unavailable (see the daemon's log)\n",
+                                     status_code=503)
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return PlainTextResponse("a bearer token is required: Authorization: Bearer <token>\n",
+                                         status_code=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="oraclewa"'})
+        return await self._expose(request, tenant)
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready: starting or stopping\n", status_code=503)
+
+    def app(self) -> Starlette:
+        # Routes, not Mounts: a Mount answers /metrics with a redirect to /metrics/.
+        return Starlette(routes=[
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/tenants/{tenant}/metrics", self.tenant_metrics, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+        ])
+
+
+async def serve_metrics(listen: str, ops: Operations, *, child_timeout: float = 1.0,
+                        registry: CollectorRegistry | None = None,
+                        ready: Callable[[], bool] = lambda: True,
                         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """GET /metrics on `listen` (HOST:PORT) until cancelled."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(FleetCollector(fleet))
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    # A Route, not a Mount: a Mount answers /metrics with a redirect to /metrics/.
-    app = Starlette(routes=[Route("/metrics", metrics)])
+    """Serve the endpoint on `listen` (HOST:PORT) until cancelled. `registry` holds daemon-wide
+    metrics kept elsewhere (the control plane's request counter)."""
+    app = MetricsApp(ops, child_timeout=child_timeout, registry=registry, ready=ready)
     config = HypercornConfig()
     config.bind = [listen]
     config.accesslog = None
     config.errorlog = log
     log.info("metrics: serving on http://%s/metrics", listen)
-    await serve(app, config, task_status=task_status)  # type: ignore[arg-type]  # Starlette is ASGI
+    try:
+        await serve(app.app(), config, task_status=task_status)  # type: ignore[arg-type]  # Starlette is ASGI
+    finally:
+        with trio.CancelScope(shield=True):
+            await app.scraper.aclose()

@@ -62,9 +62,26 @@ class ReloadView:
 
 @dataclass(frozen=True)
 class MetricsView:
+    """Key figures of one service, read at call time (what /metrics and `oraclectl metrics` show)."""
+
     tenant: str
     service: str
-    figures: Mapping[str, float]        # restarts, uptime_s, rss_bytes, cpu_seconds, requests_total, ...
+    # restarts, ready, uptime_seconds, start_seconds, last_exit_code, rss_bytes, pss_bytes,
+    # cpu_seconds, log_bytes (each only when known)
+    figures: Mapping[str, float]
+    state: str = ""
+    release: str = ""
+    restart_reasons: Mapping[str, int] = field(default_factory=dict)
+    scrape: bool = False                # a live process with an admin socket: its /metrics can be read
+
+
+@dataclass(frozen=True)
+class DaemonFigures:
+    """Fleet-wide figures for /metrics."""
+
+    tenants: Mapping[str, int]          # tenants by state: ok, degraded, stopped, provisioning, invalid
+    config_problems: int
+    provisioning_failures: int          # failed or unavailable provisioning attempts since start
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,17 @@ class Operations(Protocol):
     async def reload(self) -> ReloadView: ...
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]: ...
+
+    def daemon_figures(self) -> DaemonFigures: ...
+
+    def admin_socket(self, tenant_id: str, service: str) -> str:
+        """Path of a service's admin unix socket (/healthz and its own /metrics)."""
+        ...
+
+    def metrics_token(self, tenant_id: str) -> str | None:
+        """The bearer token that guards /tenants/ID/metrics, or None when the tenant set none;
+        NotFound for an unknown tenant."""
+        ...
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:
         """Path of a log file (channel: combined, error, webhook, ...); NotFound if unknown."""

@@ -111,6 +111,7 @@ class Settings:
     programs: tuple[ProgramSettings, ...] = ()
     max_parallel_starts: int = 0        # services between spawn and READY=1 at once; 0 = 4 per core
     tenant_symlinks: bool = False       # follow a symlink in tenants.d to a regular file
+    metrics_child_timeout: float = 1.0  # per child, when /metrics reads the children's own metrics
 
     @property
     def secrets_dir(self) -> Path:
@@ -214,6 +215,8 @@ def load_settings(path: Path) -> Settings:
     m = root.sub("metrics")
     metrics_listen = m.get("listen", str, "127.0.0.1:9464",
                            check=lambda v: None if v == "" else _address(v)) or None
+    child_timeout = m.get("child_timeout", float, 1.0,
+                          check=lambda v: None if 0 < v <= 30 else "must be between 0 and 30 seconds")
     m.finish()
 
     programs = []
@@ -250,4 +253,5 @@ def load_settings(path: Path) -> Settings:
                     port_range=(port_range[0], port_range[1]), metrics_listen=metrics_listen,
                     default_release=default_release, policy=policy, logs=logs,
                     postgres=postgres, redis=redis, control=control, programs=tuple(programs),
-                    max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks)
+                    max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks,
+                    metrics_child_timeout=child_timeout)

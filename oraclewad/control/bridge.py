@@ -118,8 +118,16 @@ def check_request(message: Any, prefix: str = "") -> None:
                 check_request(item, f"{name}.")
 
 
+def _count(servicer: Any, method: str, code: grpc.StatusCode) -> None:
+    # The servicer's `requests` counter (method, code), when the daemon gave it one.
+    counter = getattr(servicer, "requests", None)
+    if counter is not None:
+        counter.labels(method, code.name).inc()
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a servicer method (plain or generator) so any exception ends the call with its status."""
+    """Wrap a servicer method (plain or generator) so any exception ends the call with its status,
+    and every call is counted by method and code."""
     name = method.__name__
 
     if inspect.isgeneratorfunction(method):
@@ -128,9 +136,14 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 check_request(request)
                 yield from method(self, request, context)
+                _count(self, name, grpc.StatusCode.OK)
                 return
+            except GeneratorExit:       # the client went away mid-stream
+                _count(self, name, grpc.StatusCode.CANCELLED)
+                raise
             except Exception as exc:
                 code, message = status_for(exc, name)
+            _count(self, name, code)
             _abort(context, code, message)
 
         return stream
@@ -139,9 +152,12 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             check_request(request)
-            return method(self, request, context)
+            result = method(self, request, context)
+            _count(self, name, grpc.StatusCode.OK)
+            return result
         except Exception as exc:
             code, message = status_for(exc, name)
+        _count(self, name, code)
         # abort() raises; it must run outside the try so it is not mapped a second time.
         _abort(context, code, message)
 

@@ -14,12 +14,13 @@ import grpc
 import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.auth import TokenAuth, load_or_create_token
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge
-from oraclewad.control.servicer import ControlServicer
+from oraclewad.control.servicer import ControlServicer, requests_counter
 from oraclewad.control.streams import EventFeed, Streams
 from oraclewad.errors import FailedPrecondition
 from oraclewad.operations import Operations
@@ -113,7 +114,8 @@ async def _stop(servers: list[grpc.Server], grace: float) -> None:
 
 async def serve_control(settings: Settings, ops: Operations, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                        limits: ControlLimits | None = None) -> None:
+                        limits: ControlLimits | None = None,
+                        registry: CollectorRegistry | None = None) -> None:
     """Serve oraclewa.v1.Control (+ health, reflection) until cancelled.
 
     Unix socket `settings.control.socket` (directory 0750, socket 0660, no token); optionally TCP
@@ -126,7 +128,8 @@ async def serve_control(settings: Settings, ops: Operations, *,
     bridge = Bridge(trio.lowlevel.current_trio_token())
     streams = Streams(limits.max_streams, limits.stall_timeout)
     feed = EventFeed(ops, queue=limits.stream_queue)
-    servicer = ControlServicer(ops, bridge, streams, feed)
+    servicer = ControlServicer(ops, bridge, streams, feed,
+                               requests_counter(registry) if registry is not None else None)
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from prometheus_client import CollectorRegistry, Counter
 
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
@@ -122,8 +123,15 @@ def _required(value: str, field: str) -> str:
     return value
 
 
+def requests_counter(registry: CollectorRegistry) -> Counter:
+    return Counter("oraclewa_control_requests", "Control-plane (gRPC) requests by method and status code",
+                   ["method", "code"], registry=registry)
+
+
 class ControlServicer(pb_grpc.ControlServicer):
-    def __init__(self, ops: Operations, bridge: Bridge, streams: Streams, feed: EventFeed) -> None:
+    def __init__(self, ops: Operations, bridge: Bridge, streams: Streams, feed: EventFeed,
+                 requests: Counter | None = None) -> None:
+        self.requests = requests        # oraclewa_control_requests_total{method,code}, counted by @rpc
         self.ops = ops
         self.bridge = bridge
         self.streams = streams

@@ -41,11 +41,11 @@ class HttpMetrics:
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
-        self.requests = Counter("owa_http_requests", "HTTP requests served by the public app",
+        self.requests = Counter("oraclewa_http_requests", "HTTP requests served by the public app",
                                 ["route", "method", "status"], registry=registry)
-        self.latency = Histogram("owa_http_request_duration_seconds", "Time to serve a request",
+        self.latency = Histogram("oraclewa_http_request_duration_seconds", "Time to serve a request",
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self.in_flight = Gauge("owa_http_requests_in_flight", "Requests being served", registry=registry)
+        self.in_flight = Gauge("oraclewa_http_requests_in_flight", "Requests being served", registry=registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,12 +94,22 @@ class Health:
         # One probe thread per dependency at most: a hung server must not pile up threads.
         self._pg_limiter = trio.CapacityLimiter(1)
         self._redis_limiter = trio.CapacityLimiter(1)
+        # The last failure of each check, kept after it recovers: what `oraclectl health` shows
+        # for a dependency that flapped between two looks.
+        self._last_errors: dict[str, tuple[float, str]] = {}
 
     async def snapshot(self) -> tuple[int, dict[str, Any]]:
         checks: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._postgres, checks)
             nursery.start_soon(self._redis, checks)
+        now = time.time()
+        for name, check in checks.items():
+            if not check["ok"]:
+                self._last_errors[name] = (now, check["detail"])
+            if name in self._last_errors:
+                at, detail = self._last_errors[name]
+                check["last_error"], check["last_error_at"] = detail, round(at, 3)
         if not (checks["postgres"]["ok"] and checks["schema"]["ok"]):
             status = "failing"
         elif not checks["redis"]["ok"]:

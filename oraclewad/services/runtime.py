@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from oraclewad import contract
 from oraclewad.services import config as config_mod
@@ -333,13 +333,11 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
 
 
 def _registry(cfg: ServiceConfig) -> CollectorRegistry:
+    """The service's own metrics. The daemon scrapes them over the admin socket and adds the
+    tenant, service and release labels; it reads memory and CPU from /proc itself (that works
+    for a hung child too), so there is no process collector here."""
     disable_created_metrics()  # *_created series per child add nothing the daemon's scrape uses
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    info = Gauge("owa_service_info", "Identity of this service process",
-                 ["tenant", "service", "release"], registry=registry)
-    info.labels(cfg.tenant, cfg.service, cfg.release).set(1)
-    return registry
+    return CollectorRegistry()
 
 
 def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[ConnectionPool, SchemaProbe]:

@@ -215,6 +215,7 @@ class LogSink:
         self.settings = settings
         self.compressor = compressor
         self.write_errors = 0
+        self.bytes_written = 0          # into combined.log (every line lands there): a metric
         self._files: dict[str, RotatingFile] = {}
         self._users = 0
         self._dir_ready = False
@@ -262,6 +263,8 @@ class LogSink:
                 continue
             try:
                 self._file(name).write_lines(chunks)
+                if name == "combined":
+                    self.bytes_written += sum(map(len, chunks))
             except OSError as e:
                 # A full disk must not take the pump (and with it the child's pipe) down.
                 self.write_errors += 1

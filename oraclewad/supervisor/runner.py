@@ -151,6 +151,10 @@ class Runner:
         self.message = ""
         self.started_wall: float | None = None
         self.retry_at: float | None = None
+        self.reasons: dict[str, int] = {}   # restarts by RESTART_REASONS
+        self.failure = "exit"               # why the last attempt failed
+        self.exit_code: int | None = None
+        self.start_seconds: float | None = None
         self.done = trio.Event()
         self._previous = previous       # a retiring runner of the same name: wait for it
         self._spawned_at = 0.0
@@ -184,7 +188,10 @@ class Runner:
             started_at=self.started_wall if alive else None,
             uptime=trio.current_time() - self._spawned_at if alive else None,
             restarts=self.restarts, ready=self.ready, last_exit=self.last_exit, message=self.message,
-            labels=self.spec.labels, degraded=self.backoff.tripped)
+            labels=self.spec.labels, degraded=self.backoff.tripped,
+            restart_reasons=tuple(sorted(self.reasons.items())), exit_code=self.exit_code,
+            start_seconds=self.start_seconds if alive else None,
+            log_bytes=self._sink.bytes_written if self._sink is not None else 0)
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -274,6 +281,7 @@ class Runner:
             now = trio.current_time()
             delay = self.backoff.failure(now)
             self.restarts += 1
+            self.reasons[self.failure] = self.reasons.get(self.failure, 0) + 1
             self.retry_at = now + delay
             self._set_state(DEGRADED if self.backoff.tripped else BACKOFF)
             log.info("%s: restart %d in %.1f s%s", self.name, self.restarts, delay,
@@ -323,10 +331,12 @@ class Runner:
                     for fd in owned:
                         os.close(fd)
         except (BindError, SpawnError) as e:
+            self.failure = "spawn_failed"
             self.message = str(e)
             log.warning("%s: %s", self.name, e)
             return True
         except OSError as e:
+            self.failure = "spawn_failed"
             self.message = f"cannot prepare the start: {e}"
             log.warning("%s: %s", self.name, self.message)
             return True
@@ -334,6 +344,7 @@ class Runner:
         self.child = child
         self._spawned_at = now
         self.started_wall = time.time()
+        self.start_seconds = None
         self.message = ""
         self.ctx.children.add(child.pid)
         self.ctx.notify.register(child.pid, partial(self._on_notify, child),
@@ -357,6 +368,7 @@ class Runner:
         watchdog = notify and policy.watchdog_timeout > 0
         while True:
             if child.exited.is_set():
+                self.failure = "signal" if (self.exit_code or 0) < 0 else "exit"
                 self.message = f"exited unexpectedly ({self.last_exit})"
                 log.warning("%s: pid %d %s", self.name, child.pid, self.message)
                 return True
@@ -367,6 +379,7 @@ class Runner:
             wake = math.inf
             if not self.ready:
                 if now >= self._start_deadline:
+                    self.failure = "start_timeout"
                     await self._kill(child, f"not ready within {policy.start_timeout:g} s "
                                             "(no READY=1): killed")
                     return True
@@ -375,6 +388,7 @@ class Runner:
                 if watchdog:
                     due = self._last_ping + policy.watchdog_timeout
                     if now >= due:
+                        self.failure = "watchdog"
                         await self._kill(child, f"watchdog: no WATCHDOG=1 for "
                                                 f"{policy.watchdog_timeout:g} s: killed")
                         return True
@@ -395,6 +409,7 @@ class Runner:
 
     def _became_ready(self, now: float) -> None:
         self._release_slot()
+        self.start_seconds = now - self._spawned_at
         self.ready = True
         self._running_since = now
         self._last_ping = now
@@ -452,6 +467,7 @@ class Runner:
         self.ctx.notify.unregister(child.pid)
         self.ctx.children.discard(child.pid)
         self.last_exit = describe_exit(status)
+        self.exit_code = os.waitstatus_to_exitcode(status) if status != -1 else None
         if self.child is child:
             self.child = None
             self.ready = False

@@ -11,6 +11,9 @@ STOPPED = "stopped"
 BACKOFF = "backoff"
 DEGRADED = "degraded"       # waiting to retry at the cap delay: the breaker tripped
 STATES = (STARTING, RUNNING, STOPPING, STOPPED, BACKOFF, DEGRADED)
+# Why an automatic restart happened: exited (any code), killed by a signal we did not send, no
+# READY=1 within the start deadline, no WATCHDOG=1, or the spawn itself failed.
+RESTART_REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,12 @@ class ServiceStatus:
     message: str                # the child's last STATUS=, or why the supervisor acted
     labels: tuple[tuple[str, str], ...] = ()
     degraded: bool = False      # breaker tripped; cleared once the service stays up past the reset
+    # For metrics: restarts counted by what caused them (RESTART_REASONS), the last exit's code
+    # (negative: the signal that killed it), spawn -> READY of the current process, log output.
+    restart_reasons: tuple[tuple[str, int], ...] = ()
+    exit_code: int | None = None
+    start_seconds: float | None = None
+    log_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ class Tenant:
     # so a Tenant stays hashable and a changed table counts as a changed effective config.
     antiban_json: str = "{}"
     templates_json: str = "{}"
+    # [metrics] token_file: a bearer token guarding /tenants/<id>/metrics (None: open, like /metrics)
+    metrics_token_file: Path | None = field(default=None, compare=False)
     source: Path = field(default=Path(), compare=False)
 
     def service(self, name: str) -> ServiceConfig | None:
@@ -181,6 +183,10 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
         url=url, instances=tuple(instances), api_version=api_version,
         api_key_file=None if key_file is None else source.parent / Path(key_file).expanduser())
 
+    m = root.sub("metrics")
+    token_file = m.get("token_file", str)
+    m.finish()
+
     antiban = _antiban(root.sub("antiban"))
     templates = root.get("templates", dict, {})
     if not all(isinstance(v, str | list) for v in templates.values()):
@@ -189,4 +195,6 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
         return None
     return Tenant(id=tenant_id, name=name, services=tuple(services), release=release,
                   evolution=evolution, antiban_json=json.dumps(antiban, sort_keys=True),
-                  templates_json=json.dumps(templates, sort_keys=True), source=source)
+                  templates_json=json.dumps(templates, sort_keys=True), source=source,
+                  metrics_token_file=None if token_file is None
+                  else source.parent / Path(token_file).expanduser())

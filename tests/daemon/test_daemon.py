@@ -186,6 +186,7 @@ def test_prometheus_endpoint_reports_every_service(make_daemon) -> None:
     daemon.start()
     wait_for(lambda: all_running(daemon, 2), what="services running")
     body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    assert f'owa_service_up{{service="recovery",tenant="{tid}"}} 1.0' in body
-    assert f'owa_service_state{{service="broadcast",state="running",tenant="{tid}"}} 1.0' in body
-    assert "owa_tenants 1.0" in body and "owa_config_problems 1.0" in body
+    assert f'oraclewa_service_up{{service="recovery",tenant="{tid}"}} 1.0' in body
+    assert f'oraclewa_service_state{{service="broadcast",state="running",tenant="{tid}"}} 1.0' in body
+    assert 'oraclewa_tenants{state="ok"} 1.0' in body and "oraclewa_config_problems 1.0" in body
+    assert 'oraclewa_tenants{state="invalid"}' in body

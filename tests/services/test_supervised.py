@@ -68,11 +68,11 @@ async def test_lifecycle_under_the_daemon_contract(launch, notify, workdir):
         assert h["checks"][name]["ok"] and h["checks"][name]["skipped"], h
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    assert 'owa_service_info{release="test-1",service="recovery",tenant="imperio"} 1.0' in text
-    assert 'owa_http_requests_total{method="GET",route="/",status="200"} 1.0' in text
-    assert 'owa_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text
-    assert re.search(r'owa_http_request_duration_seconds_count\{route="/",status="200"\} 1\.0', text)
-    assert "process_resident_memory_bytes" in text
+    assert 'oraclewa_http_requests_total{method="GET",route="/",status="200"} 1.0' in text
+    assert 'oraclewa_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text
+    assert re.search(r'oraclewa_http_request_duration_seconds_count\{route="/",status="200"\} 1\.0', text)
+    # The daemon adds tenant/service and reads /proc itself: the child's registry has neither.
+    assert "tenant=" not in text and "process_resident_memory_bytes" not in text
     assert "_created" not in text
 
     # WATCHDOG_USEC=150000 -> a ping every 50 ms, from the child's own pid.

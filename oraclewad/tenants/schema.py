@@ -44,4 +44,5 @@ TENANT: Schema = {
         "working_hours": {"start": KEY, "end": KEY, "timezone": KEY},
     },
     "templates": NAMES,
+    "metrics": {"token_file": KEY},
 }

@@ -51,6 +51,14 @@ EXIT_MEANINGS = {
 
 # ---- notify datagrams
 MAX_NOTIFY_DATAGRAM = 4096
+# A running service re-runs its readiness checks every HEALTH_INTERVAL seconds and sends
+# HEALTH=ok or HEALTH=unhealthy (with HEALTH_CHECK=<the failing checks, one line>) whenever the
+# outcome changes; the daemon shows an unhealthy service as state `unhealthy`, not `running`.
+HEALTH = "HEALTH"
+HEALTH_CHECK = "HEALTH_CHECK"
+HEALTH_OK = "ok"
+HEALTH_UNHEALTHY = "unhealthy"
+HEALTH_INTERVAL = 2.0
 
 
 def parse_notify(data: bytes) -> dict[str, str]:

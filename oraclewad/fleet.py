@@ -53,7 +53,7 @@ from oraclewad.tenants.ports import PortBook
 from oraclewad.tenants.store import create_tenant_file, find_tenant_file, retire_tenant_file
 
 PROGRAMS = "programs"
-SPAWNED = ("starting", "running", "backoff", "degraded")
+SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 SERVICES_PACKAGE = Path(__file__).parent / "services"
 
@@ -564,11 +564,21 @@ class Fleet:
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
+        unhealthy: list[ServiceView] = []
         for view in self.status():
             counts[view.state] = counts.get(view.state, 0) + 1
+            if view.state == "unhealthy":
+                unhealthy.append(view)
         parts = [f"{n} {state}" for state, n in sorted(counts.items())]
-        return f"{len(self.tenants)} tenants; " + (", ".join(parts) or "no services") + (
+        text = f"{len(self.tenants)} tenants; " + (", ".join(parts) or "no services") + (
             f"; {len(self.problems)} config problems" if self.problems else "")
+        if unhealthy:
+            # Which check fails is what an operator reading `systemctl status` needs first.
+            first = unhealthy[0]
+            text += f"; unhealthy: {first.tenant}/{first.service} ({first.message[:120]})"
+            if len(unhealthy) > 1:
+                text += f" and {len(unhealthy) - 1} more"
+        return text
 
 
 TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")

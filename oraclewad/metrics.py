@@ -39,7 +39,8 @@ from oraclewad.scrape import ChildParser, Family, ParseError, merge
 log = logging.getLogger("oraclewad.metrics")
 
 # Always exported (0 or 1), so a query for a state that is not current still finds a series.
-STATES = ("starting", "running", "backoff", "degraded", "stopping", "stopped", "unavailable", "pending")
+STATES = ("starting", "running", "unhealthy", "backoff", "degraded", "stopping", "stopped", "unavailable",
+          "pending")
 REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
 MAX_CHILD_BYTES = 8 * 1024 * 1024   # a child answering more than this is cut off (and reported)
 Key = tuple[str, str]               # (tenant, service)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 class ServiceView:
     tenant: str
     service: str            # "recovery" | "broadcast" (or a program name for group "programs")
-    state: str              # starting | running | backoff | degraded | stopping | stopped | failed
+    state: str              # starting | running | unhealthy | backoff | degraded | stopping | stopped
     pid: int | None
     uptime_s: float | None
     restarts: int

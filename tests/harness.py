@@ -128,6 +128,24 @@ class Daemon:
             if wanted in lines:
                 return lines
 
+    def wait_message_containing(self, text: str, timeout: float = 30.0) -> str:
+        """The first notify line (already received or new) that contains `text`."""
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.messages[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.messages)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no notify line containing {text!r}: {self.messages[-20:]}")
+            self.notify.settimeout(0.5)
+            try:
+                self.messages += self.notify.recv(4096).decode().splitlines()
+            except TimeoutError:
+                continue
+
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 

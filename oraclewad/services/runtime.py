@@ -300,6 +300,7 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
                                      "unknown_config_keys": cfg.unknown_keys or None})
             if plan.notifier.enabled:
                 servers.start_soon(_watchdog, plan.notifier, plan.watchdog_interval)
+                servers.start_soon(_report_health, plan.notifier, health)
             async with trio.open_nursery() as background:
                 for fn, args in ctx._tasks:
                     background.start_soon(fn, *args)
@@ -330,6 +331,31 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         await notifier.send("WATCHDOG=1")
+
+
+async def _report_health(notifier: Notifier, health: Health,
+                         interval: float = contract.HEALTH_INTERVAL) -> None:
+    """Re-run the readiness checks and tell the daemon whenever the outcome changes, so a
+    service whose database went away is shown unhealthy instead of running."""
+    reported: tuple[str, str] | None = (contract.HEALTH_OK, "")   # READY=1 implied ok
+    while True:
+        await trio.sleep(interval)
+        _, body = await health.snapshot()
+        failing = [f"{name}: {check.get('detail', '')}" for name, check in sorted(body["checks"].items())
+                   if not check.get("ok")]
+        outcome = (contract.HEALTH_UNHEALTHY, "; ".join(failing)) if failing else (contract.HEALTH_OK, "")
+        # The failing checks by name decide "changed": a detail that varies (a latency, a pid in
+        # an error text) must not send a datagram every interval.
+        key = (outcome[0], ",".join(sorted(n for n, c in body["checks"].items() if not c.get("ok"))))
+        if key == reported:
+            continue
+        message = f"{contract.HEALTH}={outcome[0]}"
+        if outcome[1]:
+            message += f"\n{contract.HEALTH_CHECK}={' '.join(outcome[1].split())[:1000]}"
+        if await notifier.send(message):
+            reported = key
+            log.log(logging.WARNING if failing else logging.INFO, "health changed",
+                    extra={"health": outcome[0], "failing": outcome[1] or None})
 
 
 def _registry(cfg: ServiceConfig) -> CollectorRegistry:

@@ -44,13 +44,15 @@ from oraclewad.supervisor.status import (
     STARTING,
     STOPPED,
     STOPPING,
+    UNHEALTHY,
+    UP,
     ServiceEvent,
     ServiceStatus,
 )
 
 log = logging.getLogger("oraclewad.supervisor")
 
-SETTLED = frozenset({RUNNING, BACKOFF, DEGRADED, STOPPED})
+SETTLED = frozenset({RUNNING, UNHEALTHY, BACKOFF, DEGRADED, STOPPED})
 OUTPUT_DRAIN = 1.0      # seconds to let the pumps write a dead child's last lines
 MAX_MESSAGE = 500
 
@@ -187,7 +189,8 @@ class Runner:
             pid=child.pid if alive and child else None,
             started_at=self.started_wall if alive else None,
             uptime=trio.current_time() - self._spawned_at if alive else None,
-            restarts=self.restarts, ready=self.ready, last_exit=self.last_exit, message=self.message,
+            restarts=self.restarts, ready=self.ready and self.state != UNHEALTHY,
+            last_exit=self.last_exit, message=self.message,
             labels=self.spec.labels, degraded=self.backoff.tripped,
             restart_reasons=tuple(sorted(self.reasons.items())), exit_code=self.exit_code,
             start_seconds=self.start_seconds if alive else None,
@@ -426,7 +429,20 @@ class Runner:
             self._became_ready(now)
         if fields.get("WATCHDOG") == "1":
             self._last_ping = now
-        if fields.get("STOPPING") == "1" and self.state in (STARTING, RUNNING):
+        health = fields.get(contract.HEALTH)
+        if health == contract.HEALTH_UNHEALTHY and self.state in UP:
+            failing = " ".join(fields.get(contract.HEALTH_CHECK, "").split())[:MAX_MESSAGE]
+            self.message = failing or "readiness checks fail"
+            if self.state == UNHEALTHY:
+                self._announce_change()     # another check failing now
+            else:
+                log.warning("%s: unhealthy: %s", self.name, self.message)
+                self._set_state(UNHEALTHY)
+        elif health == contract.HEALTH_OK and self.state == UNHEALTHY:
+            self.message = ""
+            log.info("%s: healthy again", self.name)
+            self._set_state(RUNNING)
+        if fields.get("STOPPING") == "1" and self.state in (STARTING, *UP):
             self._set_state(STOPPING)
         self.poke()
 

@@ -10,7 +10,9 @@ STOPPING = "stopping"
 STOPPED = "stopped"
 BACKOFF = "backoff"
 DEGRADED = "degraded"       # waiting to retry at the cap delay: the breaker tripped
-STATES = (STARTING, RUNNING, STOPPING, STOPPED, BACKOFF, DEGRADED)
+UNHEALTHY = "unhealthy"     # running, but its readiness checks fail (message: the failing check)
+STATES = (STARTING, RUNNING, UNHEALTHY, STOPPING, STOPPED, BACKOFF, DEGRADED)
+UP = frozenset({RUNNING, UNHEALTHY})    # a process that became ready and still runs
 # Why an automatic restart happened: exited (any code), killed by a signal we did not send, no
 # READY=1 within the start deadline, no WATCHDOG=1, or the spawn itself failed.
 RESTART_REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
@@ -25,7 +27,7 @@ class ServiceStatus:
     started_at: float | None    # wall clock (unix time) of the current process's spawn
     uptime: float | None        # seconds since that spawn; None without a process
     restarts: int               # automatic restarts after unexpected exits
-    ready: bool                 # READY=1 received (or spawned, for notify=False)
+    ready: bool                 # READY=1 received (or spawned, for notify=False) and not unhealthy
     last_exit: str              # "exit 1", "killed by SIGKILL", "" before any exit
     message: str                # the child's last STATUS=, or why the supervisor acted
     labels: tuple[tuple[str, str], ...] = ()

@@ -26,8 +26,8 @@ from oraclewad.supervisor.spec import ProcessSpec
 from oraclewad.supervisor.status import (
     BACKOFF,
     DEGRADED,
-    RUNNING,
     STARTING,
+    UP,
     Changes,
     ServiceEvent,
     ServiceStatus,
@@ -187,7 +187,7 @@ class Supervisor:
         runner = self._runner(name, starting=True)
         await self._set_operator_stopped(name, False)
         state = runner.state
-        after = None if runner.want_run and state in (STARTING, RUNNING) else runner.attempts
+        after = None if runner.want_run and state in (STARTING, *UP) else runner.attempts
         if state in (BACKOFF, DEGRADED):
             runner.gen += 1         # the operator asks for it now: skip the rest of the delay
         runner.want_run = True

@@ -55,6 +55,7 @@ def test_postgres_down_during_tenant_add_is_unavailable_then_heals(make_daemon, 
     (daemon.root / "tenants.d").mkdir(exist_ok=True)
     daemon.start()
     daemon.ctl("tenant", "add", steady, "--timeout", "60")
+    steady_pids = {r["service"]: r["pid"] for r in daemon.ctl_json("status", steady)}
     own_postgres.stop()
     tid = unique_id()
     result = daemon.ctl("tenant", "add", tid, "--timeout", "3", check=False)
@@ -63,8 +64,14 @@ def test_postgres_down_during_tenant_add_is_unavailable_then_heals(make_daemon, 
     rows = {r["service"]: r for r in daemon.ctl_json("status", tid)}
     assert rows["recovery"]["state"] == "unavailable"
     assert "UNAVAILABLE" in rows["recovery"]["message"]
-    # The tenant that was already running keeps running while its database is away.
-    assert all(r["state"] == "running" for r in daemon.ctl_json("status", steady))
+    # The tenant that was already running keeps its processes, and says its database is away.
+    wait_for(lambda: all(r["state"] == "unhealthy" and "postgres" in r["message"]
+                         for r in daemon.ctl_json("status", steady)),
+             timeout=20, what="the running tenant to be shown unhealthy (postgres)")
+    assert {r["service"]: r["pid"] for r in daemon.ctl_json("status", steady)} == steady_pids
     own_postgres.start()
     wait_for(lambda: all(r["state"] == "running" and r["ready"] for r in daemon.ctl_json("status", tid)),
              timeout=60, what="the tenant to be provisioned and started once PostgreSQL is back")
+    wait_for(lambda: all(r["state"] == "running" and r["ready"] for r in daemon.ctl_json("status", steady)),
+             timeout=30, what="the running tenant to be ready again")
+    assert {r["service"]: r["pid"] for r in daemon.ctl_json("status", steady)} == steady_pids

@@ -20,7 +20,15 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
-run: $(VENV)/.installed-run
+# The dev config runs the Evolution sandbox as a host program; it and tenants.d/imperio.toml
+# share this generated key (0600), made before the daemon reads the tenant file.
+SANDBOX_KEY := var/state/secrets/sandbox-evolution.key
+
+$(SANDBOX_KEY):
+	mkdir -p -m 0700 $(dir $@)
+	(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@)
+
+run: $(VENV)/.installed-run $(SANDBOX_KEY)
 	$(BIN)/oraclewad run --config $(CONFIG)
 
 test: $(VENV)/.installed-test

@@ -147,7 +147,8 @@ class Conversion:
     services: tuple[str, ...]
     evolution_url: str = ""
     evolution_api_key: str = field(default="", repr=False)
-    instances: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()            # [recovery] instances
+    broadcast_instances: tuple[str, ...] = ()  # [broadcast] instances
     extra: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -155,7 +156,8 @@ class Conversion:
     def new_tenant(self, release: str = "") -> pb.NewTenant:
         return pb.NewTenant(id=self.tenant_id, name=self.name, services=list(self.services), release=release,
                             evolution_url=self.evolution_url, evolution_api_key=self.evolution_api_key,
-                            instances=list(self.instances),
+                            recovery_instances=list(self.instances),
+                            broadcast_instances=list(self.broadcast_instances),
                             extra_toml=tomli_w.dumps(self.extra) if self.extra else "")
 
     def tenant_doc(self) -> dict[str, Any]:
@@ -165,14 +167,15 @@ class Conversion:
         evolution: dict[str, Any] = {}
         if self.evolution_url:
             evolution["url"] = self.evolution_url
-        if self.instances:
-            evolution["instances"] = list(self.instances)
         if self.evolution_api_key:
             evolution["api_key_file"] = SECRET_PLACEHOLDER
         if evolution:
             doc["evolution"] = evolution
         for key, value in self.extra.items():
             doc[key] = value
+        for service, instances in (("recovery", self.instances), ("broadcast", self.broadcast_instances)):
+            if instances:
+                doc[service] = {**doc.get(service, {}), "instances": list(instances)}
         return doc
 
     def to_toml(self) -> str:
@@ -308,6 +311,9 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
     instances = [i.strip() for i in (r.text("EVOLUTION_INSTANCES") or "").split(",") if i.strip()]
     if (single := r.text("EVOLUTION_INSTANCE_NAME")) and single not in instances:
         instances.append(single)
+    if instances:
+        notes.append("EVOLUTION_INSTANCES became [recovery] instances: move the numbers that send "
+                     "campaigns to [broadcast] instances (an instance belongs to one service)")
 
     for key in values:
         if key in CORE_KEYS:

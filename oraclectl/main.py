@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 the daemon refused or failed (its message is printed), 2 usa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import grpc
 
@@ -100,14 +102,36 @@ def _add(ctx: Ctx, new: pb.NewTenant) -> int:
     ctx.out(render.tenant_detail(tenant))
     if a.no_wait:
         ctx.out(f"\nnot waiting for readiness: follow with `oraclectl status {tenant.id}`")
+    ctx.out("\n" + _next_step(new))
     return OK
+
+
+def _next_step(new: pb.NewTenant) -> str:
+    """What an operator does after `tenant add`: pair the WhatsApp numbers."""
+    instances = [*new.recovery_instances, *new.broadcast_instances]
+    if instances:
+        lines = ["next: pair each WhatsApp number (prints a QR code to scan and waits until it is open):"]
+        lines += [f"  oraclectl instances connect {new.id} {name}" for name in instances]
+        return "\n".join(lines)
+    return (f"next: list the WhatsApp instances in tenants.d/{new.id}.toml ([recovery] instances = "
+            f'["{new.id}-1"], [broadcast] instances = ["{new.id}-2"]' + (", [evolution] url" if not
+                                                                        new.evolution_url else "")
+            + f"), run `oraclectl reload`, then `oraclectl instances connect {new.id} {new.id}-1`")
+
+
+def _no_instance_flag(a: argparse.Namespace) -> None:
+    if getattr(a, "instance", None):
+        raise UsageError("--instance is now --recovery-instance NAME or --broadcast-instance NAME: "
+                         "an instance belongs to one service")
 
 
 def cmd_tenant_add(ctx: Ctx) -> int:
     a = ctx.args
+    _no_instance_flag(a)
     new = pb.NewTenant(id=a.id, name=a.name or "", services=_services_arg(a.services),
                        release=normalize_version(a.release or ""), evolution_url=a.evolution_url or "",
-                       instances=a.instance or [])
+                       recovery_instances=a.recovery_instance or [],
+                       broadcast_instances=a.broadcast_instance or [])
     if a.evolution_key_file:
         new.evolution_api_key = _read_secret(a.evolution_key_file, ctx)
     return _add(ctx, new)
@@ -162,8 +186,12 @@ def cmd_tenant_import_env(ctx: Ctx) -> int:
         conversion = convert(values, tenant_id=a.id, source=a.file)
     except EnvFileError as e:
         raise UsageError(f"{a.file} cannot be imported:\n  " + "\n  ".join(e.problems)) from None
-    if a.instance:
-        conversion.instances = tuple(dict.fromkeys([*conversion.instances, *a.instance]))
+    _no_instance_flag(a)
+    if a.recovery_instance:
+        conversion.instances = tuple(dict.fromkeys([*conversion.instances, *a.recovery_instance]))
+    if a.broadcast_instance:
+        conversion.broadcast_instances = tuple(dict.fromkeys([*conversion.broadcast_instances,
+                                                              *a.broadcast_instance]))
     warnings += conversion.warnings
     if a.dry_run:
         if ctx.json:
@@ -200,6 +228,8 @@ def cmd_health(ctx: Ctx) -> int:
         ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
     else:
         ctx.out(render.health_table(list(response.services)))
+        if lines := render.instance_lines(list(response.services)):
+            ctx.out("\ninstances:\n" + "\n".join(lines))
     return OK if all(s.status in ("ok", "stopped") for s in response.services) else FAILED
 
 
@@ -304,13 +334,138 @@ def cmd_events(ctx: Ctx) -> int:
     return _stream(ctx, "WatchEvents", request, lambda e: [render.event_line(e)])
 
 
+# ---- instances (the service's own API, through the daemon's ServiceCall) ---------------------
+
+CONNECT_POLL_S = 2.0
+QR_REFRESH_S = 40.0  # WhatsApp QR codes expire within about a minute: show a fresh one before then
+
+
+def _service_call(ctx: Ctx, tenant: str, service: str, method: str, path: str,
+                  body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    request = pb.ServiceCallRequest(tenant=tenant, service=service, method=method, path=path,
+                                    body_json=json.dumps(body) if body is not None else "")
+    response = ctx.call("ServiceCall", request, timeout=max(ctx.args.timeout, 60))
+    try:
+        return response.status, json.loads(response.body_json or "null")
+    except ValueError:
+        return response.status, {"error": response.body_json[:500]}
+
+
+def _service_error(answer: Any, status: int) -> str:
+    if isinstance(answer, dict) and answer.get("error"):
+        return str(answer["error"])
+    return f"the service answered HTTP {status}"
+
+
+def _instances_of(ctx: Ctx, tenant: pb.Tenant) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every instance of the tenant's services, each with its owner; and what could not be asked."""
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for service in tenant.services:
+        try:
+            status, answer = _service_call(ctx, tenant.id, service, "GET", "/instances")
+        except Refused as e:
+            problems.append(f"{service}: {e.details}")
+            continue
+        if status != 200 or not isinstance(answer, dict):
+            problems.append(f"{service}: {_service_error(answer, status)}")
+            continue
+        rows += [{**row, "service": service} for row in answer.get("instances", [])]
+    return rows, problems
+
+
+def cmd_instances(ctx: Ctx) -> int:
+    words = ctx.args.words
+    if words[0] == "connect" and len(words) == 3:
+        return _connect(ctx, words[1], words[2])
+    if len(words) != 1:
+        raise UsageError("use `oraclectl instances ID` or `oraclectl instances connect ID INSTANCE`")
+    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=words[0]))
+    rows, problems = _instances_of(ctx, tenant)
+    if ctx.json:
+        ctx.out(render.dumps({"tenant": tenant.id, "instances": rows, "problems": problems}))
+    else:
+        ctx.out(render.table(("INSTANCE", "SERVICE", "STATE", "SENDS", "DETAIL"),
+                             [(r["name"], r["service"], r["state"], "yes" if r.get("can_send") else "no",
+                               r.get("detail", "")) for r in rows]) if rows else "no instances")
+        for problem in problems:
+            ctx.err(f"oraclectl: {problem}")
+    return FAILED if problems else OK
+
+
+def _connect(ctx: Ctx, tenant_id: str, instance: str) -> int:
+    a = ctx.args
+    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=tenant_id))
+    rows, problems = _instances_of(ctx, tenant)
+    owner = next((r["service"] for r in rows if r["name"] == instance), None)
+    if owner is None:
+        where = "; ".join(problems) if problems else (
+            f"list it in [recovery] instances or [broadcast] instances of {tenant.source_file} "
+            "and run `oraclectl reload`")
+        ctx.err(f"oraclectl: {instance!r} is not an instance of {tenant_id}: {where}")
+        return FAILED
+    body = {"number": a.number} if a.number else {}
+    path = f"/instances/{quote(instance, safe='')}"
+    status, answer = _service_call(ctx, tenant_id, owner, "POST", f"{path}/connect", body)
+    if status != 200:
+        ctx.err(f"oraclectl: {owner}: {_service_error(answer, status)}")
+        return FAILED
+    if not ctx.json:
+        if answer.get("created"):
+            ctx.out(f"created {instance} on Evolution")
+        ctx.out(f"{instance}: webhook -> {answer.get('webhook_url')} ({owner}, signed)")
+    if answer.get("state") == "open":
+        ctx.out(render.dumps(answer) if ctx.json else f"{instance} is connected (open)")
+        return OK
+    shown = ""
+    if not ctx.json:
+        shown = _show_pairing(ctx, instance, answer)
+    if a.no_wait:
+        if ctx.json:
+            ctx.out(render.dumps(answer))
+        return OK
+    deadline = time.monotonic() + a.wait
+    refresh_at = time.monotonic() + QR_REFRESH_S
+    state = answer.get("state", "")
+    while time.monotonic() < deadline:
+        time.sleep(CONNECT_POLL_S)
+        status, now = _service_call(ctx, tenant_id, owner, "GET", f"{path}?refresh=1")
+        state = now.get("state", "") if isinstance(now, dict) else ""
+        if state == "open":
+            ctx.out(render.dumps(now) if ctx.json else f"{instance} is connected (open)")
+            return OK
+        if state in ("refused", "missing", "unauthorized"):
+            break
+        if time.monotonic() >= refresh_at:
+            refresh_at = time.monotonic() + QR_REFRESH_S
+            status, again = _service_call(ctx, tenant_id, owner, "POST", f"{path}/connect", body)
+            if status == 200 and again.get("code") and again.get("code") != shown and not ctx.json:
+                ctx.out("the QR code expired; a fresh one:")
+                shown = _show_pairing(ctx, instance, again)
+    ctx.err(f"oraclectl: {instance} is {state or 'not open'} after {a.wait:g}s; run the command again "
+            "for a fresh QR code")
+    return FAILED
+
+
+def _show_pairing(ctx: Ctx, instance: str, answer: dict[str, Any]) -> str:
+    code = answer.get("code") or ""
+    if code:
+        ctx.out(f"scan with WhatsApp on the phone of {instance} (Settings > Linked devices > Link a device):")
+        ctx.out(render.qr_text(code))
+    if answer.get("pairing_code"):
+        ctx.out(f"or enter the pairing code {answer['pairing_code']} (Link with phone number instead)")
+    ctx.out(f"waiting for {instance} to be open... (Ctrl-C stops waiting; pairing goes on)")
+    return code
+
+
 # ---- argument parsing ------------------------------------------------------------------------
 
 EPILOG = """\
 examples:
   oraclectl status                       every service of every tenant
   oraclectl tenant add lojaABC --name "Loja ABC" --evolution-url https://evo.example.com \\
-      --evolution-key-file /root/lojaABC.key --instance lojaABC-1
+      --evolution-key-file /root/lojaABC.key --recovery-instance lojaABC-1
+  oraclectl instances connect lojaABC lojaABC-1   pair a WhatsApp number (QR code)
   oraclectl tenant import-env .env.imperio --dry-run
   oraclectl logs imperio recovery -f
   oraclectl --json status imperio | jq .
@@ -366,11 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", dest="wait_timeout", type=float, default=120.0, metavar="S",
                        help="how long to wait for readiness (default 120)")
 
+    def instance_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--recovery-instance", action="append", metavar="NAME",
+                       help="an Evolution instance that sends order reminders (repeatable)")
+        p.add_argument("--broadcast-instance", action="append", metavar="NAME",
+                       help="an Evolution instance that sends campaigns (repeatable; never also recovery's)")
+        p.add_argument("--instance", action="append", help=argparse.SUPPRESS)
+
     p = command(tsub, "add", "add a tenant: write tenants.d/ID.toml, provision and start its services",
                 cmd_tenant_add,
                 "  oraclectl tenant add lojaABC --name 'Loja ABC' --services recovery\n"
                 "  oraclectl tenant add imperio --evolution-url https://evo.example.com "
-                "--evolution-key-file key.txt --instance imperio-1 --instance imperio-2\n"
+                "--evolution-key-file key.txt --recovery-instance imperio-1 --broadcast-instance imperio-2\n"
                 "  pass - as --evolution-key-file to read the key from stdin")
     p.add_argument("id", help="tenant id: a letter first, then letters, digits, '_' or '-'")
     p.add_argument("--name", help="display name (default: the id)")
@@ -379,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evolution-url", metavar="U", help="the Evolution API base URL")
     p.add_argument("--evolution-key-file", metavar="F",
                    help="file holding the Evolution API key; the daemon stores it 0600 (never in tenants.d)")
-    p.add_argument("--instance", action="append", metavar="NAME", help="an Evolution instance (repeatable)")
+    instance_options(p)
     wait_options(p)
 
     p = command(tsub, "remove", "remove a tenant: stop its services and retire its file", cmd_tenant_remove,
@@ -402,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the .env file (CLIENT_ID, SERVICE_TYPE, ANTIBAN_*, EVOLUTION_API_* ...)")
     p.add_argument("--id", help="tenant id (default: CLIENT_ID)")
     p.add_argument("--release", metavar="V", help="pin a release")
-    p.add_argument("--instance", action="append", metavar="NAME", help="an Evolution instance (repeatable)")
+    instance_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help=f"print the tenant file instead of adding it (the key shows as {SECRET_PLACEHOLDER})")
     wait_options(p)
@@ -443,6 +605,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=50, metavar="N",
                    help="existing lines first (default 50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = command(commands, "instances", "a tenant's WhatsApp instances (owner, state), or pair one",
+                cmd_instances,
+                "  oraclectl instances imperio\n"
+                "  oraclectl instances connect imperio imperio-1          QR code, waits until open\n"
+                "  oraclectl instances connect imperio imperio-1 --number 5511999999999"
+                "   also a pairing code")
+    p.add_argument("words", nargs="+", metavar="ID | connect ID INSTANCE")
+    p.add_argument("--number", metavar="DIGITS",
+                   help="the instance's phone number with country code: Evolution also gives a pairing code")
+    p.add_argument("--wait", type=float, default=300.0, metavar="S",
+                   help="how long connect waits for the instance to be open (default 300)")
+    p.add_argument("--no-wait", action="store_true", help="show the QR code and return")
     p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
                 cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

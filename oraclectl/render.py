@@ -183,3 +183,28 @@ def event_line(e: Any) -> str:
     if e.message:
         parts.append(e.message)
     return "  ".join(parts)
+
+
+def qr_text(data: str) -> str:
+    """A QR code drawn with block characters, two modules per line, for a terminal."""
+    import io
+
+    import segno
+
+    out = io.StringIO()
+    segno.make(data, error="l").terminal(out=out, compact=True, border=2)
+    return out.getvalue().rstrip("\n")
+
+
+def instance_lines(services: Sequence[Any]) -> list[str]:
+    """Each instance's state as its service sees it (the `instances` check of /healthz)."""
+    lines = []
+    for h in services:
+        check = json_format.MessageToDict(h.checks).get("instances")
+        if not isinstance(check, dict):
+            continue
+        lines.append(f"{h.tenant}/{h.service}: {check.get('detail', '')}")
+        for name, row in (check.get("instances") or {}).items():
+            sends = "sends" if row.get("can_send") else "cannot send"
+            lines.append(f"  {name}: {row.get('state')} ({sends}; {row.get('detail', '')})")
+    return lines

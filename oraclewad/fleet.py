@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,6 +41,7 @@ from oraclewad.operations import (
     MetricsView,
     NewTenant,
     ReloadView,
+    ServiceCallView,
     ServiceView,
     TenantView,
 )
@@ -56,6 +58,9 @@ PROGRAMS = "programs"
 SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 SERVICES_PACKAGE = Path(__file__).parent / "services"
+SERVICE_CALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+SERVICE_CALL_PATH = re.compile(r"/[\x21-\x7e]{0,2047}")
+SERVICE_CALL_MAX_BYTES = 4 * 1024 * 1024 - 4096  # under gRPC's default message size
 
 
 def migrations_dir(service: str) -> Path:
@@ -215,8 +220,12 @@ class Fleet:
             "http": {"host": self.settings.bind_host, "port": port},
             "webhook_secret": self._webhook_secret(tenant.id),
             "evolution": {"url": tenant.evolution.url, "api_key": self._evolution_key(tenant),
-                          "instances": list(tenant.evolution.instances),
-                          "api_version": tenant.evolution.api_version},
+                          "api_version": tenant.evolution.api_version,
+                          # Where this service's instances post their events, and the key that
+                          # signs them (Evolution's headers.jwt_key): see docs/evolution.md.
+                          "webhook_url": f"{self.settings.public_url}:{port}/webhooks/evolution",
+                          "webhook_jwt_key": self._evolution_webhook_key(tenant.id, service)},
+            "instances": list(svc.instances),
             "antiban": tenant.antiban, "templates": tenant.templates,
             **self.provisioner.child_config_fragment(tenant.id, service),
         }
@@ -237,6 +246,15 @@ class Fleet:
 
     def _webhook_secret(self, tenant_id: str) -> str:
         path = self._secret_path(tenant_id, "webhook.key")
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = secrets.token_urlsafe(32)
+            write_atomic(path, value.encode() + b"\n", 0o600)
+            return value
+
+    def _evolution_webhook_key(self, tenant_id: str, service: str) -> str:
+        path = self._secret_path(tenant_id, f"{service}.evolution-webhook.key")
         try:
             return path.read_text().strip()
         except FileNotFoundError:
@@ -300,9 +318,12 @@ class Fleet:
         doc["services"] = "all" if set(new.services) == set(SERVICES) else list(new.services)
         if new.release:
             doc["release"] = releases.normalize(new.release)
-        evolution = {k: v for k, v in (("url", new.evolution_url), ("instances", list(new.instances))) if v}
-        if evolution:
-            doc["evolution"] = evolution
+        if new.evolution_url:
+            doc["evolution"] = {"url": new.evolution_url}
+        for service, instances in (("recovery", new.recovery_instances),
+                                   ("broadcast", new.broadcast_instances)):
+            if instances:
+                doc[service] = {"instances": list(instances)}
         for key, value in new.extra.items():
             if key in doc and isinstance(value, dict) and isinstance(doc[key], dict):
                 doc[key] = {**value, **doc[key]}
@@ -496,6 +517,42 @@ class Fleet:
                               detail=f"health endpoint did not answer: {e.__class__.__name__}")
         return HealthView(view.tenant, view.service, str(body.get("status", "failing")),
                           checks=body.get("checks", {}), detail="")
+
+    async def service_call(self, tenant_id: str, service: str, method: str, path: str, body_json: str,
+                           timeout: float) -> ServiceCallView:
+        """A thin router: the service owns its API; the answer goes back as the service wrote it."""
+        if tenant_id == PROGRAMS:
+            raise InvalidArgument("host programs have no admin API", field="tenant")
+        [name] = self._names(tenant_id, service)
+        method = method.upper() or "GET"
+        if method not in SERVICE_CALL_METHODS:
+            raise InvalidArgument(f"must be one of {', '.join(SERVICE_CALL_METHODS)}", field="method")
+        if not SERVICE_CALL_PATH.fullmatch(path):
+            raise InvalidArgument("must be an absolute path such as /instances (no spaces, at most 2048 "
+                                  "characters)", field="path")
+        if len(body_json) > SERVICE_CALL_MAX_BYTES:
+            raise InvalidArgument(f"is larger than {SERVICE_CALL_MAX_BYTES} bytes", field="body_json")
+        [view] = [v for v in self.status(tenant_id) if v.service == service]
+        if not view.ready:
+            raise Unavailable(f"{name} is {view.state}{': ' + view.message if view.message else ''}; "
+                              f"`oraclectl status {tenant_id}` shows why")
+        transport = httpx.AsyncHTTPTransport(uds=str(self.admin_socket(tenant_id, service)))
+        headers = {"content-type": "application/json"} if body_json else {}
+        try:
+            async with httpx.AsyncClient(transport=transport, timeout=timeout) as client, \
+                    client.stream(method, f"http://{service}{path}", content=body_json.encode() or None,
+                                  headers=headers) as response:
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > SERVICE_CALL_MAX_BYTES:
+                        raise Unavailable(f"{name} answered more than {SERVICE_CALL_MAX_BYTES} bytes")
+                    chunks.append(chunk)
+        except httpx.TimeoutException:
+            raise Unavailable(f"{name} did not answer {method} {path} within {timeout:g}s") from None
+        except httpx.HTTPError as e:
+            raise Unavailable(f"{name}'s admin socket did not answer: {e.__class__.__name__}") from None
+        return ServiceCallView(response.status_code, b"".join(chunks).decode("utf-8", "replace"))
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
         snaps = {s.name: s for s in self.supervisor.snapshot()}

@@ -85,6 +85,12 @@ class DaemonFigures:
 
 
 @dataclass(frozen=True)
+class ServiceCallView:
+    status: int             # the service's HTTP status
+    body_json: str          # its answer, untouched (the daemon never parses business data)
+
+
+@dataclass(frozen=True)
 class EventView:
     ts: float               # unix time
     tenant: str
@@ -104,7 +110,8 @@ class NewTenant:
     release: str = ""
     evolution_url: str = ""
     evolution_api_key: str = ""          # a secret: stored 0600 under state_dir, never in tenants.d
-    instances: tuple[str, ...] = ()
+    recovery_instances: tuple[str, ...] = ()    # [recovery] instances
+    broadcast_instances: tuple[str, ...] = ()   # [broadcast] instances (disjoint from recovery's)
     extra: Mapping[str, Any] = field(default_factory=dict)   # further tenant-file tables (antiban, ...)
 
 
@@ -140,6 +147,11 @@ class Operations(Protocol):
     def metrics_token(self, tenant_id: str) -> str | None:
         """The bearer token that guards /tenants/ID/metrics, or None when the tenant set none;
         NotFound for an unknown tenant."""
+        ...
+
+    async def service_call(self, tenant_id: str, service: str, method: str, path: str, body_json: str,
+                           timeout: float) -> ServiceCallView:
+        """Forward one request to a running service's admin API (its unix socket)."""
         ...
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:

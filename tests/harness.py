@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -214,8 +213,16 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
-def copy_example(root: Path) -> None:
-    shutil.copy(REPO / "tenants.d" / "imperio.toml", root / "tenants.d" / "imperio.toml")
+def copy_example(root: Path, sandbox_url: str, sandbox_key: str) -> None:
+    """The repo's example tenant under root, wired to a test sandbox as `make run` wires it to its own:
+    the key file where the example names it (relative to the tenant file), the sandbox's URL."""
+    text = (REPO / "tenants.d" / "imperio.toml").read_text()
+    text = text.replace('"http://127.0.0.1:8085"', f'"{sandbox_url}"')
+    (root / "tenants.d" / "imperio.toml").write_text(text)
+    key = root / "var" / "state" / "secrets" / "sandbox-evolution.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text(sandbox_key + "\n")
+    key.chmod(0o600)
 
 
 ISSUED_IDS: list[str] = []

@@ -29,6 +29,7 @@ from oraclewad.operations import (
 
 SERVICES = ("recovery", "broadcast")
 DEFAULT_ADD_TIMEOUT = 60.0
+DEFAULT_SERVICE_CALL_TIMEOUT = 30.0
 DEFAULT_LINES = 50
 MAX_LINES = 10_000
 POLL_INTERVAL = 0.2
@@ -100,7 +101,9 @@ def new_tenant(msg: pb.NewTenant) -> NewTenant:
         raise invalid("extra_toml", f"is not valid TOML: {e}") from None
     return NewTenant(id=msg.id, name=msg.name, services=tuple(msg.services) or SERVICES,
                      release=normalize_version(msg.release), evolution_url=msg.evolution_url,
-                     evolution_api_key=msg.evolution_api_key, instances=tuple(msg.instances),
+                     evolution_api_key=msg.evolution_api_key,
+                     recovery_instances=tuple(msg.recovery_instances),
+                     broadcast_instances=tuple(msg.broadcast_instances),
                      extra=extra)
 
 
@@ -199,6 +202,17 @@ class ControlServicer(pb_grpc.ControlServicer):
         v = self.bridge.run(self.ops.reload)
         return pb.ReloadResponse(added=list(v.added), removed=list(v.removed), restarted=list(v.restarted),
                                  unchanged=list(v.unchanged), problems=list(v.problems))
+
+    @rpc
+    def ServiceCall(self, request: pb.ServiceCallRequest,
+                    context: grpc.ServicerContext) -> pb.ServiceCallResponse:
+        if request.service not in SERVICES:
+            raise invalid("service", f"must be one of {', '.join(SERVICES)}")
+        timeout = request.timeout_s if request.timeout_s > 0 else DEFAULT_SERVICE_CALL_TIMEOUT
+        answer = self.bridge.run(self.ops.service_call, _required(request.tenant, "tenant"), request.service,
+                                 request.method, request.path or "/", request.body_json, timeout,
+                                 deadline=context.time_remaining())
+        return pb.ServiceCallResponse(status=answer.status, body_json=answer.body_json)
 
     @rpc
     def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.MetricsResponse:

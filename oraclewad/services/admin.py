@@ -20,7 +20,7 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from oraclewad.services.web import json_error_handlers
 
@@ -86,7 +86,8 @@ SchemaProbe = Callable[[Any], str]  # (psycopg connection) -> detail; raises whe
 
 class Health:
     """Dependency checks for /healthz. Postgres or schema failing: "failing" (no store of record);
-    only Redis failing: "degraded". Unconfigured dependencies are skipped, not failures."""
+    only Redis failing: "degraded". Unconfigured dependencies are skipped, not failures. A service's
+    own checks (ctx.health_checks, e.g. "instances": no instance can send) failing: "failing"."""
 
     def __init__(self, ctx: ServiceContext, schema_probe: SchemaProbe | None) -> None:
         self.ctx = ctx
@@ -103,6 +104,9 @@ class Health:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._postgres, checks)
             nursery.start_soon(self._redis, checks)
+        for name, check in self.ctx.health_checks.items():
+            checks[name] = check()
+        extra_failing = any(not checks[name]["ok"] for name in self.ctx.health_checks)
         now = time.time()
         for name, check in checks.items():
             if not check["ok"]:
@@ -110,7 +114,7 @@ class Health:
             if name in self._last_errors:
                 at, detail = self._last_errors[name]
                 check["last_error"], check["last_error_at"] = detail, round(at, 3)
-        if not (checks["postgres"]["ok"] and checks["schema"]["ok"]):
+        if not (checks["postgres"]["ok"] and checks["schema"]["ok"]) or extra_failing:
             status = "failing"
         elif not checks["redis"]["ok"]:
             status = "degraded"
@@ -188,7 +192,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def build_admin_app(health: Health, registry: CollectorRegistry) -> Starlette:
+def build_admin_app(health: Health, registry: CollectorRegistry,
+                    routes: list[BaseRoute] | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         code, body = await health.snapshot()
         return JSONResponse(body, status_code=code)
@@ -197,6 +202,7 @@ def build_admin_app(health: Health, registry: CollectorRegistry) -> Starlette:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])],
+        routes=[Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
+                *(routes or [])],
         exception_handlers=json_error_handlers(),
     )

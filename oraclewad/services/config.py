@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from oraclewad.services.logs import LEVELS
 EX_CONFIG = contract.EX_CONFIG
 KNOWN_KEYS = frozenset({
     "tenant", "service", "display_name", "release", "log_level", "http", "postgres", "redis",
-    "webhook_secret", "evolution", "antiban", "templates",
+    "webhook_secret", "evolution", "instances", "antiban", "templates",
 })
 _FIX = "fix the tenant's entry in tenants.d and reload (or the JSON file when running standalone)"
 
@@ -46,6 +46,15 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class EvolutionSettings:
+    url: str
+    api_key: str = field(repr=False)
+    api_version: int = 2
+    webhook_url: str = ""
+    webhook_jwt_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     path: str
     tenant: str
@@ -59,6 +68,8 @@ class ServiceConfig:
     postgres: PostgresConfig | None
     redis: RedisConfig | None
     raw: Mapping[str, Any]
+    evolution: EvolutionSettings | None = None   # None: no [evolution] url, nothing to send through
+    instances: tuple[str, ...] = ()              # this service's own Evolution instances
 
     @property
     def unknown_keys(self) -> list[str]:
@@ -97,7 +108,8 @@ class _Reader:
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+             list: "a list"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -197,8 +209,24 @@ def parse(raw: Mapping[str, Any], service: str, env: Mapping[str, str], *, path:
             redis = RedisConfig(url, username, password, prefix)
 
     r.get(raw, "", "webhook_secret", str)
-    for name in ("evolution", "antiban", "templates"):
+    for name in ("antiban", "templates"):
         r.table(raw, name)
+    evolution = None
+    if (ev := r.table(raw, "evolution")) is not None and ev.get("url"):
+        url = r.get(ev, "evolution", "url", str, default="")
+        if url and not url.startswith(("http://", "https://")):
+            r.fail("evolution.url", "must start with http:// or https://")
+        version = r.get(ev, "evolution", "api_version", int, default=2)
+        if version not in (1, 2):
+            r.fail("evolution.api_version", "must be 1 or 2")
+        evolution = EvolutionSettings(
+            url=url, api_key=r.get(ev, "evolution", "api_key", str, default=""), api_version=version,
+            webhook_url=r.get(ev, "evolution", "webhook_url", str, default=""),
+            webhook_jwt_key=r.get(ev, "evolution", "webhook_jwt_key", str, default=""))
+    instances = r.get(raw, "", "instances", list, default=[])
+    if not all(isinstance(i, str) and i for i in instances):
+        r.fail("instances", "must be a list of instance names")
+        instances = []
     display_name = r.get(raw, "", "display_name", str, default=tenant)
     release = r.get(raw, "", "release", str, default="unknown")
 
@@ -207,7 +235,7 @@ def parse(raw: Mapping[str, Any], service: str, env: Mapping[str, str], *, path:
     return ServiceConfig(
         path=path, tenant=tenant, service=service, display_name=display_name, release=release,
         log_level=log_level, http_host=host, http_port=port, graceful_timeout=float(graceful),
-        postgres=postgres, redis=redis, raw=raw,
+        postgres=postgres, redis=redis, raw=raw, evolution=evolution, instances=tuple(instances),
     )
 
 

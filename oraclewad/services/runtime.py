@@ -33,12 +33,15 @@ from oraclewad import contract
 from oraclewad.services import config as config_mod
 from oraclewad.services.admin import Health, HttpMetrics, SchemaProbe, build_admin_app
 from oraclewad.services.config import ConfigError, ServiceConfig
+from oraclewad.services.evolution import EvolutionClient
+from oraclewad.services.instances import InstanceStates, admin_routes
 from oraclewad.services.logs import Redactor, channel_logger, redact_url, secrets_in, setup_logging
 from oraclewad.services.notify import Notifier, check_unix_path, listen_fds, watchdog_interval
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
     from redis import Redis
+    from starlette.routing import BaseRoute
     from starlette.types import ASGIApp
 
 EX_OK = contract.EX_OK
@@ -77,6 +80,13 @@ class ServiceContext:
     metrics: CollectorRegistry
     limiter: trio.CapacityLimiter  # Postgres threads; sized to the pool so no thread waits on it
     started_at: float = field(default_factory=lambda: _PROCESS_START)  # time.monotonic(), for uptime
+    # With an [evolution] url: the client, and this service's own instances (can_send, events, health).
+    evolution: EvolutionClient | None = None
+    instances: InstanceStates | None = None
+    # What the admin socket serves besides /healthz and /metrics (the daemon's ServiceCall reaches
+    # these), and further /healthz checks: name -> () -> {"ok": bool, "detail": str, ...}.
+    admin_routes: list[BaseRoute] = field(default_factory=list)
+    health_checks: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     _tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = field(default_factory=list)
 
     def log(self, channel: str) -> logging.Logger:
@@ -230,8 +240,20 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
             metrics=_registry(cfg),
             limiter=trio.CapacityLimiter(cfg.postgres.pool_max if cfg.postgres else 1),
         )
-        app = plan.build_app(ctx)
-        await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe))
+        if cfg.evolution is not None:
+            ctx.evolution = EvolutionClient(cfg.evolution.url, cfg.evolution.api_key,
+                                            api_version=cfg.evolution.api_version)
+            ctx.instances = InstanceStates(cfg.instances, ctx.evolution)
+            ctx.start_soon(ctx.instances.poll_forever)
+            ctx.health_checks["instances"] = ctx.instances.health
+            ctx.admin_routes.extend(admin_routes(ctx))
+        try:
+            app = plan.build_app(ctx)
+            await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe))
+        finally:
+            if ctx.evolution is not None:
+                with trio.CancelScope(shield=True):
+                    await ctx.evolution.aclose()
         log.info("stopped")
         return EX_OK
     except StartupFailure as exc:
@@ -264,7 +286,8 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
         # drain so /healthz and /metrics keep answering while requests finish.
         bind = path if path.startswith("fd://") else f"unix:{path}"
         admin_cfg = _hypercorn_config(bind, _ADMIN_GRACE, umask=0o177)
-        await serve(build_admin_app(health, ctx.metrics), admin_cfg, shutdown_trigger=admin_stop.wait,
+        await serve(build_admin_app(health, ctx.metrics, ctx.admin_routes), admin_cfg,
+                    shutdown_trigger=admin_stop.wait,
                     task_status=task_status, mode="asgi")
         admin_done.set()
 

@@ -30,9 +30,12 @@ def json_error_handlers() -> Mapping[Any, Any]:
     return {HTTPException: _http_error, 500: _server_error}
 
 
-def describing_app(ctx: ServiceContext, note: str) -> Starlette:
-    """An app that only describes itself: what a service serves before its business logic lands."""
+def describing_app(ctx: ServiceContext, note: str, routes: list[Route] | None = None) -> Starlette:
+    """An app that only describes itself (plus `routes`): what a service serves before its
+    business logic lands."""
     endpoints = [{"method": "GET", "path": "/", "description": "this description"}]
+    endpoints += [{"method": m, "path": r.path} for r in routes or [] for m in sorted(r.methods or ())
+                  if m != "HEAD"]
 
     async def index(request: Request) -> JSONResponse:
         return JSONResponse({
@@ -40,4 +43,5 @@ def describing_app(ctx: ServiceContext, note: str) -> Starlette:
             "release": ctx.release, "status": "ready", "endpoints": endpoints, "note": note,
         })
 
-    return Starlette(routes=[Route("/", index, methods=["GET"])], exception_handlers=json_error_handlers())
+    return Starlette(routes=[Route("/", index, methods=["GET"]), *(routes or [])],
+                     exception_handlers=json_error_handlers())

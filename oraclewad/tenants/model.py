@@ -24,7 +24,8 @@ MAX_TEMPLATE = 4096
 MAX_LIST = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TEMPLATE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")    # newline and tab are text there
-EVOLUTION_API_VERSIONS = ("v2", "v1")
+EVOLUTION_API_VERSIONS = {1: 1, 2: 2, "1": 1, "2": 2, "v1": 1, "v2": 2}
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,14 @@ class ServiceConfig:
     name: str
     port: int | None
     policy: Policy
+    instances: tuple[str, ...] = ()  # the Evolution instances this service sends through (its own)
 
 
 @dataclass(frozen=True)
 class EvolutionConfig:
     url: str = ""
     api_key_file: Path | None = None
-    instances: tuple[str, ...] = ()
-    api_version: str = "v2"
+    api_version: int = 2
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,28 @@ def string_problems(doc: dict[str, Any], source: str) -> list[Problem]:
     return found
 
 
+def _instances(sub: TableReader, service: str, owners: dict[str, str]) -> tuple[str, ...]:
+    """[<service>] instances: valid names, each listed once, and never also by the other service
+    (a campaign must not get the number that sends order reminders banned)."""
+    names = sub.get("instances", list, [])
+    result: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not INSTANCE_NAME.fullmatch(name):
+            sub.fail("instances", f"{name!r} is not an instance name: letters, digits, '_', '.', '-', "
+                                  "at most 64, a letter or digit first")
+            continue
+        if name in result:
+            sub.fail("instances", f"{name!r} is listed twice")
+            continue
+        if (other := owners.get(name)) is not None:
+            sub.fail("instances", f"{name!r} is also in [{other}] instances: an instance belongs to one "
+                                  f"service; remove it from {other}.instances or {service}.instances")
+            continue
+        owners[name] = service
+        result.append(name)
+    return tuple(result)
+
+
 def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
                  problems: list[Problem]) -> Tenant | None:
     """Validate one tenant document; None (with problems appended) when it is unusable."""
@@ -160,27 +183,32 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
         release = release.removeprefix("v") or None
 
     services = []
+    owners: dict[str, str] = {}
     for svc in SERVICES:
         sub = root.sub(svc)
         port = sub.get("port", int, check=port_number)
+        instances = _instances(sub, svc, owners)
         svc_policy = policy.overridden(sub.sub("policy"))
         if svc in wanted:
-            services.append(ServiceConfig(svc, port, svc_policy))
+            services.append(ServiceConfig(svc, port, svc_policy, instances))
 
     ev = root.sub("evolution")
     url = ev.get("url", str, "")
     if url and not url.startswith(("http://", "https://")):
         ev.fail("url", "must start with http:// or https://")
     key_file = ev.get("api_key_file", str)
-    instances = ev.get("instances", list, [])
-    if not all(isinstance(i, str) and i for i in instances):
-        ev.fail("instances", 'must be a list of instance names, e.g. ["imperio-1"]')
-        instances = []
-    api_version = ev.get("api_version", str, "v2")
-    if api_version not in EVOLUTION_API_VERSIONS:
-        ev.fail("api_version", 'must be "v2" or "v1"')
+    if "instances" in ev.table:
+        ev.fail("instances", "moved: each service lists its own instances, e.g. [recovery] "
+                             'instances = ["imperio-1"] and [broadcast] instances = ["imperio-2"]')
+    raw_version = ev.table.get("api_version", 2)
+    ev.seen.add("api_version")
+    api_version = (EVOLUTION_API_VERSIONS.get(raw_version)
+                   if isinstance(raw_version, int | str) and not isinstance(raw_version, bool) else None)
+    if api_version is None:
+        ev.fail("api_version", f"must be 2 (Evolution v2) or 1 (Evolution v1.8), got {raw_version!r}")
+        api_version = 2
     evolution = EvolutionConfig(
-        url=url, instances=tuple(instances), api_version=api_version,
+        url=url, api_version=api_version,
         api_key_file=None if key_file is None else source.parent / Path(key_file).expanduser())
 
     m = root.sub("metrics")

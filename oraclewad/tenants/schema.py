@@ -17,6 +17,7 @@ POLICY: Schema = {f.name: KEY for f in fields(Policy)}
 
 SERVICE: Schema = {
     "port": KEY,
+    "instances": KEY,
     "policy": POLICY,
 }
 
@@ -30,7 +31,7 @@ TENANT: Schema = {
     "evolution": {
         "url": KEY,
         "api_key_file": KEY,
-        "instances": KEY,
+        "instances": KEY,  # moved to [recovery]/[broadcast] instances: model.py says so
         "api_version": KEY,
     },
     "antiban": {

@@ -7,18 +7,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from oraclewad.provision.embedded import EmbeddedPostgres
 from tests.harness import copy_example, unique_id, wait_for
 
 
-def test_embedded_servers_run_the_example_tenant(make_daemon) -> None:
-    # The `make run` path: no [postgres]/[redis] in the config.
+def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
+    # The `make run` path: no [postgres]/[redis] in the config, imperio's instances open in the sandbox.
     root = Path(tempfile.mkdtemp(prefix="owa-embedded-"))  # pgserver's user must traverse it
     try:
         daemon = make_daemon(root, backend="embedded")
-        copy_example(root)
+        copy_example(root, sandbox.url, sandbox.api_key)
+        for name in ("imperio-1", "imperio-2"):
+            httpx.post(f"{sandbox.url}/_sandbox/instances",
+                       json={"name": name, "state": "open"}).raise_for_status()
         daemon.start()
 
         def healthy() -> list | None:
@@ -29,6 +33,7 @@ def test_embedded_servers_run_the_example_tenant(make_daemon) -> None:
         rows = wait_for(healthy, timeout=60, what="imperio healthy")
         for row in rows:
             assert row["checks"]["postgres"]["ok"] and row["checks"]["redis"]["ok"]
+            assert row["checks"]["instances"]["ok"]
         assert (root / "state" / "postgres").is_dir() and (root / "state" / "redis").is_dir()
         assert daemon.stop() == 0
         assert not list((root / "state" / "postgres").glob("postmaster.pid"))  # stopped with the daemon

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from oraclewad.services.instances import events_route
 from oraclewad.services.runtime import ServiceContext
 from oraclewad.services.web import describing_app
 
@@ -13,5 +14,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def build_app(ctx: ServiceContext) -> Starlette:
+    # Its instances' connection.update events keep their state (and /healthz) true already.
+    routes = [events_route(ctx)] if ctx.instances is not None else []
     return describing_app(ctx, "the campaign API (CSV import, campaigns, pacing) arrives with the "
-                               "broadcast issue")
+                               "broadcast issue", routes)

@@ -65,14 +65,15 @@ class Tenant(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., release: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., webhook_url: _Optional[str] = ..., secrets_file: _Optional[str] = ..., source_file: _Optional[str] = ..., provisioned: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., states: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
 
 class NewTenant(_message.Message):
-    __slots__ = ("id", "name", "services", "release", "evolution_url", "evolution_api_key", "instances", "extra_toml")
+    __slots__ = ("id", "name", "services", "release", "evolution_url", "evolution_api_key", "recovery_instances", "broadcast_instances", "extra_toml")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     EVOLUTION_URL_FIELD_NUMBER: _ClassVar[int]
     EVOLUTION_API_KEY_FIELD_NUMBER: _ClassVar[int]
-    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     EXTRA_TOML_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
@@ -80,9 +81,10 @@ class NewTenant(_message.Message):
     release: str
     evolution_url: str
     evolution_api_key: str
-    instances: _containers.RepeatedScalarFieldContainer[str]
+    recovery_instances: _containers.RepeatedScalarFieldContainer[str]
+    broadcast_instances: _containers.RepeatedScalarFieldContainer[str]
     extra_toml: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., release: _Optional[str] = ..., evolution_url: _Optional[str] = ..., evolution_api_key: _Optional[str] = ..., instances: _Optional[_Iterable[str]] = ..., extra_toml: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., release: _Optional[str] = ..., evolution_url: _Optional[str] = ..., evolution_api_key: _Optional[str] = ..., recovery_instances: _Optional[_Iterable[str]] = ..., broadcast_instances: _Optional[_Iterable[str]] = ..., extra_toml: _Optional[str] = ...) -> None: ...
 
 class AddTenantRequest(_message.Message):
     __slots__ = ("tenant", "wait", "timeout_s")
@@ -334,3 +336,27 @@ class Event(_message.Message):
     state: str
     message: str
     def __init__(self, ts: _Optional[float] = ..., tenant: _Optional[str] = ..., service: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ServiceCallRequest(_message.Message):
+    __slots__ = ("tenant", "service", "method", "path", "body_json", "timeout_s")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    service: str
+    method: str
+    path: str
+    body_json: str
+    timeout_s: float
+    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., body_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class ServiceCallResponse(_message.Message):
+    __slots__ = ("status", "body_json")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    body_json: str
+    def __init__(self, status: _Optional[int] = ..., body_json: _Optional[str] = ...) -> None: ...

@@ -119,6 +119,11 @@ class ControlStub:
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.Event.FromString,
                 _registered_method=True)
+        self.ServiceCall = channel.unary_unary(
+                '/oraclewa.v1.Control/ServiceCall',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -236,6 +241,15 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServiceCall(self, request, context):
+        """Forwards one request to a running tenant service's own admin API (its unix socket) and
+        answers what the service answered: service commands (`oraclectl instances`, the recovery
+        report) go through here; the daemon routes and never parses the body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +337,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.WatchEventsRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.Event.SerializeToString,
+            ),
+            'ServiceCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceCall,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -784,6 +803,33 @@ class Control:
             '/oraclewa.v1.Control/WatchEvents',
             oraclewa_dot_v1_dot_control__pb2.WatchEventsRequest.SerializeToString,
             oraclewa_dot_v1_dot_control__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/ServiceCall',
+            oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,171 @@
+"""Instances per service, end to end: a real daemon, its real children and the sandbox over HTTP.
+
+oraclectl -> daemon (ServiceCall) -> the owning service's admin socket -> Evolution (the sandbox),
+and Evolution's signed events back to the service.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+
+from oraclectl.client import Client, Refused, Target
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
+from oraclewad.services.evolution import sign_webhook
+from tests.harness import Daemon, unique_id, wait_for, write_tenant
+from tests.support.sandbox import SandboxProcess
+
+PHONE = "5511999990000"
+
+
+@pytest.fixture(scope="module")
+def pairing_sandbox() -> Iterator[SandboxProcess]:
+    """A sandbox whose instances pair themselves half a second after /instance/connect."""
+    process = SandboxProcess.start("--auto-pair", "0.5")
+    yield process
+    process.stop()
+
+
+def evo(sandbox: SandboxProcess, method: str, path: str, body: object = None) -> httpx.Response:
+    return httpx.request(method, f"{sandbox.url}{path}", json=body, headers={"apikey": sandbox.api_key},
+                         timeout=10)
+
+
+def tenant_with_instances(daemon: Daemon, sandbox: SandboxProcess, tid: str) -> None:
+    key = daemon.root / "evolution.key"
+    key.write_text(sandbox.api_key)
+    key.chmod(0o600)
+    write_tenant(daemon.root, tid, f'[recovery]\ninstances = ["{tid}-r"]\n'
+                                   f'[broadcast]\ninstances = ["{tid}-b"]\n'
+                                   f'[evolution]\nurl = "{sandbox.url}"\napi_key_file = "{key}"\n')
+
+
+def health(daemon: Daemon, tid: str) -> dict[str, dict]:
+    result = daemon.ctl("--json", "health", tid, check=False)
+    return {row["service"]: row for row in json.loads(result.stdout)}
+
+
+def instances(daemon: Daemon, tid: str) -> dict[str, dict]:
+    result = daemon.ctl("--json", "instances", tid, check=False)
+    return {row["name"]: row for row in json.loads(result.stdout)["instances"]}
+
+
+def test_instances_connect_health_and_signed_events(make_daemon, pairing_sandbox: SandboxProcess) -> None:
+    sandbox = pairing_sandbox
+    daemon = make_daemon()
+    tid = unique_id()
+    httpx.post(f"{sandbox.url}/_sandbox/instances",
+               json={"name": f"{tid}-r", "state": "open"}).raise_for_status()
+    tenant_with_instances(daemon, sandbox, tid)
+    daemon.start()
+    wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
+
+    # Each service sees its own instance: recovery's is open, broadcast's is not on Evolution yet.
+    rows = wait_for(lambda: (r := instances(daemon, tid)) and r[f"{tid}-b"]["state"] == "missing" and r,
+                    what="the first poll")
+    assert (rows[f"{tid}-r"]["service"], rows[f"{tid}-r"]["state"], rows[f"{tid}-r"]["can_send"]) == (
+        "recovery", "open", True)
+    assert (rows[f"{tid}-b"]["service"], rows[f"{tid}-b"]["can_send"]) == ("broadcast", False)
+    table = daemon.ctl("instances", tid).stdout
+    assert f"{tid}-b" in table and "broadcast" in table and "missing" in table
+
+    # No instance of broadcast can send: health is unhealthy for it and says why; recovery is fine.
+    result = daemon.ctl("health", tid, check=False)
+    assert result.returncode == 1
+    assert f"{tid}-b: missing (cannot send" in result.stdout
+    rows = health(daemon, tid)
+    assert rows["broadcast"]["status"] == "failing" and not rows["broadcast"]["checks"]["instances"]["ok"]
+    assert rows["recovery"]["status"] == "ok"
+
+    # connect: creates it, points its webhook at broadcast with a JWT key, QR + pairing code, waits for open.
+    result = daemon.ctl("instances", "connect", tid, f"{tid}-b", "--number", PHONE, timeout=60)
+    out = result.stdout
+    assert f"created {tid}-b on Evolution" in out
+    assert "▀" in out or "█" in out  # the QR code, drawn in the terminal
+    assert "pairing code" in out and f"{tid}-b is connected (open)" in out
+    hook = evo(sandbox, "GET", f"/webhook/find/{tid}-b").json()
+    port = next(r["port"] for r in daemon.ctl_json("status", tid) if r["service"] == "broadcast")
+    assert hook["url"] == f"http://127.0.0.1:{port}/webhooks/evolution"
+    secrets_dir = daemon.root / "state" / "secrets"
+    secret = (secrets_dir / f"{tid.lower()}.broadcast.evolution-webhook.key").read_text()
+    assert hook["headers"] == {"jwt_key": secret.strip()}
+    assert {"MESSAGES_UPDATE", "CONNECTION_UPDATE", "MESSAGES_UPSERT"} <= set(hook["events"])
+    wait_for(lambda: daemon.ctl("health", tid, check=False).returncode == 0, what="both services healthy")
+
+    # A ban arrives as a signed connection.update: broadcast takes it out of rotation at once.
+    httpx.post(f"{sandbox.url}/_sandbox/instances/{tid}-b/state",
+               json={"state": "close", "statusReason": 402}).raise_for_status()
+    rows = wait_for(lambda: (h := health(daemon, tid))["broadcast"]["status"] == "failing" and h,
+                    what="the ban to reach broadcast")
+    assert "temporarily banned" in rows["broadcast"]["checks"]["instances"]["instances"][f"{tid}-b"]["detail"]
+    deliveries = httpx.get(f"{sandbox.url}/_sandbox/webhooks").json()
+    assert any(d["url"] == hook["url"] and d["status"] == 200 for d in deliveries)
+
+    # Unsigned or wrongly signed events are refused.
+    url = hook["url"]
+    event = {"event": "connection.update", "instance": f"{tid}-b", "data": {"state": "open"}}
+    assert httpx.post(url, json=event).status_code == 401
+    forged = {"authorization": f"Bearer {sign_webhook('not-the-key-' + 'x' * 32)}"}
+    assert httpx.post(url, json=event, headers=forged).status_code == 401
+    assert health(daemon, tid)["broadcast"]["status"] == "failing"
+
+
+def test_connect_refuses_an_instance_the_tenant_does_not_list(make_daemon, pairing_sandbox) -> None:
+    daemon = make_daemon()
+    tid = unique_id()
+    tenant_with_instances(daemon, pairing_sandbox, tid)
+    daemon.start()
+    wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
+    result = daemon.ctl("instances", "connect", tid, "stranger", check=False)
+    assert result.returncode == 1
+    assert "'stranger' is not an instance of" in result.stderr and "[broadcast] instances" in result.stderr
+    assert evo(pairing_sandbox, "GET", "/instance/fetchInstances?instanceName=stranger").status_code == 404
+
+    # The proxy underneath: answers what the service answered, refuses what it cannot route.
+    with Client(Target(socket=str(daemon.socket_path))) as client:
+        answer = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service="recovery",
+                                                                  method="GET", path="/instances"))
+        assert answer.status == 200 and json.loads(answer.body_json)["service"] == "recovery"
+        missing = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service="recovery",
+                                                                   path="/instances/stranger"))
+        assert missing.status == 404 and "not one of the recovery instances" in missing.body_json
+        for request, field in ((pb.ServiceCallRequest(tenant=tid, service="shop", path="/"), "service"),
+                               (pb.ServiceCallRequest(tenant=tid, service="recovery", path="instances"),
+                                "path"),
+                               (pb.ServiceCallRequest(tenant=tid, service="recovery", method="TRACE",
+                                                      path="/"), "method")):
+            with pytest.raises(Refused) as info:
+                client.call("ServiceCall", request)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in info.value.details
+        daemon.ctl("stop", tid, "broadcast")
+        with pytest.raises(Refused) as info:
+            client.call("ServiceCall",
+                        pb.ServiceCallRequest(tenant=tid, service="broadcast", path="/instances"))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    result = daemon.ctl("instances", tid, check=False)
+    assert result.returncode == 1 and "broadcast" in result.stderr  # says which service it could not ask
+    assert f"{tid}-r" in result.stdout
+
+
+def test_child_config_carries_evolution_and_only_its_own_instances(make_daemon, pairing_sandbox) -> None:
+    daemon = make_daemon()
+    tid = unique_id()
+    tenant_with_instances(daemon, pairing_sandbox, tid)
+    daemon.start()
+    wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
+    children = daemon.root / "run" / "children"
+    configs = {json.loads(p.read_text())["service"]: json.loads(p.read_text())
+               for p in children.glob("*.json") if json.loads(p.read_text())["tenant"] == tid}
+    for service, own in (("recovery", f"{tid}-r"), ("broadcast", f"{tid}-b")):
+        config = configs[service]
+        assert config["instances"] == [own]
+        ev = config["evolution"]
+        assert (ev["url"], ev["api_key"], ev["api_version"]) == (
+            pairing_sandbox.url, pairing_sandbox.api_key, 2)
+        assert ev["webhook_url"].endswith("/webhooks/evolution") and len(ev["webhook_jwt_key"]) >= 32
+    keys = {configs[s]["evolution"]["webhook_jwt_key"] for s in ("recovery", "broadcast")}
+    assert len(keys) == 2  # one key per service

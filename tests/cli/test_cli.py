@@ -88,7 +88,7 @@ def test_tenant_commands_table_and_json(daemon: Daemon, tmp_path: Path) -> None:
     key = tmp_path / "evo.key"
     key.write_text("evo-key-123\n")
     out = added(daemon, imperio, "--name", "Império Prêmios", "--evolution-url", "https://evo.example.com",
-                "--evolution-key-file", str(key), "--instance", "imperio-1")
+                "--evolution-key-file", str(key), "--recovery-instance", "imperio-1")
     assert f"tenant {imperio} added and ready" in out
     assert re.search(r"webhook URL: +http://127\.0\.0\.1:\d+/webhooks/orders", out)
     assert re.search(r"secrets in: +/", out) and "evo-key-123" not in out

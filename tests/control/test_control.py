@@ -75,7 +75,7 @@ def test_every_rpc_over_the_unix_socket(daemon: Daemon) -> None:
     stub = stub_of(daemon)
     tid = unique_id("imperio")
     port = free_port()
-    added = add(daemon, tid, name="Império", instances=["imperio-1"],
+    added = add(daemon, tid, name="Império", recovery_instances=["imperio-1"],
                 extra_toml=f"[recovery]\nport = {port}\n")
     assert added.id == tid and added.ports["recovery"] == port
     assert all(s.ready for s in added.states)

@@ -151,21 +151,47 @@ def test_connect_refuses_an_instance_the_tenant_does_not_list(make_daemon, pairi
     assert f"{tid}-r" in result.stdout
 
 
-def test_child_config_carries_evolution_and_only_its_own_instances(make_daemon, pairing_sandbox) -> None:
+def test_each_service_gets_the_evolution_settings_and_only_its_own_instances(make_daemon,
+                                                                             pairing_sandbox) -> None:
     daemon = make_daemon()
     tid = unique_id()
     tenant_with_instances(daemon, pairing_sandbox, tid)
     daemon.start()
     wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
-    children = daemon.root / "run" / "children"
-    configs = {json.loads(p.read_text())["service"]: json.loads(p.read_text())
-               for p in children.glob("*.json") if json.loads(p.read_text())["tenant"] == tid}
-    for service, own in (("recovery", f"{tid}-r"), ("broadcast", f"{tid}-b")):
-        config = configs[service]
-        assert config["instances"] == [own]
-        ev = config["evolution"]
-        assert (ev["url"], ev["api_key"], ev["api_version"]) == (
-            pairing_sandbox.url, pairing_sandbox.api_key, 2)
-        assert ev["webhook_url"].endswith("/webhooks/evolution") and len(ev["webhook_jwt_key"]) >= 32
-    keys = {configs[s]["evolution"]["webhook_jwt_key"] for s in ("recovery", "broadcast")}
-    assert len(keys) == 2  # one key per service
+    with Client(Target(socket=str(daemon.socket_path))) as client:
+        for service, own in (("recovery", f"{tid}-r"), ("broadcast", f"{tid}-b")):
+            answer = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service=service,
+                                                                      path="/instances"))
+            assert [row["name"] for row in json.loads(answer.body_json)["instances"]] == [own]
+    # The services reached the sandbox with the tenant's key: a wrong key would read "unauthorized".
+    rows = wait_for(lambda: (r := instances(daemon, tid)) and r[f"{tid}-r"]["state"] == "missing" and r,
+                    what="the first poll")
+    assert rows[f"{tid}-b"]["state"] == "missing"
+    secrets_dir = daemon.root / "state" / "secrets"
+    keys = {(secrets_dir / f"{tid.lower()}.{s}.evolution-webhook.key").read_text() for s in ("recovery",
+                                                                                           "broadcast")}
+    assert len(keys) == 2 and all(len(k.strip()) >= 32 for k in keys)  # one key per service
+    assert all((secrets_dir / f"{tid.lower()}.{s}.evolution-webhook.key").stat().st_mode & 0o077 == 0
+               for s in ("recovery", "broadcast"))
+
+
+def test_tenant_add_writes_each_services_instances_and_prints_the_next_step(make_daemon) -> None:
+    daemon = make_daemon()
+    daemon.start()
+    tid = unique_id()
+    result = daemon.ctl("tenant", "add", tid, "--recovery-instance", f"{tid}-1", "--broadcast-instance",
+                        f"{tid}-2", "--no-wait")
+    assert "next: pair each WhatsApp number" in result.stdout
+    assert f"oraclectl instances connect {tid} {tid}-1" in result.stdout
+    assert f"oraclectl instances connect {tid} {tid}-2" in result.stdout
+    text = (daemon.root / "tenants.d" / f"{tid}.toml").read_text()
+    assert f'[recovery]\ninstances = [\n    "{tid}-1",\n]' in text or f'instances = ["{tid}-1"]' in text
+    other = unique_id()
+    result = daemon.ctl("tenant", "add", other, "--recovery-instance", "same", "--broadcast-instance", "same",
+                        check=False)
+    assert result.returncode == 1 and "'same' is also in [recovery] instances" in result.stderr
+    assert not (daemon.root / "tenants.d" / f"{other}.toml").exists()
+    result = daemon.ctl("tenant", "add", other, "--instance", "x", check=False)
+    assert result.returncode == 2 and "--recovery-instance NAME or --broadcast-instance NAME" in result.stderr
+    result = daemon.ctl("tenant", "add", other, "--no-wait")
+    assert f"[recovery] instances = [\"{other}-1\"]" in result.stdout and "oraclectl reload" in result.stdout

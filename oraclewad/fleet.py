@@ -504,9 +504,11 @@ class Fleet:
             return HealthView(view.tenant, view.service, "unavailable", detail=view.message)
         if view.state in ("stopped", "stopping"):
             return HealthView(view.tenant, view.service, "stopped", detail=view.state)
-        if not view.ready:
+        if not view.ready and view.state != "unhealthy":
             return HealthView(view.tenant, view.service, "failing",
                               detail=f"{view.state}{': ' + view.message if view.message else ''}")
+        # An unhealthy service still answers: its own checks say which part fails (and, for its
+        # instances, each one's state).
         transport = httpx.AsyncHTTPTransport(uds=str(self.admin_socket(view.tenant, view.service)))
         try:
             async with httpx.AsyncClient(transport=transport, timeout=3.0) as client:
@@ -533,7 +535,8 @@ class Fleet:
         if len(body_json) > SERVICE_CALL_MAX_BYTES:
             raise InvalidArgument(f"is larger than {SERVICE_CALL_MAX_BYTES} bytes", field="body_json")
         [view] = [v for v in self.status(tenant_id) if v.service == service]
-        if not view.ready:
+        # Unhealthy services answer too: pairing an instance is how one that cannot send heals.
+        if not view.ready and view.state != "unhealthy":
             raise Unavailable(f"{name} is {view.state}{': ' + view.message if view.message else ''}; "
                               f"`oraclectl status {tenant_id}` shows why")
         transport = httpx.AsyncHTTPTransport(uds=str(self.admin_socket(tenant_id, service)))

@@ -81,7 +81,13 @@ def test_instances_connect_health_and_signed_events(make_daemon, pairing_sandbox
     assert rows["broadcast"]["status"] == "failing" and not rows["broadcast"]["checks"]["instances"]["ok"]
     assert rows["recovery"]["status"] == "ok"
 
-    # connect: creates it, points its webhook at broadcast with a JWT key, QR + pairing code, waits for open.
+    # ... and its status says so: a service that cannot send is not shown as running.
+    state = lambda: {r["service"]: r for r in daemon.ctl_json("status", tid)}  # noqa: E731
+    wait_for(lambda: state()["broadcast"]["state"] == "unhealthy", what="broadcast shown unhealthy")
+    assert "instances: no instance can send" in state()["broadcast"]["message"]
+
+    # connect (the service is unhealthy but answers): creates it, points its webhook at broadcast
+    # with a JWT key, shows the QR + pairing code, waits for open.
     result = daemon.ctl("instances", "connect", tid, f"{tid}-b", "--number", PHONE, timeout=60)
     out = result.stdout
     assert f"created {tid}-b on Evolution" in out
@@ -95,6 +101,7 @@ def test_instances_connect_health_and_signed_events(make_daemon, pairing_sandbox
     assert hook["headers"] == {"jwt_key": secret.strip()}
     assert {"MESSAGES_UPDATE", "CONNECTION_UPDATE", "MESSAGES_UPSERT"} <= set(hook["events"])
     wait_for(lambda: daemon.ctl("health", tid, check=False).returncode == 0, what="both services healthy")
+    wait_for(lambda: state()["broadcast"]["state"] == "running", what="broadcast running again")
 
     # A ban arrives as a signed connection.update: broadcast takes it out of rotation at once.
     httpx.post(f"{sandbox.url}/_sandbox/instances/{tid}-b/state",
@@ -114,12 +121,22 @@ def test_instances_connect_health_and_signed_events(make_daemon, pairing_sandbox
     assert health(daemon, tid)["broadcast"]["status"] == "failing"
 
 
-def test_connect_refuses_an_instance_the_tenant_does_not_list(make_daemon, pairing_sandbox) -> None:
+def test_own_instances_and_the_service_call_proxy(make_daemon, pairing_sandbox) -> None:
     daemon = make_daemon()
     tid = unique_id()
     tenant_with_instances(daemon, pairing_sandbox, tid)
     daemon.start()
     wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
+    # Each service has the Evolution settings and only its own instance; one webhook key per service.
+    rows = wait_for(lambda: (r := instances(daemon, tid)) and r[f"{tid}-r"]["state"] == "missing" and r,
+                    what="the first poll")  # a wrong key would read "unauthorized"
+    assert {(n, r["service"]) for n, r in rows.items()} == {(f"{tid}-r", "recovery"),
+                                                           (f"{tid}-b", "broadcast")}
+    secrets_dir = daemon.root / "state" / "secrets"
+    key_files = [secrets_dir / f"{tid.lower()}.{s}.evolution-webhook.key" for s in ("recovery", "broadcast")]
+    assert len({k.read_text() for k in key_files}) == 2
+    assert all(len(k.read_text().strip()) >= 32 and k.stat().st_mode & 0o077 == 0 for k in key_files)
+
     result = daemon.ctl("instances", "connect", tid, "stranger", check=False)
     assert result.returncode == 1
     assert "'stranger' is not an instance of" in result.stderr and "[broadcast] instances" in result.stderr
@@ -149,30 +166,6 @@ def test_connect_refuses_an_instance_the_tenant_does_not_list(make_daemon, pairi
     result = daemon.ctl("instances", tid, check=False)
     assert result.returncode == 1 and "broadcast" in result.stderr  # says which service it could not ask
     assert f"{tid}-r" in result.stdout
-
-
-def test_each_service_gets_the_evolution_settings_and_only_its_own_instances(make_daemon,
-                                                                             pairing_sandbox) -> None:
-    daemon = make_daemon()
-    tid = unique_id()
-    tenant_with_instances(daemon, pairing_sandbox, tid)
-    daemon.start()
-    wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="services ready")
-    with Client(Target(socket=str(daemon.socket_path))) as client:
-        for service, own in (("recovery", f"{tid}-r"), ("broadcast", f"{tid}-b")):
-            answer = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service=service,
-                                                                      path="/instances"))
-            assert [row["name"] for row in json.loads(answer.body_json)["instances"]] == [own]
-    # The services reached the sandbox with the tenant's key: a wrong key would read "unauthorized".
-    rows = wait_for(lambda: (r := instances(daemon, tid)) and r[f"{tid}-r"]["state"] == "missing" and r,
-                    what="the first poll")
-    assert rows[f"{tid}-b"]["state"] == "missing"
-    secrets_dir = daemon.root / "state" / "secrets"
-    keys = {(secrets_dir / f"{tid.lower()}.{s}.evolution-webhook.key").read_text() for s in ("recovery",
-                                                                                           "broadcast")}
-    assert len(keys) == 2 and all(len(k.strip()) >= 32 for k in keys)  # one key per service
-    assert all((secrets_dir / f"{tid.lower()}.{s}.evolution-webhook.key").stat().st_mode & 0o077 == 0
-               for s in ("recovery", "broadcast"))
 
 
 def test_tenant_add_writes_each_services_instances_and_prints_the_next_step(make_daemon) -> None:

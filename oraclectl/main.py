@@ -253,7 +253,8 @@ def _verb(method: str) -> Callable[[Ctx], int]:
 def cmd_reload(ctx: Ctx) -> int:
     response = ctx.call("Reload", pb.ReloadRequest(), timeout=max(ctx.args.timeout, 60))
     ctx.out(render.dumps(render.to_dict(response)) if ctx.json else render.reload_text(response))
-    return OK
+    # Skipped tenant files are the operator's to fix: scripts and CI must see them.
+    return FAILED if response.problems else OK
 
 
 def _deployed(ctx: Ctx, response: Any) -> int:

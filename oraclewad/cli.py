@@ -23,8 +23,9 @@ EPILOG = """examples:
 
 def check(settings: Settings) -> list[Problem]:
     """Every problem of the config's tenants, ports included; writes nothing."""
-    loaded = load_tenants(settings.tenants_dir, settings.policy, follow_symlinks=settings.tenant_symlinks)
     book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
+    loaded = load_tenants(settings.tenants_dir, settings.policy, book.tenants(),
+                          follow_symlinks=settings.tenant_symlinks)
     reserved = [p.port for p in settings.programs if p.port]
     _, port_problems = book.assign(loaded.tenants, reserved, persist=False)
     return loaded.problems + port_problems

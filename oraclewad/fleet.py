@@ -52,7 +52,12 @@ from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.model import Tenant, parse_tenant
 from oraclewad.tenants.ports import PortBook
-from oraclewad.tenants.store import create_tenant_file, find_tenant_file, retire_tenant_file
+from oraclewad.tenants.store import (
+    already_exists,
+    create_tenant_file,
+    find_tenant_file,
+    retire_tenant_file,
+)
 
 PROGRAMS = "programs"
 SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
@@ -102,8 +107,10 @@ class Fleet:
             return await self._reload()
 
     async def _reload(self) -> ReloadView:
+        # Tenants that run or ran keep their ids against a later file spelling one differently.
+        incumbents = set(self.tenants) | self.book.tenants()
         loaded = await trio.to_thread.run_sync(
-            partial(load_tenants, self.settings.tenants_dir, self.settings.policy,
+            partial(load_tenants, self.settings.tenants_dir, self.settings.policy, incumbents,
                     follow_symlinks=self.settings.tenant_symlinks))
         reserved = [p.port for p in self.settings.programs if p.port]
         ports, port_problems = await trio.to_thread.run_sync(
@@ -132,6 +139,10 @@ class Fleet:
         pending = [t for tid, t in runnable.items()
                    if tid not in self.provisioning or not self.provisioning[tid].done
                    or {s.name for s in t.services} - {s.name for s in old[tid].services}]
+        # Every known tenant has a provisioning state before the next checkpoint: a call that
+        # arrives while the first attempts run finds "provisioning", never a missing key.
+        for tenant in pending:
+            self.provisioning.setdefault(tenant.id, _Provisioning())
         async with trio.open_nursery() as first_attempts:
             for tenant in pending:
                 first_attempts.start_soon(self._first_provision, tenant)
@@ -297,8 +308,7 @@ class Fleet:
         async with self._lock:
             # Checked before the key is written so a refused add never touches another's secret.
             if (existing := find_tenant_file(tenants_dir, new.id)) is not None:
-                raise AlreadyExists(f"tenant {new.id!r} already exists ({existing}): "
-                                    "remove it first or pick another id")
+                raise AlreadyExists(already_exists(new.id, existing))
             if new.evolution_api_key:
                 key_file = self._secret_path(new.id, "evolution.key")
                 write_atomic(key_file, new.evolution_api_key.encode() + b"\n", 0o600)
@@ -375,7 +385,7 @@ class Fleet:
                 for path in self.settings.secrets_dir.glob(f"{id_key(tenant_id)}.*"):
                     path.unlink()
                     lines.append(f"deleted secret {path.name}")
-                self.book.forget(tenant_id, services)
+                lines += [f"freed {line}" for line in self.book.forget(tenant_id)]
             else:
                 lines.append("kept databases, Redis keys and secrets (--purge removes them)")
             self._publish(tenant_id, "", "tenant_removed", message="; ".join(lines))
@@ -467,9 +477,9 @@ class Fleet:
 
     async def _each(self, verb: str, tenant_id: str, service: str | None) -> list[ServiceView]:
         names = self._names(tenant_id, service)
-        if tenant_id != PROGRAMS and not self.provisioning.get(tenant_id, _Provisioning()).done:
-            raise Unavailable(f"tenant {tenant_id!r} is not provisioned yet: "
-                              f"{self.provisioning[tenant_id].status}")
+        state = self.provisioning.get(tenant_id, _Provisioning())
+        if tenant_id != PROGRAMS and not state.done:
+            raise Unavailable(f"tenant {tenant_id!r} is not provisioned yet: {state.status}")
         async with trio.open_nursery() as nursery:
             for name in names:
                 nursery.start_soon(getattr(self.supervisor, verb), name)

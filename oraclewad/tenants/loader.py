@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,22 +137,30 @@ def load_tenant_file(path: Path, policy: Policy, problems: list[Problem], *,
         return None
 
 
-def load_tenants(tenants_dir: Path, policy: Policy, *, follow_symlinks: bool = False) -> TenantSet:
+def load_tenants(tenants_dir: Path, policy: Policy, incumbents: Collection[str] = (), *,
+                 follow_symlinks: bool = False) -> TenantSet:
+    """Every valid tenant of tenants.d. Ids are unique ignoring case and '-'/'_': when two files
+    claim one, the tenant in `incumbents` (running, or remembered by the daemon) keeps it and the
+    other file is the one refused; among newcomers the first file by name wins."""
     result = TenantSet()
     if not tenants_dir.is_dir():
         result.problems.append(Problem(str(tenants_dir), "", "tenants directory does not exist: create it"))
         return result
+    loaded = [t for path in tenant_files(tenants_dir)
+              if (t := load_tenant_file(path, policy, result.problems,
+                                        follow_symlinks=follow_symlinks)) is not None]
+    # Incumbents first (stable sort keeps name order within each half).
+    loaded.sort(key=lambda t: t.id not in incumbents)
     by_key: dict[str, Tenant] = {}
-    for path in tenant_files(tenants_dir):
-        tenant = load_tenant_file(path, policy, result.problems, follow_symlinks=follow_symlinks)
-        if tenant is None:
-            continue
+    for tenant in loaded:
         other = by_key.get(id_key(tenant.id))
         if other is not None:
+            held = ", which holds that id already" if other.id in incumbents else ""
             result.problems.append(Problem(
-                str(path), "id", f"{tenant.id!r} clashes with {other.id!r} in {other.source.name}: "
-                "ids are unique ignoring case and '-'/'_'; rename one of them"))
+                str(tenant.source), "id", f"{tenant.id!r} clashes with {other.id!r} in "
+                f"{other.source.name}{held}: ids are unique ignoring case and '-'/'_'; "
+                f"rename or delete {tenant.source.name}"))
             continue
         by_key[id_key(tenant.id)] = tenant
-        result.tenants[tenant.id] = tenant
+    result.tenants = {t.id: t for t in sorted(by_key.values(), key=lambda t: t.source.name)}
     return result

@@ -37,17 +37,25 @@ class PortBook:
                 return False
         return True
 
+    def tenants(self) -> set[str]:
+        """Ids with a remembered port: tenants the daemon has run (removed ones until purged)."""
+        return {unit.partition("/")[0] for unit in self.remembered}
+
     def assign(self, tenants: Mapping[str, Tenant], reserved: Iterable[int] = (),
                bound: Mapping[str, int] | None = None, *,
                persist: bool = True) -> tuple[dict[str, int], list[Problem]]:
         """Port for every tenant-service; a tenant whose explicit port clashes gets a Problem.
 
-        `bound` names ports the daemon itself already holds (running services), which are
-        in use but still theirs.
+        A port belongs to the service that holds it (`bound`: running services) or had it
+        (remembered), so a new file's explicit port never takes it over; explicit ports are
+        remembered too, so a removed tenant keeps its ports until purged.
         """
         bound = dict(bound or {})
         problems: list[Problem] = []
-        taken: dict[int, str] = {p: "a host program" for p in reserved}
+        owners: dict[int, str] = {p: "a host program" for p in reserved}
+        for unit, port in [*self.remembered.items(), *bound.items()]:
+            owners[port] = unit   # a running service's port wins over a stale memory of it
+        taken: dict[int, str] = {}
         ports: dict[str, int] = {}
         rejected: set[str] = set()
         for tenant in tenants.values():
@@ -55,17 +63,21 @@ class PortBook:
                 unit = unit_name(tenant.id, svc.name)
                 if svc.port is None:
                     continue
-                if svc.port in taken:
+                owner, held = taken.get(svc.port), ""
+                if owner is None and svc.port in owners:
+                    owner = owners[svc.port]
+                    held = (" (running)" if bound.get(owner) == svc.port else
+                            f" (remembered in {self.path.name})" if owner in self.remembered else "")
+                if owner is not None and owner != unit:
                     problems.append(Problem(str(tenant.source), f"{svc.name}.port",
-                                            f"port {svc.port} is already used by {taken[svc.port]}: "
+                                            f"port {svc.port} belongs to {owner}{held}: "
                                             "pick another or remove the key to have one allocated"))
                     rejected.add(tenant.id)
                 else:
                     taken[svc.port] = unit
                     ports[unit] = svc.port
-        for unit, port in self.remembered.items():
-            if unit not in ports:
-                taken.setdefault(port, unit)
+        for port, unit in owners.items():
+            taken.setdefault(port, unit)
         changed = False
         for tenant in tenants.values():
             if tenant.id in rejected:
@@ -73,6 +85,9 @@ class PortBook:
             for svc in tenant.services:
                 unit = unit_name(tenant.id, svc.name)
                 if unit in ports:
+                    if self.remembered.get(unit) != ports[unit]:
+                        self.remembered[unit] = ports[unit]
+                        changed = True
                     continue
                 port = self.remembered.get(unit)
                 if port is None or taken.get(port, unit) != unit:
@@ -88,7 +103,7 @@ class PortBook:
                 taken[port] = unit
                 ports[unit] = port
         if changed and persist:
-            write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())
+            self._save()
         for tenant_id in rejected:
             for svc in tenants[tenant_id].services:
                 ports.pop(unit_name(tenant_id, svc.name), None)
@@ -101,10 +116,16 @@ class PortBook:
                 return port
         return None
 
-    def forget(self, tenant_id: str, services: Iterable[str]) -> None:
-        """Drop a purged tenant's allocations."""
-        if any(self.remembered.pop(unit_name(tenant_id, s), None) for s in list(services)):
-            write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())
+    def forget(self, tenant_id: str) -> list[str]:
+        """Drop a purged tenant's ports (every service's); returns what was freed."""
+        freed = [f"{unit} port {self.remembered.pop(unit)}" for unit in sorted(self.remembered)
+                 if unit.partition("/")[0] == tenant_id]
+        if freed:
+            self._save()
+        return freed
+
+    def _save(self) -> None:
+        write_atomic(self.path, json.dumps(self.remembered, indent=1, sort_keys=True).encode())
 
 
 def ephemeral_overlap(port_range: tuple[int, int],

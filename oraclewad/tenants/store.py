@@ -27,13 +27,20 @@ def find_tenant_file(tenants_dir: Path, tenant_id: str) -> Path | None:
     return next((p for p in tenant_files(tenants_dir) if id_key(p.stem) == key), None)
 
 
+def already_exists(tenant_id: str, existing: Path) -> str:
+    """Names the tenant that holds the id, which may be spelled differently."""
+    if existing.stem == tenant_id:
+        return f"tenant {tenant_id!r} already exists ({existing}): remove it first or pick another id"
+    return (f"tenant {existing.stem!r} already exists ({existing}) and ids are unique ignoring case "
+            f"and '-'/'_', so {tenant_id!r} is taken: pick another id")
+
+
 def create_tenant_file(tenants_dir: Path, doc: dict[str, Any]) -> Path:
     """Write tenants.d/<id>.toml; AlreadyExists if that id (in any case) has a file already."""
     tenant_id = doc["id"]
     existing = find_tenant_file(tenants_dir, tenant_id)
     if existing is not None:
-        raise AlreadyExists(f"tenant {tenant_id!r} already exists ({existing}): "
-                            "remove it first or pick another id")
+        raise AlreadyExists(already_exists(tenant_id, existing))
     path = tenants_dir / f"{tenant_id}.toml"
     header = b"# Written by `oraclectl tenant add`; edit freely, then `oraclectl reload`.\n"
     try:

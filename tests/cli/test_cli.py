@@ -114,6 +114,9 @@ def test_tenant_commands_table_and_json(daemon: Daemon, tmp_path: Path) -> None:
 
     code, out, err = ctl(daemon, "tenant", "add", imperio)
     assert code == 1 and "already exists" in err and err.startswith("oraclectl: already exists:")
+    code, out, err = ctl(daemon, "tenant", "add", imperio.upper())   # names the one that exists
+    assert code == 1 and f"tenant {imperio!r} already exists" in err
+    assert f"{imperio.upper()!r} is taken" in err
     code, out, err = ctl(daemon, "tenant", "add", "9lives")
     assert code == 1 and "invalid argument: id: invalid tenant id '9lives'" in err
 
@@ -174,7 +177,7 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     bad.write_text('id = "1nvalid"\n')
     try:
         code, out, _ = ctl(daemon, "reload")
-        assert code == 0 and "unchanged: " in out and f"{tenant}/recovery" in out
+        assert code == 1 and "unchanged: " in out and f"{tenant}/recovery" in out  # problems: exit 1
         assert "problem:" in out and bad.name in out
         code, out, _ = ctl(daemon, "--json", "reload")
         assert f"{tenant}/recovery" in json.loads(out)["unchanged"]

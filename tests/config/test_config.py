@@ -138,7 +138,7 @@ def test_allocated_ports_are_stable_and_never_shared(tmp_path: Path) -> None:
     assert not problems
     assert ports["a/recovery"] == first + 1
     assert len(set(ports.values())) == 4
-    assert json.loads(book_path.read_text()) == {k: v for k, v in ports.items() if k != "a/recovery"}
+    assert json.loads(book_path.read_text()) == ports   # explicit ports are remembered too
     # A restart (a new book read from disk) gives the same ports; the tenant file is untouched.
     before = (tmp_path / "tenants.d" / "b.toml").read_text()
     again, _ = PortBook(book_path, settings.port_range, "127.0.0.1").assign(loaded.tenants)
@@ -155,7 +155,33 @@ def test_explicit_port_clash_rejects_only_the_second_tenant(tmp_path: Path) -> N
     ports, problems = PortBook(settings.state_dir / "p.json", settings.port_range, "127.0.0.1").assign(
         loaded.tenants)
     assert "a/recovery" in ports and "b/recovery" not in ports
-    assert f"port {port} is already used by a/recovery" in str(problems[0])
+    assert f"port {port} belongs to a/recovery" in str(problems[0])
+
+
+def test_a_remembered_port_belongs_to_its_service_even_against_an_explicit_claim(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    write_tenant(tmp_path, "old")
+    book_path = settings.state_dir / "ports.json"
+    first, _ = PortBook(book_path, settings.port_range, "127.0.0.1").assign(
+        load_tenants(settings.tenants_dir, settings.policy).tenants)
+    (tmp_path / "tenants.d" / "old.toml").unlink()   # removed, data kept: its ports stay its own
+    write_tenant(tmp_path, "new", f"[recovery]\nport = {first['old/recovery']}\n")
+    ports, problems = PortBook(book_path, settings.port_range, "127.0.0.1").assign(
+        load_tenants(settings.tenants_dir, settings.policy).tenants)
+    assert "new/recovery" not in ports
+    assert f"new.toml: recovery.port: port {first['old/recovery']} belongs to old/recovery " \
+           "(remembered in ports.json)" in str(problems[0])
+    assert json.loads(book_path.read_text())["old/recovery"] == first["old/recovery"]
+
+
+def test_an_id_already_held_wins_over_a_file_that_sorts_first(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    write_tenant(tmp_path, "imperio")
+    write_tenant(tmp_path, "IMPERIO")   # "I" sorts before "i"
+    loaded = load_tenants(settings.tenants_dir, settings.policy, incumbents={"imperio"})
+    assert list(loaded.tenants) == ["imperio"]
+    assert [p.source for p in loaded.problems] == [str(tmp_path / "tenants.d" / "IMPERIO.toml")]
+    assert "clashes with 'imperio' in imperio.toml, which holds that id already" in str(loaded.problems[0])
 
 
 def test_allocation_skips_ports_other_programs_hold(tmp_path: Path) -> None:
@@ -174,7 +200,7 @@ def test_tenant_files_are_created_exclusively_and_retired_not_deleted(tmp_path: 
     tenants_dir = tmp_path / "tenants.d"
     path = create_tenant_file(tenants_dir, {"id": "lojaABC", "name": "Loja"})
     assert oct(path.stat().st_mode & 0o777) == "0o644"
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(AlreadyExists, match=r"tenant 'lojaABC' already exists .* so 'LOJAabc' is taken"):
         create_tenant_file(tenants_dir, {"id": "LOJAabc"})
     moved = retire_tenant_file(tenants_dir, "lojaABC")
     assert moved.parent.name == ".removed" and 'id = "lojaABC"' in moved.read_text()

@@ -32,11 +32,11 @@ async def test_verbs_during_a_reload_answer_with_an_operator_error(tmp_path: Pat
             write_tenant(tmp_path, tid)
             done = trio.Event()
 
-            async def reload() -> None:
+            async def reload(done: trio.Event = done) -> None:
                 await fleet.reload()
                 done.set()
 
-            async def poke(tid: str = tid) -> None:
+            async def poke(tid: str = tid, done: trio.Event = done) -> None:
                 while not done.is_set():
                     for call in (fleet.stop, fleet.start, fleet.restart):
                         try:

@@ -51,7 +51,9 @@ StatusCallback = Callable[[str], None]
 # CONFIG, DEBUG, ACL, SHUTDOWN, MONITOR, CLIENT LIST/KILL, INFO, SORT, MIGRATE...; SCAN,
 # RANDOMKEY and PUBSUB CHANNELS are not in them but would show other tenants' key and channel
 # names (phone numbers live in key names).
-_ACL_DENY = ["-@admin", "-@dangerous", "-scan", "-randomkey", "-pubsub"]
+_ACL_DENY = ["-@admin", "-@dangerous", "-scan", "-randomkey", "-pubsub",
+             # Confined to database 0: keys moved elsewhere would escape the prefix's purge.
+             "-select", "+select|0", "-move", "-copy"]
 # Redis 7 only (6.2 knows neither FUNCTION nor subcommand removal): functions and the script
 # cache are shared by every user, so one tenant must not flush or kill what another runs.
 _ACL_DENY_7 = ["-function", "-script|flush", "-script|kill"]
@@ -417,10 +419,12 @@ class Provisioner:
     # ---- Redis
 
     @contextlib.contextmanager
-    def _redis_admin(self, doing: str) -> Iterator[redis.Redis]:
+    def _redis_admin(self, doing: str, db: int = 0) -> Iterator[redis.Redis]:
         addr = self.servers.redis.address
         try:
-            with self.servers.redis.client() as client:
+            with self.servers.redis.client(single_connection=bool(db)) as client:
+                if db:
+                    client.execute_command("SELECT", db)
                 yield client
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unavailable(f"Redis at {addr} is unreachable: {_redis_reason(exc)}; will retry") from None
@@ -464,14 +468,19 @@ class Provisioner:
                 self._acl_save(client)
                 lines.append(f"deleted Redis ACL user {username}")
             pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-            deleted, batch = 0, []
-            for key in client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
+            # Every logical database that holds keys: an older daemon let tenants SELECT others.
+            databases = sorted(int(name[2:]) for name in client.info("keyspace") if name[2:].isdigit())
+        for db in databases or [0]:
+            with self._redis_admin(f"to remove {username}'s keys", db=db) as client:
+                deleted, batch = 0, []
+                for key in client.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        deleted += int(client.unlink(*batch))
+                        batch.clear()
+                if batch:
                     deleted += int(client.unlink(*batch))
-                    batch.clear()
-            if batch:
-                deleted += int(client.unlink(*batch))
             if deleted:
-                lines.append(f"deleted {deleted} Redis keys {prefix}*")
+                where = f" in database {db}" if db else ""
+                lines.append(f"deleted {deleted} Redis keys {prefix}*{where}")
         return lines

@@ -71,15 +71,18 @@ class RedisParams:
             kw["ssl_keyfile"] = str(self.key_file)
         return kw
 
-    def client(self, username: str | None = None, password: str | None = None) -> redis.Redis:
-        """A client as the admin, or as another user when both username and password are given."""
+    def client(self, username: str | None = None, password: str | None = None, *,
+               single_connection: bool = False) -> redis.Redis:
+        """A client as the admin, or as another user when both username and password are given.
+        single_connection: every command on one connection (so a SELECT holds for the next)."""
         if username is None:
             username, password = self.username, self.password
         # No built-in retries: an unreachable server should surface at once as Unavailable;
         # provision_with_retry does the waiting.
         return redis.Redis.from_url(self.url, username=username, password=password,
                                     socket_timeout=10, socket_connect_timeout=5,
-                                    retry=Retry(NoBackoff(), 0), **self.tls_kwargs())
+                                    retry=Retry(NoBackoff(), 0), single_connection_client=single_connection,
+                                    **self.tls_kwargs())
 
 
 def postgres_address(dsn: str) -> str:

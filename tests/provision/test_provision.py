@@ -90,6 +90,11 @@ async def test_redis_isolation(backend: Backend, prov: Provisioner, tenant_ids: 
         lambda: ra.randomkey(),
         lambda: ra.execute_command("ACL", "LIST"),
         lambda: ra.execute_command("PUBSUB", "CHANNELS"),
+        # Confined to database 0, where the purge looks.
+        lambda: ra.execute_command("SELECT", 7),
+        lambda: ra.move(pa + "k", 7),
+        lambda: ra.copy(pa + "k", pa + "k2", destination_db=7),
+        lambda: ra.swapdb(0, 7),
     ]
     for call in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -220,6 +225,12 @@ async def test_purge_leaves_nothing(backend: Backend, prov: Provisioner, tenant_
         p.execute()
     frag_redis(prov, other, "recovery").set(other_prefix + "keep", 1)
     names = [prov.child_config_fragment(tid, s)["redis"]["username"] for s in ("recovery", "broadcast")]
+    # Keys in another logical database (an older daemon let a tenant SELECT 7) go too.
+    with backend.servers.redis.client(single_connection=True) as r7:
+        r7.execute_command("SELECT", 7)
+        r7.set(prefix + "moved1", 1)
+        r7.set(prefix + "moved2", 2)
+        r7.set(other_prefix + "keep7", 1)
 
     lines = await prov.purge(tid)
     for name in names:
@@ -227,6 +238,12 @@ async def test_purge_leaves_nothing(backend: Backend, prov: Provisioner, tenant_
         assert f"dropped role {name}" in lines
         assert f"deleted Redis ACL user {name}" in lines
     assert f"deleted 1234 Redis keys {prefix}*" in lines
+    assert f"deleted 2 Redis keys {prefix}* in database 7" in lines
+    with backend.servers.redis.client(single_connection=True) as r7:
+        r7.execute_command("SELECT", 7)
+        assert list(r7.scan_iter(match=prefix + "*")) == []
+        assert r7.get(other_prefix + "keep7") == b"1"
+        r7.delete(other_prefix + "keep7")
     assert f"removed secrets file {prov.secrets_path(tid)}" in lines
 
     with backend.admin() as conn:

@@ -139,16 +139,8 @@ def cmd_tenant_add(ctx: Ctx) -> int:
 
 def cmd_tenant_remove(ctx: Ctx) -> int:
     a = ctx.args
-    if a.purge and not a.yes:
-        if not ctx.stdin.isatty():
-            raise UsageError("--purge deletes the tenant's databases, Redis keys, secrets and logs; "
-                             "stdin is not a terminal, so pass --yes to confirm")
-        ctx.stderr.write(f"This deletes every database, Redis key, secret and log of tenant {a.id}.\n"
-                         f"Type the tenant id to confirm: ")
-        ctx.stderr.flush()
-        if ctx.stdin.readline().strip() != a.id:
-            ctx.err("not confirmed; nothing removed")
-            return FAILED
+    if a.purge and not _confirm_purge(ctx, a.id):
+        return FAILED
     request = pb.RemoveTenantRequest(id=a.id, purge=a.purge)
     response = ctx.call("RemoveTenant", request, timeout=max(a.timeout, 60))
     if ctx.json:
@@ -161,11 +153,60 @@ def cmd_tenant_remove(ctx: Ctx) -> int:
 
 
 def cmd_tenant_list(ctx: Ctx) -> int:
+    if ctx.args.removed:
+        removed = ctx.call("ListRemovedTenants", pb.ListRemovedTenantsRequest(),
+                           timeout=max(ctx.args.timeout, 30))
+        if ctx.json:
+            ctx.out(render.dumps([render.to_dict(t) for t in removed.tenants]))
+        else:
+            ctx.out(render.removed_table(list(removed.tenants)))
+        return OK
     response = ctx.call("ListTenants", pb.ListTenantsRequest())
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(t) for t in response.tenants]))
     else:
         ctx.out(render.tenants_table(list(response.tenants)))
+    return OK
+
+
+def _confirm_purge(ctx: Ctx, tenant_id: str) -> bool:
+    if ctx.args.yes:
+        return True
+    if not ctx.stdin.isatty():
+        raise UsageError("purging deletes the tenant's databases, Redis keys, secrets and logs; "
+                         "stdin is not a terminal, so pass --yes to confirm")
+    ctx.stderr.write(f"This deletes every database, Redis key, secret and log of tenant {tenant_id}.\n"
+                     f"Type the tenant id to confirm: ")
+    ctx.stderr.flush()
+    if ctx.stdin.readline().strip() != tenant_id:
+        ctx.err("not confirmed; nothing removed")
+        return False
+    return True
+
+
+def cmd_tenant_purge(ctx: Ctx) -> int:
+    a = ctx.args
+    if not _confirm_purge(ctx, a.id):
+        return FAILED
+    response = ctx.call("PurgeTenant", pb.PurgeTenantRequest(id=a.id), timeout=max(a.timeout, 60))
+    if ctx.json:
+        ctx.out(render.dumps({"id": a.id, "purged": True, "actions": list(response.actions)}))
+    else:
+        ctx.out(f"tenant {a.id} purged")
+        for line in response.actions:
+            ctx.out(f"  {line}")
+    return OK
+
+
+def cmd_tenant_restore(ctx: Ctx) -> int:
+    a = ctx.args
+    request = pb.RestoreTenantRequest(id=a.id, wait=not a.no_wait, timeout_s=a.wait_timeout)
+    tenant = ctx.call("RestoreTenant", request, timeout=a.wait_timeout + 15)
+    if ctx.json:
+        ctx.out(render.dumps(render.to_dict(tenant)))
+        return OK
+    ctx.out(f"tenant {tenant.id} restored" + ("" if a.no_wait else " and ready"))
+    ctx.out(render.tenant_detail(tenant))
     return OK
 
 
@@ -510,10 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    tenant = commands.add_parser("tenant", help="add, remove, list, show or import tenants",
+    tenant = commands.add_parser("tenant", help="add, remove, restore, purge, list, show or import tenants",
                                  description="Manage tenants (the client businesses).", formatter_class=fmt,
                                  epilog="examples:\n  oraclectl tenant list\n  oraclectl tenant add lojaABC\n"
-                                        "  oraclectl tenant remove lojaABC --purge --yes")
+                                        "  oraclectl tenant remove lojaABC\n"
+                                        "  oraclectl tenant list --removed\n"
+                                        "  oraclectl tenant restore lojaABC\n"
+                                        "  oraclectl tenant purge lojaABC --yes")
     tsub = tenant.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
 
     def wait_options(p: argparse.ArgumentParser) -> None:
@@ -545,15 +589,27 @@ def build_parser() -> argparse.ArgumentParser:
     instance_options(p)
     wait_options(p)
 
-    p = command(tsub, "remove", "remove a tenant: stop its services and retire its file", cmd_tenant_remove,
+    p = command(tsub, "remove", "remove a tenant: stop its services and retire its file (data kept "
+                "until `tenant purge`)", cmd_tenant_remove,
                 "  oraclectl tenant remove lojaABC\n  oraclectl tenant remove lojaABC --purge --yes")
     p.add_argument("id")
     p.add_argument("--purge", action="store_true",
-                   help="also delete its databases, Redis keys, secrets and logs")
+                   help="also delete its databases, Redis keys, secrets, ports and logs "
+                        "(works on an already removed tenant too)")
     p.add_argument("--yes", action="store_true", help="don't ask before --purge")
 
-    command(tsub, "list", "list tenants", cmd_tenant_list,
-            "  oraclectl tenant list\n  oraclectl --json tenant list")
+    p = command(tsub, "list", "list tenants (or the removed ones whose data is kept)", cmd_tenant_list,
+                "  oraclectl tenant list\n  oraclectl --json tenant list\n  oraclectl tenant list --removed")
+    p.add_argument("--removed", action="store_true",
+                   help="tenants removed with their data kept: what is kept, its size, since when")
+    p = command(tsub, "purge", "delete everything a removed tenant left (databases, Redis keys, "
+                "secrets, ports, logs)", cmd_tenant_purge, "  oraclectl tenant purge lojaABC --yes")
+    p.add_argument("id")
+    p.add_argument("--yes", action="store_true", help="don't ask first")
+    p = command(tsub, "restore", "bring a removed tenant back with its data and ports", cmd_tenant_restore,
+                "  oraclectl tenant restore lojaABC")
+    p.add_argument("id")
+    wait_options(p)
     p = command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
                 "  oraclectl tenant show imperio")
     p.add_argument("id")

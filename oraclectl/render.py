@@ -97,6 +97,32 @@ def tenants_table(tenants: Sequence[Any]) -> str:
     return table(("ID", "NAME", "SERVICES", "RELEASE", "PORTS", "PROVISIONED", "STATE"), rows)
 
 
+def size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f}{unit}" if unit == "B" else f"{nbytes:.1f}{unit}"
+        nbytes /= 1024
+    return ""
+
+
+def removed_table(tenants: Sequence[Any]) -> str:
+    if not tenants:
+        return "no removed tenants with kept data"
+    rows = [(t.id, when(opt(t, "removed_at")), size(t.size_bytes)) for t in tenants]
+    lines = table(("ID", "REMOVED", "SIZE"), rows).splitlines()
+    out = lines[:1]
+    for t, line in zip(tenants, lines[1:], strict=True):
+        out.append(line)
+        out += [f"  kept: {k}" for k in t.kept]
+    return "\n".join(out)
+
+
+def when(ts: float | None) -> str:
+    import time
+
+    return DASH if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
 def tenant_detail(t: Any) -> str:
     def field(label: str, value: object) -> str:
         return f"  {label + ':':<16}{value}"

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from oraclewad.operations import (
     MetricsView,
     NewTenant,
     ReloadView,
+    RemovedView,
     ServiceCallView,
     ServiceView,
     TenantView,
@@ -56,7 +58,10 @@ from oraclewad.tenants.store import (
     already_exists,
     create_tenant_file,
     find_tenant_file,
+    restore_tenant_file,
     retire_tenant_file,
+    retired_at,
+    retired_files,
 )
 
 PROGRAMS = "programs"
@@ -372,6 +377,10 @@ class Fleet:
 
     async def remove_tenant(self, tenant_id: str, *, purge: bool) -> list[str]:
         async with self._lock:
+            if purge and tenant_id in self._removed_ids():
+                lines = await self._purge(tenant_id)   # removed earlier, data kept: purge it now
+                self._publish(tenant_id, "", "tenant_purged", message="; ".join(lines))
+                return lines
             tenant = self.tenants.get(tenant_id)
             moved = retire_tenant_file(self.settings.tenants_dir, tenant_id)
             lines = [f"moved {moved.name} to {moved.parent}"]
@@ -379,17 +388,100 @@ class Fleet:
             if tenant is not None:
                 lines += [f"stopped {name}" for name in tenant.unit_names()]
                 await self.supervisor.forget(tenant.unit_names())
-            services = [s.name for s in tenant.services] if tenant else list(SERVICES)
             if purge:
-                lines += await self.provisioner.purge(tenant_id, services)
-                for path in self.settings.secrets_dir.glob(f"{id_key(tenant_id)}.*"):
-                    path.unlink()
-                    lines.append(f"deleted secret {path.name}")
-                lines += [f"freed {line}" for line in self.book.forget(tenant_id)]
+                lines += await self._purge(tenant_id)
             else:
-                lines.append("kept databases, Redis keys and secrets (--purge removes them)")
+                lines.append("kept databases, Redis keys, secrets, ports and logs "
+                             f"(`oraclectl tenant purge {tenant_id}` removes them, "
+                             f"`oraclectl tenant restore {tenant_id}` brings the tenant back)")
             self._publish(tenant_id, "", "tenant_removed", message="; ".join(lines))
             return lines
+
+    async def _purge(self, tenant_id: str) -> list[str]:
+        """Everything of a tenant that has no file in tenants.d any more (call under the lock)."""
+        for service in SERVICES:   # its processes let go of their logs before the folder goes
+            with contextlib.suppress(trio.TooSlowError):
+                await self.supervisor.wait_removed(unit_name(tenant_id, service),
+                                                   self.settings.policy.stop_grace + 5)
+        lines = await self.provisioner.purge(tenant_id)
+        for path in sorted(self.settings.secrets_dir.glob(f"{id_key(tenant_id)}.*")):
+            path.unlink()
+            lines.append(f"deleted secret {path.name}")
+        lines += [f"freed {line}" for line in self.book.forget(tenant_id)]
+        logs = self.settings.log_dir / tenant_id
+        if logs.is_dir():
+            await trio.to_thread.run_sync(shutil.rmtree, logs)
+            lines.append(f"deleted logs {logs}")
+        for path in retired_files(self.settings.tenants_dir).get(tenant_id, []):
+            path.unlink()
+            lines.append(f"deleted retired tenant file {path.name}")
+        return lines
+
+    def _removed_ids(self) -> set[str]:
+        """Ids of tenants that were removed with their data kept (no file in tenants.d)."""
+        tenants_dir = self.settings.tenants_dir
+        known = set(retired_files(tenants_dir)) | self.book.tenants()
+        return {tid for tid in known
+                if id_problem(tid) is None and find_tenant_file(tenants_dir, tid) is None}
+
+    async def removed_tenants(self) -> list[RemovedView]:
+        retired = retired_files(self.settings.tenants_dir)
+        views = []
+        for tid in sorted(self._removed_ids(), key=str.lower):
+            kept: list[str] = []
+            size = 0
+            try:
+                for what, nbytes in await self.provisioner.kept(tid, SERVICES):
+                    kept.append(f"{what} {_size(nbytes)}" if nbytes else what)
+                    size += nbytes
+            except Unavailable as e:
+                kept.append(f"databases and Redis keys: unknown ({e})")
+            logs = self.settings.log_dir / tid
+            if logs.is_dir():
+                nbytes = sum(p.stat().st_size for p in logs.rglob("*") if p.is_file())
+                kept.append(f"logs {logs} {_size(nbytes)}")
+                size += nbytes
+            secrets_files = sorted(p.name for p in self.settings.secrets_dir.glob(f"{id_key(tid)}.*"))
+            if secrets_files:
+                kept.append(f"secrets {', '.join(secrets_files)}")
+            ports = {unit: port for unit, port in self.book.remembered.items()
+                     if unit.partition("/")[0] == tid}
+            if ports:
+                kept.append("ports " + ", ".join(f"{unit.partition('/')[2]}:{port}"
+                                                 for unit, port in sorted(ports.items())))
+            files = retired.get(tid, [])
+            if files:
+                kept.append(f"tenant file {files[-1]}")
+            views.append(RemovedView(tid, retired_at(files[-1]) if files else None, size, tuple(kept)))
+        return views
+
+    async def purge_tenant(self, tenant_id: str) -> list[str]:
+        if (why := id_problem(tenant_id)) is not None:
+            raise InvalidArgument(why, field="id")
+        async with self._lock:
+            if (active := find_tenant_file(self.settings.tenants_dir, tenant_id)) is not None:
+                raise FailedPrecondition(f"tenant {active.stem!r} is not removed ({active}): `oraclectl "
+                                         f"tenant remove {active.stem} --purge` removes and purges it")
+            if tenant_id not in self._removed_ids():
+                raise NotFound(f"no removed tenant {tenant_id!r}; "
+                               "`oraclectl tenant list --removed` shows them")
+            lines = await self._purge(tenant_id)
+            self._publish(tenant_id, "", "tenant_purged", message="; ".join(lines))
+            return lines
+
+    async def restore_tenant(self, tenant_id: str, *, wait: bool, timeout: float) -> TenantView:
+        if (why := id_problem(tenant_id)) is not None:
+            raise InvalidArgument(why, field="id")
+        async with self._lock:
+            restore_tenant_file(self.settings.tenants_dir, tenant_id)
+            self._publish(tenant_id, "", "tenant_restored")
+            await self._reload()
+        if tenant_id not in self.tenants:
+            bad = [str(p) for p in self.problems if Path(p.source).stem == tenant_id]
+            raise FailedPrecondition(f"tenant {tenant_id!r} was restored but not started: {'; '.join(bad)}")
+        if wait:
+            await self.wait_ready(tenant_id, timeout)
+        return self.get_tenant(tenant_id)
 
     def list_tenants(self) -> list[TenantView]:
         # One status pass for the whole fleet, not one per tenant (each pass snapshots every service).
@@ -665,6 +757,14 @@ def _tenant_state(views: list[ServiceView]) -> str:
     if states <= {"stopped", "stopping"}:
         return "stopped"
     return "degraded"
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
 
 
 def _proc_figures(pid: int) -> Mapping[str, float]:

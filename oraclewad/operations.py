@@ -43,6 +43,16 @@ class TenantView:
 
 
 @dataclass(frozen=True)
+class RemovedView:
+    """A removed tenant whose data was kept (`tenant remove` without --purge)."""
+
+    id: str
+    removed_at: float | None            # unix time of its last removal (None: its file is gone)
+    size_bytes: int                     # databases and logs
+    kept: tuple[str, ...]               # one line per thing kept, e.g. "database imperio_recovery 7.6 MiB"
+
+
+@dataclass(frozen=True)
 class HealthView:
     tenant: str
     service: str
@@ -121,6 +131,16 @@ class Operations(Protocol):
     async def remove_tenant(self, tenant_id: str, *, purge: bool) -> list[str]: ...
 
     def list_tenants(self) -> list[TenantView]: ...
+
+    async def removed_tenants(self) -> list[RemovedView]: ...
+
+    async def purge_tenant(self, tenant_id: str) -> list[str]:
+        """Delete everything a removed tenant left: databases, Redis keys, secrets, ports, logs."""
+        ...
+
+    async def restore_tenant(self, tenant_id: str, *, wait: bool, timeout: float) -> TenantView:
+        """Bring a removed tenant back with its file, data and ports."""
+        ...
 
     def get_tenant(self, tenant_id: str) -> TenantView: ...
 

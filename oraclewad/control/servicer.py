@@ -159,6 +159,31 @@ class ControlServicer(pb_grpc.ControlServicer):
         return pb.RemoveTenantResponse(actions=list(actions))
 
     @rpc
+    def ListRemovedTenants(self, request: pb.ListRemovedTenantsRequest,
+                           context: grpc.ServicerContext) -> pb.ListRemovedTenantsResponse:
+        views = self.bridge.run(self.ops.removed_tenants)
+        out = []
+        for v in views:
+            msg = pb.RemovedTenant(id=v.id, size_bytes=v.size_bytes, kept=list(v.kept))
+            if v.removed_at is not None:
+                msg.removed_at = v.removed_at
+            out.append(msg)
+        return pb.ListRemovedTenantsResponse(tenants=out)
+
+    @rpc
+    def PurgeTenant(self, request: pb.PurgeTenantRequest,
+                    context: grpc.ServicerContext) -> pb.RemoveTenantResponse:
+        actions = self.bridge.run(self.ops.purge_tenant, _required(request.id, "id"))
+        return pb.RemoveTenantResponse(actions=list(actions))
+
+    @rpc
+    def RestoreTenant(self, request: pb.RestoreTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
+        timeout = request.timeout_s if request.timeout_s > 0 else DEFAULT_ADD_TIMEOUT
+        view = self.bridge.run(self.ops.restore_tenant, _required(request.id, "id"), wait=request.wait,
+                               timeout=timeout)
+        return tenant_message(view)
+
+    @rpc
     def ListTenants(self, request: pb.ListTenantsRequest,
                     context: grpc.ServicerContext) -> pb.ListTenantsResponse:
         views = self.bridge.run_sync(self.ops.list_tenants)

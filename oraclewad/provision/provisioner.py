@@ -206,6 +206,32 @@ class Provisioner:
                 log.info("purge %s: %s", tenant_id, line)
             return lines
 
+    async def kept(self, tenant_id: str, services: Iterable[str]) -> list[tuple[str, int]]:
+        """What the servers still hold of a tenant: (description, bytes) per database that exists
+        and per service with Redis keys (0 bytes: key counts only, sizes would need every key)."""
+        validate_tenant_id(tenant_id)
+        chosen = list(services)
+        for svc in chosen:
+            validate_service(svc)
+        return await self._run(self._kept, tenant_id, chosen)
+
+    def _kept(self, tenant_id: str, services: list[str]) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        names = [resource_name(tenant_id, svc) for svc in services]
+        with self._pg_errors("measure databases"), self._admin() as conn:
+            for name, size in conn.execute(
+                    "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(%s) "
+                    "ORDER BY datname", (names,)).fetchall():
+                found.append((f"database {name}", int(size)))
+        with self._redis_admin("to count keys") as client:
+            for svc in services:
+                prefix = key_prefix(tenant_id, svc)
+                pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+                count = sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+                if count:
+                    found.append((f"{count} Redis keys {prefix}*", 0))
+        return found
+
     def child_config_fragment(self, tenant_id: str, service: str) -> dict[str, Any]:
         """The `postgres` and `redis` blocks of one child's (0600) config JSON.
 

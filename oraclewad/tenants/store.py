@@ -19,6 +19,7 @@ from oraclewad.tenants.ids import id_key
 from oraclewad.tenants.loader import tenant_files
 
 REMOVED_DIR = ".removed"
+_STAMP = "%Y%m%dT%H%M%S"
 
 
 def find_tenant_file(tenants_dir: Path, tenant_id: str) -> Path | None:
@@ -57,6 +58,44 @@ def retire_tenant_file(tenants_dir: Path, tenant_id: str) -> Path:
         raise NotFound(f"no tenant {tenant_id!r} in {tenants_dir}")
     removed = tenants_dir / REMOVED_DIR
     removed.mkdir(mode=0o750, exist_ok=True)
-    target = removed / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}.toml"
+    target = removed / f"{path.stem}.{time.strftime(_STAMP)}.toml"
     os.replace(path, target)
     return target
+
+
+def retired_files(tenants_dir: Path) -> dict[str, list[Path]]:
+    """Retired tenant files by tenant id, oldest first (`.removed/<id>.<when>.toml`)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted((tenants_dir / REMOVED_DIR).glob("*.toml")):
+        tenant_id = path.stem.rpartition(".")[0]
+        if tenant_id and retired_at(path) is not None:
+            found.setdefault(tenant_id, []).append(path)
+    for paths in found.values():
+        paths.sort(key=lambda p: p.stem.rpartition(".")[2])
+    return found
+
+
+def retired_at(path: Path) -> float | None:
+    """When the file was retired (from its name, local time), or None if the name is not ours."""
+    try:
+        return time.mktime(time.strptime(path.stem.rpartition(".")[2], _STAMP))
+    except ValueError:
+        return None
+
+
+def restore_tenant_file(tenants_dir: Path, tenant_id: str) -> Path:
+    """Put the newest retired file of this id back as tenants.d/<id>.toml."""
+    retired = retired_files(tenants_dir).get(tenant_id)
+    if not retired:
+        raise NotFound(f"no removed tenant {tenant_id!r} in {tenants_dir / REMOVED_DIR}; "
+                       "`oraclectl tenant list --removed` shows them")
+    existing = find_tenant_file(tenants_dir, tenant_id)
+    if existing is not None:
+        raise AlreadyExists(already_exists(tenant_id, existing))
+    path = tenants_dir / f"{tenant_id}.toml"
+    try:
+        os.link(retired[-1], path)      # fails if the name appeared meanwhile; never overwrites
+    except FileExistsError:
+        raise AlreadyExists(already_exists(tenant_id, path)) from None
+    os.unlink(retired[-1])
+    return path

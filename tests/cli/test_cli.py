@@ -131,6 +131,50 @@ def test_tenant_commands_table_and_json(daemon: Daemon, tmp_path: Path) -> None:
     assert code == 1 and "not found" in err
 
 
+def test_removed_tenants_are_listed_restored_and_purged_completely(daemon: Daemon) -> None:
+    tid = unique_id("kept")
+    added(daemon, tid)
+    ports = json.loads(ctl(daemon, "--json", "tenant", "show", tid)[1])["ports"]
+    book = daemon.root / "state" / "ports.json"
+    logs = daemon.root / "log" / tid
+    assert logs.is_dir()
+    code, out, err = ctl(daemon, "tenant", "remove", tid)
+    assert code == 0 and f"oraclectl tenant purge {tid}" in out, err
+
+    code, out, err = ctl(daemon, "tenant", "list", "--removed")
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["ID", "REMOVED", "SIZE"]
+    block = out[out.index(f"\n{tid} "):]
+    assert re.match(rf"\n{tid} +\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d +\d+\.\d(KiB|MiB)", block)
+    for kept in (f"kept: database {tid}_recovery ", f"kept: database {tid}_broadcast ",
+                 f"kept: logs {logs}", "kept: secrets ",
+                 f"kept: ports broadcast:{ports['broadcast']}, recovery:{ports['recovery']}"):
+        assert kept in block, block
+    listed = {t["id"]: t for t in json.loads(ctl(daemon, "--json", "tenant", "list", "--removed")[1])}
+    assert listed[tid]["size_bytes"] > 1_000_000 and listed[tid]["removed_at"] > time.time() - 600
+
+    code, out, err = ctl(daemon, "tenant", "restore", tid, "--timeout", "90")
+    assert code == 0 and f"tenant {tid} restored and ready" in out, err
+    assert json.loads(ctl(daemon, "--json", "tenant", "show", tid)[1])["ports"] == ports
+    code, _, err = ctl(daemon, "tenant", "purge", tid, "--yes")
+    assert code == 1 and f"tenant remove {tid} --purge" in err   # not removed: nothing purged
+
+    ctl(daemon, "tenant", "remove", tid)
+    code, out, err = ctl(daemon, "tenant", "remove", tid, "--purge", "--yes")  # kept data can be purged
+    assert code == 0, err
+    for line in (f"freed {tid}/recovery port {ports['recovery']}",
+                 f"freed {tid}/broadcast port {ports['broadcast']}",
+                 f"deleted logs {logs}", f"dropped database {tid}_broadcast", "deleted retired tenant file"):
+        assert line in out, out
+    assert not [unit for unit in json.loads(book.read_text()) if unit.startswith(f"{tid}/")]
+    assert not logs.exists()
+    assert not list((daemon.root / "state" / "secrets").glob(f"{tid}.*"))
+    assert not list((daemon.root / "tenants.d" / ".removed").glob(f"{tid}.*"))
+    assert f"\n{tid} " not in ctl(daemon, "tenant", "list", "--removed")[1]
+    code, _, err = ctl(daemon, "tenant", "purge", tid, "--yes")
+    assert code == 1 and "not found" in err
+
+
 @pytest.fixture(scope="module")
 def tenant(daemon: Daemon) -> str:
     """A running tenant the service, logs and TCP tests share; each leaves it running."""

@@ -110,6 +110,44 @@ class RemoveTenantResponse(_message.Message):
     actions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ListRemovedTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RemovedTenant(_message.Message):
+    __slots__ = ("id", "removed_at", "size_bytes", "kept")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    removed_at: float
+    size_bytes: int
+    kept: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., removed_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., kept: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRemovedTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[RemovedTenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[RemovedTenant, _Mapping]]] = ...) -> None: ...
+
+class PurgeTenantRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RestoreTenantRequest(_message.Message):
+    __slots__ = ("id", "wait", "timeout_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    wait: bool
+    timeout_s: float
+    def __init__(self, id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
 class ListTenantsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

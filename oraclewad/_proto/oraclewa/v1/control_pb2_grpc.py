@@ -49,6 +49,21 @@ class ControlStub:
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.ListRemovedTenants = channel.unary_unary(
+                '/oraclewa.v1.Control/ListRemovedTenants',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsResponse.FromString,
+                _registered_method=True)
+        self.PurgeTenant = channel.unary_unary(
+                '/oraclewa.v1.Control/PurgeTenant',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.PurgeTenantRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.FromString,
+                _registered_method=True)
+        self.RestoreTenant = channel.unary_unary(
+                '/oraclewa.v1.Control/RestoreTenant',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.RestoreTenantRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.Tenant.FromString,
+                _registered_method=True)
         self.GetTenant = channel.unary_unary(
                 '/oraclewa.v1.Control/GetTenant',
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.GetTenantRequest.SerializeToString,
@@ -146,6 +161,27 @@ class ControlServicer:
 
     def ListTenants(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRemovedTenants(self, request, context):
+        """Tenants removed with their data kept: what is kept, its size, since when.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeTenant(self, request, context):
+        """Deletes everything a removed tenant left (databases, Redis keys, secrets, ports, logs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreTenant(self, request, context):
+        """Brings a removed tenant back with its file, data and ports.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -267,6 +303,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ListRemovedTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRemovedTenants,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsResponse.SerializeToString,
+            ),
+            'PurgeTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTenant,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.PurgeTenantRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.SerializeToString,
+            ),
+            'RestoreTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreTenant,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.RestoreTenantRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.Tenant.SerializeToString,
             ),
             'GetTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTenant,
@@ -425,6 +476,87 @@ class Control:
             '/oraclewa.v1.Control/ListTenants',
             oraclewa_dot_v1_dot_control__pb2.ListTenantsRequest.SerializeToString,
             oraclewa_dot_v1_dot_control__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRemovedTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/ListRemovedTenants',
+            oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.ListRemovedTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/PurgeTenant',
+            oraclewa_dot_v1_dot_control__pb2.PurgeTenantRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/RestoreTenant',
+            oraclewa_dot_v1_dot_control__pb2.RestoreTenantRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.Tenant.FromString,
             options,
             channel_credentials,
             insecure,

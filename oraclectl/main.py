@@ -353,19 +353,41 @@ def _stream(ctx: Ctx, method: str, request: Any, lines: Callable[[Any], list[str
     return OK
 
 
+def parse_since(value: str, now: float | None = None) -> float:
+    """`10m`, `2h`, `1d`, `90s` ago, or a local time `2026-12-01T09:00[:00]` -> unix time."""
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip()
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return time.mktime(time.strptime(text, fmt))
+        except ValueError:
+            continue
+    raise UsageError(f"--since {value!r}: give a duration (90s, 10m, 2h, 1d) or a local time "
+                     "(2026-12-01T09:00)")
+
+
 def cmd_logs(ctx: Ctx) -> int:
     a = ctx.args
-    request = pb.TailLogsRequest(tenant=a.id, service=a.service or "", channel=a.channel, lines=a.lines,
-                                 follow=a.follow)
-    labelled = not a.service
-
-    prefix = "[{}] " if labelled else ""
+    request = pb.TailLogsRequest(tenant=a.id or "", service=a.service or "", channel=a.channel,
+                                 lines=a.lines, follow=a.follow, level=a.level or "")
+    if a.since:
+        request.since = parse_since(a.since)
+    labelled = not (a.id and a.service)
+    width = [0]
 
     def lines(item: pb.LogLines) -> list[str]:
-        return [prefix.format(item.service) + line for line in item.lines]
+        prefix = ""
+        if labelled:   # like `docker compose logs`: who wrote it, aligned
+            name = f"{item.tenant}/{item.service:<9}" if item.tenant else f"{item.service:<9}"
+            width[0] = max(width[0], len(name))
+            prefix = f"{name:<{width[0]}} | "
+        return [prefix + render.log_line(line) for line in item.lines]
 
-    def json_lines(item: pb.LogLines) -> list[dict[str, str]]:
-        return [{"service": item.service, "line": line} for line in item.lines]
+    def json_lines(item: pb.LogLines) -> list[dict[str, Any]]:
+        return [render.log_record(line, item.tenant, item.service) for line in item.lines]
 
     return _stream(ctx, "TailLogs", request, lines, json_lines)
 
@@ -652,16 +674,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "history", "a tenant's release history", cmd_history, "  oraclectl history imperio")
     p.add_argument("id")
     command(commands, "releases", "installed releases", cmd_releases, "  oraclectl releases")
-    p = command(commands, "logs", "a tenant's log lines (all its services unless one is named)", cmd_logs,
-                "  oraclectl logs imperio\n  oraclectl logs imperio recovery --channel webhook -n 200\n"
-                "  oraclectl logs imperio -f")
-    p.add_argument("id")
-    p.add_argument("service", nargs="?")
+    p = command(commands, "logs", "log lines of every tenant, one tenant, or one service, as readable "
+                "lines (--json: the raw records)", cmd_logs,
+                "  oraclectl logs -f                      every tenant, prefixed tenant/service\n"
+                "  oraclectl logs imperio\n  oraclectl logs imperio recovery --channel http -n 200\n"
+                "  oraclectl logs imperio -f --level warning --since 10m\n"
+                "  oraclectl --json logs imperio recovery | jq .msg")
+    p.add_argument("id", nargs="?", help="tenant id (default: every tenant)")
+    p.add_argument("service", nargs="?", help="recovery or broadcast (default: both)")
     p.add_argument("--channel", default="combined",
-                   help="combined (default), error, webhook, broadcast, antiban")
+                   help="combined (default: every line), error (level >= error and raw stderr), "
+                        "http (requests), runtime (start-up, shutdown), webhook, broadcast, antiban")
     p.add_argument("-n", "--lines", type=int, default=50, metavar="N",
-                   help="existing lines first (default 50)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+                   help="existing lines of each file first (default 50)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines (follows the files across rotation)")
+    p.add_argument("--level", choices=("debug", "info", "warning", "error", "critical"),
+                   help="only records at this level or above")
+    p.add_argument("--since", metavar="WHEN", help="only records since then: 90s, 10m, 2h, 1d, or a "
+                                                   "local time such as 2026-12-01T09:00")
     p = command(commands, "instances", "a tenant's WhatsApp instances (owner, state), or pair one",
                 cmd_instances,
                 "  oraclectl instances imperio\n"

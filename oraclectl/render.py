@@ -234,3 +234,43 @@ def instance_lines(services: Sequence[Any]) -> list[str]:
             sends = "sends" if row.get("can_send") else "cannot send"
             lines.append(f"  {name}: {row.get('state')} ({sends}; {row.get('detail', '')})")
     return lines
+
+
+_RECORD_KEYS = ("ts", "level", "channel", "msg", "tenant", "service")
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def log_line(line: str) -> str:
+    """A JSON log record as `time LEVEL channel message key=value...`; other lines as they are."""
+    record = _record(line)
+    if record is None:
+        return line
+    when = str(record.get("ts", "")).replace("T", " ").removesuffix("Z")
+    level = str(record.get("level", "")).upper()
+    channel = str(record.get("channel", ""))
+    parts = [when, f"{level:<7}", f"{channel:<9}", str(record.get("msg", ""))]
+    fields = [f"{k}={_field(v)}" for k, v in record.items() if k not in _RECORD_KEYS]
+    return " ".join(p for p in parts if p) + ("  " + " ".join(fields) if fields else "")
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in "\"=" for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def log_record(line: str, tenant: str, service: str) -> dict[str, Any]:
+    """The raw record (for --json); a raw stderr line becomes a record of its own."""
+    record = _record(line)
+    if record is None:
+        record = {"level": "error", "channel": "stderr", "msg": line}
+    return {"tenant": tenant, "service": service, **record} if tenant else {"service": service, **record}

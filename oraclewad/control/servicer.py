@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
-from oraclewad.control.streams import TOO_SLOW, EventFeed, LogTail, Streams
+from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Streams
 from oraclewad.errors import NotFound
 from oraclewad.operations import (
     EventView,
@@ -273,21 +273,27 @@ class ControlServicer(pb_grpc.ControlServicer):
     # ---- streams ----
 
     def _log_tails(self, request: pb.TailLogsRequest) -> list[LogTail]:
-        tenant = _required(request.tenant, "tenant")
         channel = request.channel or "combined"
-        if request.service:
-            return [LogTail(self.bridge.run_sync(self.ops.log_file, tenant, request.service, channel),
-                            request.service)]
-        services = self.bridge.run_sync(self.ops.get_tenant, tenant).services
+        if request.tenant:
+            tenants = [request.tenant]
+        else:
+            if request.service:
+                raise invalid("service", "needs a tenant (every tenant's services are shown without one)")
+            tenants = [t.id for t in self.bridge.run_sync(self.ops.list_tenants)]
+        if request.tenant and request.service:
+            path = self.bridge.run_sync(self.ops.log_file, request.tenant, request.service, channel)
+            return [LogTail(path, request.service, request.tenant)]
         tails, missing = [], None
-        for service in services:
-            try:
-                path = self.bridge.run_sync(self.ops.log_file, tenant, service, channel)
-                tails.append(LogTail(path, service))
-            except NotFound as e:       # one service without this log yet: show the others
-                missing = e
+        for tenant in tenants:
+            for service in self.bridge.run_sync(self.ops.get_tenant, tenant).services:
+                try:
+                    path = self.bridge.run_sync(self.ops.log_file, tenant, service, channel)
+                    tails.append(LogTail(path, service, tenant))
+                except NotFound as e:       # one service without this log yet: show the others
+                    missing = e
         if not tails:
-            raise missing or NotFound(f"tenant {tenant!r} runs no services")
+            raise missing or NotFound(f"tenant {request.tenant!r} runs no services" if request.tenant
+                                      else "no tenant has logs yet")
         return tails
 
     @rpc
@@ -295,13 +301,26 @@ class ControlServicer(pb_grpc.ControlServicer):
         lines = request.lines if request.HasField("lines") else DEFAULT_LINES
         if not 0 <= lines <= MAX_LINES:
             raise invalid("lines", f"must be between 0 and {MAX_LINES}")
+        level = request.level.lower()
+        if level and level not in LOG_LEVELS:
+            raise invalid("level", "must be one of debug, info, warning, error, critical")
+        since = request.since if request.HasField("since") else None
         tails = self._log_tails(request)
+        filters = {id(tail): LineFilter(level, since) for tail in tails}
         stream = self.streams.open(context, "TailLogs")
+
+        def kept(tail: LogTail, got: list[str]) -> list[str]:
+            f = filters[id(tail)]
+            return [line for line in got if f.keep(line)] if f.active else got
+
         try:
             for tail in tails:
-                for batch in _batches(tail.last_lines(lines, keep_partial=request.follow)):
+                # With a filter, look further back so that up to `lines` matching lines are shown.
+                wanted = MAX_LINES if filters[id(tail)].active and lines else lines
+                backlog = kept(tail, tail.last_lines(wanted, keep_partial=request.follow))
+                for batch in _batches(backlog[-lines:] if lines else []):
                     with stream.sending():
-                        yield pb.LogLines(service=tail.service, lines=batch)
+                        yield pb.LogLines(tenant=tail.tenant, service=tail.service, lines=batch)
             while request.follow:
                 if self.bridge.closing.is_set():
                     raise RpcFailure(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
@@ -309,10 +328,10 @@ class ControlServicer(pb_grpc.ControlServicer):
                     return
                 got = False
                 for tail in tails:
-                    for batch in _batches(tail.poll()):
+                    for batch in _batches(kept(tail, tail.poll())):
                         got = True
                         with stream.sending():
-                            yield pb.LogLines(service=tail.service, lines=batch)
+                            yield pb.LogLines(tenant=tail.tenant, service=tail.service, lines=batch)
                 if not got:
                     self.bridge.closing.wait(POLL_INTERVAL)   # wakes at once on shutdown
         finally:

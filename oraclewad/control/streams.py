@@ -9,6 +9,7 @@ a bounded queue that the trio side fills without ever waiting; on overflow the s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -16,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -218,6 +220,49 @@ class EventFeed:
         sub.pipe.close()
 
 
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50, "fatal": 50}
+RAW_LINE_LEVEL = 40     # raw stderr lines (tracebacks) are what error.log keeps
+
+
+class LineFilter:
+    """Keeps the log records at or above a level and at or after a time. A line that is not a
+    JSON record (raw stderr) counts as an error and goes with the time of the record before it."""
+
+    def __init__(self, level: str = "", since: float | None = None) -> None:
+        self.min_level = LOG_LEVELS[level] if level else 0
+        self.since = since
+        self._last_recent: bool | None = None     # the time verdict of the previous record
+
+    @property
+    def active(self) -> bool:
+        return bool(self.min_level) or self.since is not None
+
+    def keep(self, line: str) -> bool:
+        record: Any = None
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+        if not isinstance(record, dict):
+            level = RAW_LINE_LEVEL
+            recent = self._last_recent if self._last_recent is not None else self.since is None
+        else:
+            level = LOG_LEVELS.get(str(record.get("level", "info")).lower(), 20)
+            recent = self._recent(record.get("ts"))
+            self._last_recent = recent
+        return level >= self.min_level and recent
+
+    def _recent(self, ts: object) -> bool:
+        if self.since is None:
+            return True
+        try:
+            when = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+        except ValueError:
+            return self._last_recent if self._last_recent is not None else False
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp() >= self.since
+
+
 MAX_TAIL_BYTES = 8 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 
@@ -225,9 +270,10 @@ READ_CHUNK = 1024 * 1024
 class LogTail:
     """A log file read from a grpc thread: its last lines, then what is appended, across rotation."""
 
-    def __init__(self, path: str, service: str) -> None:
+    def __init__(self, path: str, service: str, tenant: str = "") -> None:
         self.path = path
         self.service = service
+        self.tenant = tenant
         self._file: Any = None
         self._inode: int | None = None
         self._partial = b""

@@ -256,11 +256,12 @@ def test_logs_and_events(daemon: Daemon, tenant: str) -> None:
     code, out, _ = ctl(daemon, "logs", tenant, "recovery", "-n", "3")
     assert code == 0 and out.splitlines() == ["line 7", "line 8", "line 9"]
     code, out, _ = ctl(daemon, "logs", tenant, "-n", "1")
-    assert sorted(out.splitlines())[0].startswith("[broadcast] ") and "[recovery] line 9" in out
+    assert sorted(out.splitlines())[0].startswith(f"{tenant}/broadcast | ")
+    assert f"{tenant}/recovery  | line 9" in out
     code, out, _ = ctl(daemon, "--json", "logs", tenant, "recovery", "-n", "2")
-    assert [json.loads(x) for x in out.splitlines()] == [
-        {"service": "recovery", "line": "line 8"},
-        {"service": "recovery", "line": "line 9"},
+    assert [json.loads(x) for x in out.splitlines()] == [   # raw stderr lines become records
+        {"tenant": tenant, "service": "recovery", "level": "error", "channel": "stderr", "msg": "line 8"},
+        {"tenant": tenant, "service": "recovery", "level": "error", "channel": "stderr", "msg": "line 9"},
     ]
     code, _, err = ctl(daemon, "logs", tenant, "recovery", "--channel", "webhook")
     assert code == 1 and "no 'webhook' log" in err

@@ -328,26 +328,32 @@ class MetricsResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ...) -> None: ...
 
 class TailLogsRequest(_message.Message):
-    __slots__ = ("tenant", "service", "channel", "lines", "follow")
+    __slots__ = ("tenant", "service", "channel", "lines", "follow", "level", "since")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     service: str
     channel: str
     lines: int
     follow: bool
-    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., channel: _Optional[str] = ..., lines: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    level: str
+    since: float
+    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., channel: _Optional[str] = ..., lines: _Optional[int] = ..., follow: _Optional[bool] = ..., level: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
 
 class LogLines(_message.Message):
-    __slots__ = ("service", "lines")
+    __slots__ = ("service", "lines", "tenant")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     service: str
     lines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, service: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, service: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("tenant", "recent", "follow")

@@ -14,7 +14,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -717,6 +717,10 @@ class Fleet:
             raise NotFound(f"no {channel!r} log for {tenant_id}/{service} yet; "
                            f"present: {', '.join(present) or 'none'}")
         return str(path)
+
+    def watch_log(self, tenant_id: str, service: str, channel: str,
+                  on_new_file: Callable[[], None]) -> Callable[[], None]:
+        return self.supervisor.log_watchers.add(Path(self.log_file(tenant_id, service, channel)), on_new_file)
 
     def watch_events(self) -> AsyncIterator[EventView]:
         return self.events.watch()

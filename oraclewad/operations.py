@@ -8,7 +8,7 @@ Unavailable), whose messages are written for the operator.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -176,6 +176,12 @@ class Operations(Protocol):
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:
         """Path of a log file (channel: combined, error, webhook, ...); NotFound if unknown."""
+        ...
+
+    def watch_log(self, tenant_id: str, service: str, channel: str,
+                  on_new_file: Callable[[], None]) -> Callable[[], None]:
+        """Call `on_new_file` (on the daemon's thread, right after creation) whenever rotation
+        starts a new file for that log; returns the function that stops it."""
         ...
 
     def watch_events(self) -> AsyncIterator[EventView]:

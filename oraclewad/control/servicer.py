@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -308,6 +309,9 @@ class ControlServicer(pb_grpc.ControlServicer):
         tails = self._log_tails(request)
         filters = {id(tail): LineFilter(level, since) for tail in tails}
         stream = self.streams.open(context, "TailLogs")
+        unwatch: list[Callable[[], None]] = []
+        if request.follow:
+            self.bridge.run_sync(self._watch, tails, request.channel or "combined", unwatch)
 
         def kept(tail: LogTail, got: list[str]) -> list[str]:
             f = filters[id(tail)]
@@ -335,9 +339,19 @@ class ControlServicer(pb_grpc.ControlServicer):
                 if not got:
                     self.bridge.closing.wait(POLL_INTERVAL)   # wakes at once on shutdown
         finally:
+            if unwatch:
+                with contextlib.suppress(RpcFailure):   # the daemon may be shutting down
+                    self.bridge.run_sync(lambda: [stop() for stop in unwatch])
             for tail in tails:
                 tail.close()
             self.streams.close(stream)
+
+    def _watch(self, tails: list[LogTail], channel: str, unwatch: list[Callable[[], None]]) -> None:
+        """On the daemon's thread, so no rotation falls between opening a file and subscribing."""
+        for tail in tails:
+            unwatch.append(self.ops.watch_log(tail.tenant, tail.service, channel, tail.new_file))
+            tail.watched = True
+            tail.open_now()
 
     @rpc
     def WatchEvents(self, request: pb.WatchEventsRequest,

@@ -278,11 +278,27 @@ class LogTail:
         self._inode: int | None = None
         self._partial = b""
         self._drained = True
+        # Files rotation created since the one being read, opened the moment they appeared
+        # (`new_file`, from the daemon's thread); read in order, so a burst loses nothing.
+        self._next: deque[Any] = deque()
+        self.watched = False                # True once new_file is wired to the writer
+
+    def new_file(self) -> None:
+        """The writer rotated and created a new file: hold it open for later (never blocks)."""
+        with contextlib.suppress(OSError):
+            self._next.append(open(self.path, "rb"))  # noqa: SIM115 (read by poll later)
+
+    def open_now(self) -> None:
+        """Open the current file (call together with subscribing to `new_file`, on one thread)."""
+        if self._file is None:
+            self._open()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        while self._next:
+            self._next.popleft().close()
 
     def _open(self) -> bool:
         try:
@@ -294,7 +310,7 @@ class LogTail:
 
     def last_lines(self, n: int, *, keep_partial: bool) -> list[str]:
         """The last `n` lines; leaves the file positioned at its end for `poll`."""
-        if not self._open():
+        if self._file is None and not self._open():
             return []
         f = self._file
         end = f.seek(0, os.SEEK_END)
@@ -317,23 +333,42 @@ class LogTail:
         return [_decode(line) for line in lines[-n:]] if n > 0 else []
 
     def poll(self) -> list[str]:
-        """Complete lines appended since the last call; follows a rotated or truncated file."""
-        if self._file is None and not self._open():
-            return []
+        """Complete lines appended since the last call (at most about READ_CHUNK of them); follows
+        rotated files in order (told by `new_file`, or else noticed by inode) and truncation."""
+        if self._file is None:
+            if self._next:
+                self._take_next()
+            elif not self._open():
+                return []
         out = self._read_new()
+        while self._drained and self._next:
+            # The writer moved on to a newer file: this one is complete and read to its end.
+            self._finish_file(out)
+            self._take_next()
+            out += self._read_new()
+        if self.watched:
+            return out
         try:
             inode = os.stat(self.path).st_ino
         except FileNotFoundError:
             inode = None                    # rotated away, the new file not created yet
         if inode is not None and inode != self._inode and self._drained:
             out += self._read_new()         # what the writer added before rotating
-            if self._partial:
-                out.append(_decode(self._partial))
-                self._partial = b""
-            self.close()
+            self._finish_file(out)
             if self._open():
                 out += self._read_new()
         return out
+
+    def _finish_file(self, out: list[str]) -> None:
+        if self._partial:
+            out.append(_decode(self._partial))
+            self._partial = b""
+        self._file.close()
+        self._file = None
+
+    def _take_next(self) -> None:
+        self._file = self._next.popleft()
+        self._inode = os.fstat(self._file.fileno()).st_ino
 
     def _read_new(self) -> list[str]:
         f = self._file

@@ -148,13 +148,16 @@ def compress_rotated(path: Path, rotated: Path, backups: int) -> None:
 class RotatingFile:
     """An O_APPEND file that is renamed away when the next write would pass max_bytes."""
 
-    def __init__(self, path: Path, settings: LogSettings, compressor: Compressor) -> None:
+    def __init__(self, path: Path, settings: LogSettings, compressor: Compressor,
+                 watchers: LogWatchers | None = None) -> None:
         self.path = path
         self.settings = settings
         self.compressor = compressor
+        self.watchers = watchers
         self.fd: int | None = None
         self.size = 0
         self._checked_leftovers = False
+        self._rotated = False
 
     def _open(self) -> int:
         if self.fd is None:
@@ -166,6 +169,10 @@ class RotatingFile:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             os.fchmod(self.fd, FILE_MODE)
             self.size = os.fstat(self.fd).st_size
+            if self._rotated:
+                self._rotated = False
+                if self.watchers is not None:
+                    self.watchers.new_file(self.path)
         return self.fd
 
     def write_lines(self, lines: list[bytes]) -> None:
@@ -198,6 +205,7 @@ class RotatingFile:
         rotated = self.path.with_name(f"{self.path.name}.{time.time_ns()}.rotated")
         os.rename(self.path, rotated)
         self.size = 0
+        self._rotated = True
         self.compressor.submit(self.path, rotated, self.settings.backups)
 
     def close(self) -> None:
@@ -206,14 +214,49 @@ class RotatingFile:
             self.fd = None
 
 
+class LogWatchers:
+    """Followers of log files (`oraclectl logs -f`), told the moment a rotation opens a new file.
+
+    A follower holds the file it reads open; rotation renames that file away and the next write
+    creates a new one. Several rotations can pass between two reads of a follower (a burst of
+    output), so it is handed each new file as it is created, on the trio thread, and reads them
+    in order: no line is skipped however fast the files turn over. A callback must not block.
+    """
+
+    def __init__(self) -> None:
+        self._by_file: dict[Path, set[Callable[[], None]]] = {}
+
+    def add(self, path: Path, on_new_file: Callable[[], None]) -> Callable[[], None]:
+        self._by_file.setdefault(path, set()).add(on_new_file)
+
+        def remove() -> None:
+            callbacks = self._by_file.get(path)
+            if callbacks is not None:
+                callbacks.discard(on_new_file)
+                if not callbacks:
+                    del self._by_file[path]
+
+        return remove
+
+    def new_file(self, path: Path) -> None:
+        for callback in list(self._by_file.get(path, ())):
+            try:
+                callback()
+            except Exception:   # a broken follower must not cost the log its lines
+                log.exception("log follower of %s failed; dropped", path)
+                self._by_file.get(path, set()).discard(callback)
+
+
 class LogSink:
     """The log files of one service directory. Shared by the pumps of successive processes of
     the service; files close when the last user releases the sink."""
 
-    def __init__(self, log_dir: Path, settings: LogSettings, compressor: Compressor) -> None:
+    def __init__(self, log_dir: Path, settings: LogSettings, compressor: Compressor,
+                 watchers: LogWatchers | None = None) -> None:
         self.log_dir = log_dir
         self.settings = settings
         self.compressor = compressor
+        self.watchers = watchers
         self.write_errors = 0
         self.bytes_written = 0          # into combined.log (every line lands there): a metric
         self._files: dict[str, RotatingFile] = {}
@@ -279,7 +322,8 @@ class LogSink:
                 self.log_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
                 os.chmod(self.log_dir, DIR_MODE)
                 self._dir_ready = True
-            f = self._files[name] = RotatingFile(self.log_dir / f"{name}.log", self.settings, self.compressor)
+            f = self._files[name] = RotatingFile(self.log_dir / f"{name}.log", self.settings, self.compressor,
+                                                 self.watchers)
         return f
 
     def close(self) -> None:

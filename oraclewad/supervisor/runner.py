@@ -33,7 +33,7 @@ from oraclewad import contract
 from oraclewad.settings import LogSettings, Policy
 from oraclewad.supervisor.backoff import Backoff
 from oraclewad.supervisor.listeners import BindError, Listeners
-from oraclewad.supervisor.logsink import Compressor, Line, LogSink, pump
+from oraclewad.supervisor.logsink import Compressor, Line, LogSink, LogWatchers, pump
 from oraclewad.supervisor.notify import NotifyServer
 from oraclewad.supervisor.process import Child, SpawnError, describe_exit, spawn
 from oraclewad.supervisor.spec import ProcessSpec
@@ -64,6 +64,7 @@ class Context:
     run_dir: Path
     logs: LogSettings
     compressor: Compressor
+    log_watchers: LogWatchers
     listeners: Listeners
     notify: NotifyServer
     children: set[int]                      # pids spawned by runners (the reaper leaves them alone)
@@ -507,7 +508,7 @@ class Runner:
         if self._sink is None or self._sink.log_dir != log_dir:
             if self._sink is not None:
                 self._sink.release()
-            self._sink = LogSink(log_dir, self.ctx.logs, self.ctx.compressor).acquire()
+            self._sink = LogSink(log_dir, self.ctx.logs, self.ctx.compressor, self.ctx.log_watchers).acquire()
         return self._sink
 
     def _prepare(self, spec: ProcessSpec, listen: socket.socket | None,

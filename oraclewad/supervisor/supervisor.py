@@ -17,7 +17,7 @@ from oraclewad.errors import NotFound, Unavailable
 from oraclewad.files import write_atomic
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor.listeners import Listeners
-from oraclewad.supervisor.logsink import Compressor
+from oraclewad.supervisor.logsink import Compressor, LogWatchers
 from oraclewad.supervisor.notify import NotifyServer, abstract_name
 from oraclewad.supervisor.process import seal_inherited_fds
 from oraclewad.supervisor.reaper import Reaper
@@ -82,9 +82,11 @@ class Supervisor:
         self._children: set[int] = set()
         self.listeners = Listeners()
         self.compressor = Compressor()
+        self.log_watchers = LogWatchers()
         self.notify = NotifyServer(abstract_name(self.run_dir))
         self.reaper = Reaper(self._children.__contains__, grace=reap_grace)
         self._ctx = Context(run_dir=self.run_dir, logs=logs, compressor=self.compressor,
+                            log_watchers=self.log_watchers,
                             listeners=self.listeners, notify=self.notify, children=self._children,
                             base_env=minimal_env(), rng=rng or random.Random(), emit=self._emit,
                             runner_done=self._runner_done,

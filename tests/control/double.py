@@ -12,7 +12,7 @@ only for faults the real daemon cannot produce on demand; exactly these tests us
   publishes an event per service state change, far too few to fill a watcher's queue and window.
 - test_control.py::test_a_stalled_log_follower_is_dropped: needs the control server's stall timeout
   at 1 s (`fast_limits`); the real daemon's is fixed at 30 s (ControlLimits has no config key), too
-  slow for the suite. The double only hands out the log file path (`log_file`).
+  slow for the suite. The double only hands out the log file path (`log_file`, `watch_log`).
 
 Any other Operations method is deliberately missing: a test calling one fails loudly (INTERNAL).
 """
@@ -64,6 +64,10 @@ class FaultyOps:
         if not path.exists():
             raise NotFound(f"no {channel!r} log for {tenant_id}/{service} yet")
         return str(path)
+
+    def watch_log(self, tenant_id: str, service: str, channel: str,
+                  on_new_file: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None   # the test's file never rotates
 
     def log_path(self, tenant_id: str, service: str, channel: str = "combined") -> Path:
         return self.settings.log_dir / tenant_id / service / f"{channel}.log"

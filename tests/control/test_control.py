@@ -10,6 +10,7 @@ demand; double.py's docstring says which and why.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import socket
 import stat
@@ -31,6 +32,8 @@ from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.auth import load_or_create_token
 from oraclewad.control.streams import LogTail
+from oraclewad.settings import LogSettings
+from oraclewad.supervisor.logsink import Compressor, LogWatchers, RotatingFile
 from tests.control.double import Harness
 from tests.harness import BIN, Daemon, free_port, running_daemon, tcp_address, unique_id, wait_for
 
@@ -525,3 +528,32 @@ def test_committed_generated_code_is_fresh(tmp_path: Path) -> None:
         assert filecmp.cmp(tmp_path / rel, committed / rel, shallow=False), (
             f"{rel} is stale: run `make proto`"
         )
+
+
+async def test_log_tail_loses_nothing_when_files_rotate_several_times_between_reads(tmp_path: Path) -> None:
+    # The daemon's own writer, rotating every ~1 KiB, with its compressor gzipping (and deleting)
+    # the rotated files: five rotations happen between two reads of the follower.
+    watchers = LogWatchers()
+    compressor = Compressor()
+    path = tmp_path / "combined.log"
+    writer = RotatingFile(path, LogSettings(max_bytes=1024, backups=50), compressor, watchers)
+    writer.write_lines([b'{"msg": "before"}\n'])
+    tail = LogTail(str(path), "recovery")
+    stop = watchers.add(path, tail.new_file)
+    tail.watched = True
+    tail.open_now()
+    assert tail.last_lines(1, keep_partial=True) == ['{"msg": "before"}']
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(compressor.run)
+        for i in range(100):
+            writer.write_lines([f'{{"msg": "line {i:03d}", "pad": "{"x" * 40}"}}\n'.encode()])
+        await compressor.wait_idle()
+        assert len(list(tmp_path.glob("combined.log.*.gz"))) >= 5
+        got = tail.poll()
+        while more := tail.poll():
+            got += more
+        nursery.cancel_scope.cancel()
+    stop()
+    tail.close()
+    writer.close()
+    assert [json.loads(line)["msg"] for line in got] == [f"line {i:03d}" for i in range(100)]

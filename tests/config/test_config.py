@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,45 @@ def test_the_repo_config_and_example_tenant_are_valid() -> None:
     assert settings.state_dir == REPO / "var" / "state"  # relative to the config file, not the cwd
     assert settings.postgres.dsn is None and settings.redis.url is None  # embedded by default
     assert load_tenants(settings.tenants_dir, settings.policy).tenants["imperio"].name == "Império Prêmios"
+
+
+def documented_keys(text: str) -> set[str]:
+    """Every `key = value` of a TOML file, commented out or not, as `table.key`."""
+    keys, table = set(), ""
+    for raw in text.splitlines():
+        line = raw.strip().removeprefix("#").strip()
+        if line.startswith("[") and "]" in line:
+            table = line[1:line.index("]")]
+        elif "=" in line and line.split("=")[0].strip().replace("_", "").isalnum():
+            keys.add(f"{table}.{line.split('=')[0].strip()}")
+    return keys
+
+
+def test_the_repo_config_lists_every_key_the_daemon_reads(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from oraclewad import tomlcheck
+
+    read: set[str] = set()
+    original = tomlcheck.TableReader.get
+
+    def recording(self: tomlcheck.TableReader, name: str, *args: object, **kw: object) -> object:
+        read.add(self.key(name))
+        return original(self, name, *args, **kw)
+
+    monkeypatch.setattr(tomlcheck.TableReader, "get", recording)
+    text = (REPO / "oraclewad.toml").read_text()
+    # Its commented-out examples (a host program, TLS, external servers) are read once uncommented.
+    example = tmp_path / "oraclewad.toml"
+    example.write_text("\n".join(line[2:] if line.startswith("# ") and ("=" in line or "[" in line)
+                                 else line for line in text.splitlines()))
+    with contextlib.suppress(InvalidArgument):   # only which keys are read matters here
+        load_settings(example)
+    assert {"metrics.listen", "programs.sandbox.command", "control.tcp"} <= read
+    documented = documented_keys(text)
+    # A per-program [programs.NAME.policy] takes any key of [policy].
+    undocumented = {k for k in read - documented if f"policy.{k.rpartition('.')[2]}" not in documented
+                    or ".policy." not in k}
+    assert undocumented == set()
 
 
 def test_config_errors_name_file_key_and_fix(tmp_path: Path) -> None:

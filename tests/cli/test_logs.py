@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from oraclectl.main import parse_since
-from tests.harness import Daemon, ctl_in_process, running_daemon, unique_id, wait_for
+from tests.harness import REPO, Daemon, ctl_in_process, running_daemon, unique_id, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -136,3 +136,20 @@ def test_follow_keeps_going_across_rotation(daemon: Daemon, tenants: tuple[str, 
     followed = [r["path"] for r in seen if str(r.get("path", "")).startswith("/p")]
     assert written == [f"/p{i}" for i in range(60)]
     assert followed == written   # nothing lost or repeated at a rotation
+
+
+def test_the_readme_and_help_name_the_log_files_a_run_writes(daemon: Daemon,
+                                                             tenants: tuple[str, str]) -> None:
+    a, _ = tenants
+    httpx.get(f"http://127.0.0.1:{port(daemon, a)}/")
+    folder = daemon.root / "log" / a / "recovery"
+    wait_for(lambda: (folder / "http.log").exists(), what="http.log")
+    readme = (REPO / "README.md").read_text()
+    help_text = subprocess.run([sys.executable, "-m", "oraclectl", "logs", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    for log in folder.glob("*.log"):
+        assert f"{log.name} " in readme, log.name
+        assert log.stem in help_text, log.stem
+    for name in ("combined", "runtime", "http", "error"):
+        assert name in help_text
+    assert "../" not in readme and "/work/" not in readme   # the README stays inside the repo

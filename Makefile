@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
-# The dev config runs the Evolution sandbox as a host program; it and tenants.d/imperio.toml
+# The dev config runs the Evolution sandbox as a host program; it and the example tenant
 # share this generated key (0600), made before the daemon reads the tenant file.
 SANDBOX_KEY := var/state/secrets/sandbox-evolution.key
 
@@ -28,7 +28,13 @@ $(SANDBOX_KEY):
 	mkdir -p -m 0700 $(dir $@)
 	(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@)
 
-run: $(VENV)/.installed-run $(SANDBOX_KEY)
+# The dev config runs on var/tenants.d, a copy of the example tenants made on the first run, so
+# `oraclectl tenant add` and hand edits never touch the git-tracked tenants.d/.
+var/tenants.d:
+	mkdir -p var
+	cp -R tenants.d var/tenants.d.tmp && mv var/tenants.d.tmp var/tenants.d
+
+run: $(VENV)/.installed-run $(SANDBOX_KEY) var/tenants.d
 	$(BIN)/oraclewad run --config $(CONFIG)
 
 test: $(VENV)/.installed-test
@@ -37,7 +43,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
-check: $(VENV)/.installed-run
+check: $(VENV)/.installed-run var/tenants.d
 	$(BIN)/oraclewad check --config $(CONFIG)
 
 # Regenerate oraclewad/_proto from proto/ (commit the result; a test fails if it is stale).

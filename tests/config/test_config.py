@@ -24,14 +24,32 @@ from tests.harness import REPO, write_config, write_tenant
 ORACLEWAD = [sys.executable, "-m", "oraclewad.cli"]
 
 
-def test_the_repo_config_and_example_tenant_are_valid() -> None:
-    result = subprocess.run([*ORACLEWAD, "check", "--config", str(REPO / "oraclewad.toml")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def test_the_repo_config_and_example_tenant_are_valid(tmp_path: Path) -> None:
     settings = load_settings(REPO / "oraclewad.toml")
     assert settings.state_dir == REPO / "var" / "state"  # relative to the config file, not the cwd
+    assert settings.tenants_dir == REPO / "var" / "tenants.d"   # a copy: the tree stays clean
     assert settings.postgres.dsn is None and settings.redis.url is None  # embedded by default
-    assert load_tenants(settings.tenants_dir, settings.policy).tenants["imperio"].name == "Império Prêmios"
+    assert load_tenants(REPO / "tenants.d", settings.policy).tenants["imperio"].name == "Império Prêmios"
+    # As `make check` sees it after seeding var/tenants.d (done here on a copy of the tree).
+    shutil.copy(REPO / "oraclewad.toml", tmp_path)
+    shutil.copytree(REPO / "tenants.d", tmp_path / "var" / "tenants.d")
+    result = subprocess.run([*ORACLEWAD, "check", "--config", str(tmp_path / "oraclewad.toml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_make_run_seeds_var_tenants_d_once_and_leaves_the_example_alone(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copytree(REPO / "tenants.d", tmp_path / "tenants.d")
+    subprocess.run(["make", "-s", "var/tenants.d"], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "var" / "tenants.d" / "imperio.toml").read_bytes() == \
+        (REPO / "tenants.d" / "imperio.toml").read_bytes()
+    (tmp_path / "var" / "tenants.d" / "lojaABC.toml").write_text('id = "lojaABC"\n')  # tenant add
+    subprocess.run(["make", "-s", "var/tenants.d"], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "var" / "tenants.d" / "lojaABC.toml").exists()    # seeded once, never again
+    assert sorted(p.name for p in (tmp_path / "tenants.d").iterdir()) == ["imperio.toml"]
 
 
 def documented_keys(text: str) -> set[str]:

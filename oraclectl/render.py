@@ -24,7 +24,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
             out[field.name] = [to_dict(v) if field.message_type else v for v in value]
         elif field.message_type is not None:
             if field.message_type.full_name == "google.protobuf.Struct":
-                out[field.name] = json_format.MessageToDict(value)
+                out[field.name] = _sorted(json_format.MessageToDict(value))  # maps have no order
             else:
                 out[field.name] = to_dict(value) if msg.HasField(field.name) else None
         elif field.has_presence and not msg.HasField(field.name):
@@ -32,6 +32,14 @@ def to_dict(msg: Message) -> dict[str, Any]:
         else:
             out[field.name] = value
     return out
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 def dumps(value: Any) -> str:
@@ -82,7 +90,17 @@ def services_table(services: Sequence[Any]) -> str:
     headers = ("TENANT", "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "RELEASE", "READY", "PORT")
     text = table(headers, rows)
     # A ready service's message is history (its last exit); for the others it says what is wrong.
-    notes = [f"  {s.tenant}/{s.service}: {s.message}" for s in services if s.message and not s.ready]
+    # An invalid tenant file is one row, its problems one per line under the table.
+    notes = []
+    for s in services:
+        if not s.message or s.ready:
+            continue
+        lines = s.message.splitlines()
+        if s.state == "invalid":
+            notes += [f"  {s.tenant}.toml:"] + [f"    {line}" for line in lines]
+        else:
+            notes.append(f"  {s.tenant}/{s.service}: {lines[0]}")
+            notes += [f"    {line}" for line in lines[1:]]
     return text + ("\n" + "\n".join(notes) if notes else "")
 
 
@@ -149,7 +167,7 @@ def health_table(services: Sequence[Any]) -> str:
     rows = []
     for h in services:
         checks = json_format.MessageToDict(h.checks)
-        summary = " ".join(f"{k}={_short(v)}" for k, v in checks.items())
+        summary = " ".join(f"{k}={_short(v)}" for k, v in sorted(checks.items()))
         rows.append((h.tenant, h.service, h.status, summary, h.detail))
     return table(("TENANT", "SERVICE", "STATUS", "CHECKS", "DETAIL"), rows)
 

@@ -75,7 +75,7 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 notifier.notify("STATUS=starting tenants")
                 await _reload(fleet)
                 await fleet.wait_spawned(timeout=30)
-                log.info("started %d tenants: %s", len(fleet.tenants), fleet.summary())
+                log.info("started: %s", fleet.summary())
                 notifier.notify("READY=1", f"STATUS={fleet.summary()}")
                 ready.set()
                 if notifier.watchdog_interval:
@@ -113,8 +113,7 @@ async def _reload(fleet: Fleet) -> None:
         return
     for problem in view.problems:
         log.error("config problem (tenant skipped): %s", problem)
-    log.info("reloaded: added %s, removed %s, restarted %s",
-             list(view.added), list(view.removed), list(view.restarted))
+    log.info("reloaded: %s", view.describe())
 
 
 async def _watchdog(notifier: SystemdNotifier) -> None:

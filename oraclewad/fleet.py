@@ -157,8 +157,7 @@ class Fleet:
                           removed=tuple(sorted(set(old) - set(runnable))),
                           restarted=tuple(changes.restarted), unchanged=tuple(changes.unchanged),
                           problems=tuple(str(p) for p in problems))
-        self._publish("", "", "reload", message=f"added {list(view.added)} removed {list(view.removed)} "
-                      f"restarted {list(view.restarted)}")
+        self._publish("", "", "reload", message=view.describe())
         return view
 
     async def _first_provision(self, tenant: Tenant) -> None:
@@ -535,15 +534,19 @@ class Fleet:
                                              prov.status))
                     continue
                 views.append(ServiceView(tid, svc.name, snap.state, snap.pid, snap.uptime, snap.restarts,
-                                         snap.ready, self.ports.get(name), release,
-                                         snap.message or snap.last_exit))
+                                         snap.ready, self.ports.get(name), release, _message(snap)))
         if tenant_id is None:
-            # A broken tenant file is skipped, not hidden: it shows here until it is fixed.
+            # A broken tenant file is skipped, not hidden: one row per file until it is fixed,
+            # its problems one per line.
+            by_file: dict[Path, list[str]] = {}
             for problem in self.problems:
                 source = Path(problem.source)
                 if source.parent == self.settings.tenants_dir and source.stem not in self.tenants:
-                    views.append(ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
-                                             str(problem)))
+                    by_file.setdefault(source, []).append(
+                        f"{problem.key}: {problem.message}" if problem.key else problem.message)
+            for source, lines in by_file.items():
+                views.append(ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
+                                         "\n".join(lines)))
         if tenant_id in (None, PROGRAMS):
             for snap in by_name.values():
                 if snap.group == PROGRAMS:
@@ -551,7 +554,7 @@ class Fleet:
                     views.append(ServiceView(PROGRAMS, snap.name.partition("/")[2], snap.state, snap.pid,
                                              snap.uptime, snap.restarts, snap.ready,
                                              int(labels["port"]) if "port" in labels else None, "",
-                                             snap.message or snap.last_exit))
+                                             _message(snap)))
         return views
 
     def _names(self, tenant_id: str, service: str | None) -> list[str]:
@@ -729,15 +732,18 @@ class Fleet:
         return releases.installed(self.settings.releases_dir)
 
     def summary(self) -> str:
+        """`2 tenants: 3 running, 1 starting; 1 config problem` (STATUS= and the daemon log)."""
         counts: dict[str, int] = {}
         unhealthy: list[ServiceView] = []
         for view in self.status():
+            if view.state == "invalid":   # invalid files are counted as config problems
+                continue
             counts[view.state] = counts.get(view.state, 0) + 1
             if view.state == "unhealthy":
                 unhealthy.append(view)
         parts = [f"{n} {state}" for state, n in sorted(counts.items())]
-        text = f"{len(self.tenants)} tenants; " + (", ".join(parts) or "no services") + (
-            f"; {len(self.problems)} config problems" if self.problems else "")
+        text = f"{plural(len(self.tenants), 'tenant')}: " + (", ".join(parts) or "no services") + (
+            f"; {plural(len(self.problems), 'config problem')}" if self.problems else "")
         if unhealthy:
             # Which check fails is what an operator reading `systemctl status` needs first.
             first = unhealthy[0]
@@ -745,6 +751,15 @@ class Fleet:
             if len(unhealthy) > 1:
                 text += f" and {len(unhealthy) - 1} more"
         return text
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _message(snap: Any) -> str:
+    """What the operator should read about a service: a running one's last exit is history."""
+    return snap.message or ("" if snap.state == "running" else snap.last_exit)
 
 
 TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")

@@ -69,6 +69,11 @@ class ReloadView:
     unchanged: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()      # invalid tenant files, reported and skipped
 
+    def describe(self) -> str:
+        """`added lojaABC; removed -; restarted imperio/broadcast` (events, the daemon log)."""
+        return "; ".join(f"{label} {', '.join(items) or '-'}" for label, items in (
+            ("added", self.added), ("removed", self.removed), ("restarted", self.restarted)))
+
 
 @dataclass(frozen=True)
 class MetricsView:

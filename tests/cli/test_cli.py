@@ -211,6 +211,10 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     assert "postgres=ok" in out and "redis=ok" in out
     code, out, _ = ctl(daemon, "--json", "health", tenant)
     assert json.loads(out)[0]["checks"]["postgres"]["latency_ms"] > 0
+    orders = {tuple(json.loads(ctl(daemon, "--json", "health", tenant)[1])[0]["checks"]) for _ in range(5)}
+    tables = {ctl(daemon, "health", tenant)[1].splitlines()[1].split()[3] for _ in range(5)}
+    assert len(orders) == 1 and list(next(iter(orders))) == sorted(next(iter(orders)))  # stable order
+    assert len(tables) == 1
 
     code, out, _ = ctl(daemon, "metrics", tenant)
     assert code == 0 and "RSS_BYTES" in out and "MiB" in out
@@ -218,13 +222,19 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     assert json.loads(out)[0]["figures"]["rss_bytes"] > 1_000_000
 
     bad = daemon.root / "tenants.d" / f"{unique_id('bad')}.toml"
-    bad.write_text('id = "1nvalid"\n')
+    bad.write_text(f'id = "{bad.stem}"\nservices = "everything"\n[recovery]\nport = 0\n'
+                   '[antiban]\nstratgy = "moderate"\n')
     try:
         code, out, _ = ctl(daemon, "reload")
         assert code == 1 and "unchanged: " in out and f"{tenant}/recovery" in out  # problems: exit 1
         assert "problem:" in out and bad.name in out
         code, out, _ = ctl(daemon, "--json", "reload")
         assert f"{tenant}/recovery" in json.loads(out)["unchanged"]
+        code, out, _ = ctl(daemon, "status")
+        assert len(ours(out, bad.stem)) == 1            # one row for the file, however many problems
+        under = out[out.index(f"\n  {bad.name}:"):].splitlines()[2:5]
+        assert [line.split(":")[0].strip() for line in under] == [
+            "antiban.stratgy", "services", "recovery.port"], under
     finally:
         bad.unlink()
 

@@ -19,6 +19,7 @@ def test_a_case_duplicate_or_a_port_claim_is_refused_and_the_incumbent_keeps_run
     write_tenant(daemon.root, tid)
     daemon.start()
     rows = wait_for(lambda: all_running(daemon, 2), what="the incumbent running")
+    assert "started: 1 tenant: 2 " in daemon.stderr()    # not "1 tenants"
     pids = service_pids(daemon)
     ports = {r["service"]: r["port"] for r in rows}
 
@@ -33,6 +34,8 @@ def test_a_case_duplicate_or_a_port_claim_is_refused_and_the_incumbent_keeps_run
     assert [r["tenant"] for r in invalid] == [twin] and f"{tid}.toml" in invalid[0]["message"]
     checked = check(daemon)
     assert checked.returncode == 1 and f"{twin}.toml: id:" in checked.stderr
+    events = daemon.ctl("events", "-n", "50").stdout
+    assert "reload  added -; removed -; restarted -" in events and "['" not in events
     assert f"error: {daemon.root / 'tenants.d' / tid}.toml" not in checked.stderr
     (daemon.root / "tenants.d" / f"{twin}.toml").unlink()
 

@@ -59,6 +59,33 @@ def resolve_socket(env: Mapping[str, str] | None = None) -> str:
     return next((c for c in candidates if os.path.exists(c)), candidates[0])
 
 
+class ConfigError(Exception):
+    """The daemon config named by --config cannot tell where the socket is."""
+
+
+def socket_from_config(path: str) -> str:
+    """The control socket a daemon with this oraclewad.toml listens on: [control] socket, else
+    <[daemon] run_dir>/oraclewad.sock, relative paths against the config's folder (as oraclewad
+    resolves them). Read with tomllib only: oraclectl does not import the daemon."""
+    import tomllib
+
+    config = Path(path)
+    try:
+        doc = tomllib.loads(config.read_text())
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
+    control, daemon = doc.get("control", {}), doc.get("daemon", {})
+    socket_path = control.get("socket") if isinstance(control, dict) else None
+    if not isinstance(socket_path, str) or not socket_path:
+        run_dir = daemon.get("run_dir", "var/run") if isinstance(daemon, dict) else "var/run"
+        if not isinstance(run_dir, str):
+            raise ConfigError(f"--config {path}: [daemon] run_dir must be a string")
+        socket_path = str(Path(run_dir) / "oraclewad.sock")
+    return str(config.parent / Path(socket_path).expanduser())
+
+
 @dataclass(frozen=True)
 class Target:
     socket: str | None = None

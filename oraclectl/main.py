@@ -23,18 +23,31 @@ from oraclectl import render
 from oraclectl.client import (
     UNARY_TIMEOUT,
     Client,
+    ConfigError,
     Refused,
     Target,
     Unreachable,
     normalize_version,
     resolve_socket,
     socket_candidates,
+    socket_from_config,
 )
+from oraclectl.completion import TENANT_ID
 from oraclectl.envimport import SECRET_PLACEHOLDER, EnvFileError, convert, parse_dotenv
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 SERVICE_CHOICES = ("all", "recovery", "broadcast")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("oraclewa")
+    except PackageNotFoundError:     # run from a source tree that was never installed
+        return "unknown"
 
 
 class UsageError(Exception):
@@ -64,6 +77,11 @@ class Ctx:
         a = self.args
         if a.addr:
             target = Target(addr=a.addr, token_file=a.token_file, tls_ca=a.tls_ca)
+        elif a.config:
+            try:
+                target = Target(socket=socket_from_config(a.config))
+            except ConfigError as e:
+                raise UsageError(str(e)) from None
         else:
             target = Target(socket=a.socket or resolve_socket())
         return Client(target, timeout=a.timeout)
@@ -260,7 +278,25 @@ def _services(ctx: Ctx, response: Any) -> int:
 
 
 def cmd_status(ctx: Ctx) -> int:
-    return _services(ctx, ctx.call("Status", pb.StatusRequest(tenant=ctx.args.id or "")))
+    a = ctx.args
+    if a.watch is None:
+        return _services(ctx, ctx.call("Status", pb.StatusRequest(tenant=a.id or "")))
+    if a.watch <= 0:
+        raise UsageError("--watch takes a positive number of seconds")
+    tty = ctx.stdout.isatty()
+    try:
+        while True:   # like `watch oraclectl status`: the screen redrawn in place on a terminal
+            response = ctx.call("Status", pb.StatusRequest(tenant=a.id or ""))
+            if ctx.json:
+                ctx.out(render.json_line([render.to_dict(s) for s in response.services]))
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                head = f"every {a.watch:g}s: oraclectl status {a.id or ''}".rstrip() + f"    {stamp}"
+                ctx.stdout.write(("\x1b[H\x1b[2J" if tty else "") + head + "\n\n")
+                ctx.out(render.services_table(list(response.services)) + ("" if tty else "\n"))
+            time.sleep(a.watch)
+    except KeyboardInterrupt:
+        return OK
 
 
 def cmd_health(ctx: Ctx) -> int:
@@ -285,8 +321,27 @@ def cmd_metrics(ctx: Ctx) -> int:
 
 def _verb(method: str) -> Callable[[Ctx], int]:
     def run(ctx: Ctx) -> int:
-        request = pb.ServiceRequest(tenant=ctx.args.id, service=ctx.args.service or "")
-        return _services(ctx, ctx.call(method, request, timeout=max(ctx.args.timeout, 60)))
+        a = ctx.args
+        if a.all == bool(a.id):
+            raise UsageError(f"{a.command} needs a tenant id or --all (every tenant)")
+        if a.all and a.service:
+            raise UsageError(f"{a.command} --all takes no service: it acts on every service of every tenant")
+        if not a.all:
+            request = pb.ServiceRequest(tenant=a.id, service=a.service or "")
+            return _services(ctx, ctx.call(method, request, timeout=max(a.timeout, 60)))
+        # Every tenant, one call each (a tenant that refuses is reported; the others go on).
+        tenants = sorted({s.tenant for s in ctx.call("Status", pb.StatusRequest()).services
+                          if s.service and s.state != "invalid" and s.tenant != "programs"}, key=str.lower)
+        states, failed = [], 0
+        for tenant in tenants:
+            try:
+                response = ctx.call(method, pb.ServiceRequest(tenant=tenant), timeout=max(a.timeout, 60))
+                states += response.services
+            except Refused as e:
+                failed += 1
+                ctx.err(f"oraclectl: {tenant}: {_code_name(e.code)}: {e.details}")
+        _services(ctx, pb.StatusResponse(services=states))
+        return FAILED if failed else OK
 
     return run
 
@@ -390,6 +445,13 @@ def cmd_logs(ctx: Ctx) -> int:
         return [render.log_record(line, item.tenant, item.service) for line in item.lines]
 
     return _stream(ctx, "TailLogs", request, lines, json_lines)
+
+
+def cmd_completion(ctx: Ctx) -> int:
+    from oraclectl import completion
+
+    ctx.stdout.write(completion.script(build_parser(), ctx.args.shell))
+    return OK
 
 
 def cmd_events(ctx: Ctx) -> int:
@@ -549,6 +611,8 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
                             f"{', '.join(socket_candidates({'OWA_SOCKET': '$OWA_SOCKET'}))})")
     where.add_argument("--addr", metavar="HOST:PORT", default=default,
                        help="daemon's TCP listener (needs --token-file)")
+    where.add_argument("--config", metavar="FILE", default=default,
+                       help="the daemon's oraclewad.toml: use the socket it configures")
     group.add_argument("--token-file", metavar="F", default=default, help="file holding the TCP bearer token")
     group.add_argument("--tls-ca", metavar="F", default=default, help="CA certificate: use TLS for --addr")
     group.add_argument("--json", action="store_true", default=default,
@@ -558,10 +622,17 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
                            help=f"deadline for quick calls in seconds (default {UNARY_TIMEOUT:g})")
 
 
+def tenant_arg(parser: argparse.ArgumentParser, **kw: Any) -> None:
+    """The tenant id positional; completion offers the daemon's tenant ids."""
+    action = parser.add_argument("id", **kw)
+    action.complete = TENANT_ID  # type: ignore[attr-defined]  (read by shtab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="oraclectl", description="Operate the oraclewad daemon.",
                                      epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"oraclectl {version()}")
     _connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -614,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(tsub, "remove", "remove a tenant: stop its services and retire its file (data kept "
                 "until `tenant purge`)", cmd_tenant_remove,
                 "  oraclectl tenant remove lojaABC\n  oraclectl tenant remove lojaABC --purge --yes")
-    p.add_argument("id")
+    tenant_arg(p)
     p.add_argument("--purge", action="store_true",
                    help="also delete its databases, Redis keys, secrets, ports and logs "
                         "(works on an already removed tenant too)")
@@ -626,15 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tenants removed with their data kept: what is kept, its size, since when")
     p = command(tsub, "purge", "delete everything a removed tenant left (databases, Redis keys, "
                 "secrets, ports, logs)", cmd_tenant_purge, "  oraclectl tenant purge lojaABC --yes")
-    p.add_argument("id")
+    tenant_arg(p)
     p.add_argument("--yes", action="store_true", help="don't ask first")
     p = command(tsub, "restore", "bring a removed tenant back with its data and ports", cmd_tenant_restore,
                 "  oraclectl tenant restore lojaABC")
-    p.add_argument("id")
+    tenant_arg(p)
     wait_options(p)
     p = command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
                 "  oraclectl tenant show imperio")
-    p.add_argument("id")
+    tenant_arg(p)
 
     p = command(tsub, "import-env", "add a tenant from a .env file of the old (v3 Node) system",
                 cmd_tenant_import_env,
@@ -649,30 +720,35 @@ def build_parser() -> argparse.ArgumentParser:
     wait_options(p)
 
     p = command(commands, "status", "supervision state of every service (or one tenant's)", cmd_status,
-                "  oraclectl status\n  oraclectl status imperio\n  oraclectl --json status")
-    p.add_argument("id", nargs="?", help="tenant id (default: all)")
+                "  oraclectl status\n  oraclectl status imperio\n  oraclectl --json status\n"
+                "  oraclectl status --watch            redraw every 2 s until Ctrl-C")
+    tenant_arg(p, nargs="?", help="tenant id (default: all)")
+    p.add_argument("-w", "--watch", type=float, nargs="?", const=2.0, metavar="S",
+                   help="redraw every S seconds (default 2) until Ctrl-C; with --json one line per round")
     p = command(commands, "health", "ask each service for its dependency checks (exit 1 if any fails)",
                 cmd_health, "  oraclectl health imperio")
-    p.add_argument("id", nargs="?")
+    tenant_arg(p, nargs="?")
     p = command(commands, "metrics", "key figures per service", cmd_metrics, "  oraclectl metrics")
-    p.add_argument("id", nargs="?")
+    tenant_arg(p, nargs="?")
     for name, method in (("start", "Start"), ("stop", "Stop"), ("restart", "Restart")):
-        p = command(commands, name, f"{name} a tenant's services (or one of them)", _verb(method),
-                    f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast")
-        p.add_argument("id", help="tenant id (or `programs`)")
+        p = command(commands, name, f"{name} a tenant's services (or one of them, or all)", _verb(method),
+                    f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast\n"
+                    f"  oraclectl {name} --all")
+        tenant_arg(p, nargs="?", help="tenant id (or `programs`)")
         p.add_argument("service", nargs="?", help="recovery or broadcast (default: both)")
+        p.add_argument("--all", action="store_true", help=f"{name} every service of every tenant")
     command(commands, "reload", "re-read tenants.d and apply the difference (like SIGHUP)", cmd_reload,
             "  oraclectl reload")
     p = command(commands, "deploy", "move a tenant to another release", cmd_deploy,
                 "  oraclectl deploy imperio v2.2.0")
-    p.add_argument("id")
+    tenant_arg(p)
     p.add_argument("version", help="v2.1.0 and 2.1.0 are the same")
     p = command(commands, "rollback", "move a tenant back (default: to its previous release)", cmd_rollback,
                 "  oraclectl rollback imperio\n  oraclectl rollback imperio v2.1.0")
-    p.add_argument("id")
+    tenant_arg(p)
     p.add_argument("version", nargs="?")
     p = command(commands, "history", "a tenant's release history", cmd_history, "  oraclectl history imperio")
-    p.add_argument("id")
+    tenant_arg(p)
     command(commands, "releases", "installed releases", cmd_releases, "  oraclectl releases")
     p = command(commands, "logs", "log lines of every tenant, one tenant, or one service, as readable "
                 "lines (--json: the raw records)", cmd_logs,
@@ -680,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "  oraclectl logs imperio\n  oraclectl logs imperio recovery --channel http -n 200\n"
                 "  oraclectl logs imperio -f --level warning --since 10m\n"
                 "  oraclectl --json logs imperio recovery | jq .msg")
-    p.add_argument("id", nargs="?", help="tenant id (default: every tenant)")
+    tenant_arg(p, nargs="?", help="tenant id (default: every tenant)")
     p.add_argument("service", nargs="?", help="recovery or broadcast (default: both)")
     p.add_argument("--channel", default="combined",
                    help="combined (default: every line), error (level >= error and raw stderr), "
@@ -705,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=300.0, metavar="S",
                    help="how long connect waits for the instance to be open (default 300)")
     p.add_argument("--no-wait", action="store_true", help="show the QR code and return")
+    p = command(commands, "completion", "print a shell completion script", cmd_completion,
+                "  oraclectl completion bash > /etc/bash_completion.d/oraclectl\n"
+                "  source <(oraclectl completion bash)          # this shell only\n"
+                "  oraclectl completion zsh > \"${fpath[1]}/_oraclectl\"")
+    p.add_argument("shell", choices=("bash", "zsh"))
     p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
                 cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

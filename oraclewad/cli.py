@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 import trio
 
 from oraclewad.errors import OracleError, Problem
-from oraclewad.settings import Settings, find_config, load_settings
+from oraclewad.settings import DEFAULT_CONFIG_PATHS, Settings, find_config, load_settings
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.ports import PortBook, ephemeral_overlap
 
@@ -31,9 +32,19 @@ def check(settings: Settings) -> list[Problem]:
     return loaded.problems + port_problems
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("oraclewa")
+    except PackageNotFoundError:     # a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oraclewad", description="OracleWA supervisor daemon",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"oraclewad {_version()}")
     parser.add_argument("command", nargs="?", default="run", choices=["run", "check"])
     parser.add_argument("--config", metavar="FILE", help="daemon config (default: $OWA_CONFIG, "
                         "./oraclewad.toml, /etc/oraclewa/oraclewad.toml)")
@@ -44,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     # pgserver narrates every pg_ctl call at INFO; the daemon reports what matters itself.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     path = find_config(args.config)
+    if not path.exists() and not args.config and not os.environ.get("OWA_CONFIG"):
+        looked = ", ".join(str(p.absolute()) for p in DEFAULT_CONFIG_PATHS)
+        print(f"oraclewad: no config found: pass --config FILE or set $OWA_CONFIG "
+              f"(looked for {looked})", file=sys.stderr)
+        return 2 if args.command == "run" else 1
     try:
         settings = load_settings(path)
     except OracleError as e:

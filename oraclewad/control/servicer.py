@@ -17,7 +17,7 @@ from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
 from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Streams
-from oraclewad.errors import NotFound
+from oraclewad.errors import FailedPrecondition, NotFound
 from oraclewad.operations import (
     EventView,
     HealthView,
@@ -353,12 +353,23 @@ class ControlServicer(pb_grpc.ControlServicer):
             tail.watched = True
             tail.open_now()
 
+    def _known_tenant(self, tenant: str) -> None:
+        """NotFound unless the daemon has the tenant (running or invalid) or events about it."""
+        if tenant == "programs" or self.feed.mentions(tenant):
+            return
+        try:
+            self.bridge.run_sync(self.ops.get_tenant, tenant)
+        except FailedPrecondition:   # its file is invalid: still a tenant the operator has
+            return
+
     @rpc
     def WatchEvents(self, request: pb.WatchEventsRequest,
                     context: grpc.ServicerContext) -> Iterator[pb.Event]:
         recent = request.recent if request.HasField("recent") else DEFAULT_LINES
         if recent < 0:
             raise invalid("recent", "must be 0 or more")
+        if request.tenant:
+            self._known_tenant(request.tenant)
         stream = self.streams.open(context, "WatchEvents")
 
         def overflow() -> None:

@@ -202,6 +202,11 @@ class EventFeed:
                 if sub.pipe.overflowed:
                     sub.on_overflow()
 
+    def mentions(self, tenant: str) -> bool:
+        """Whether any kept event is about this tenant."""
+        with self._lock:
+            return any(e.tenant == tenant for e in self._recent)
+
     def subscribe(self, tenant: str, recent: int, follow: bool,
                   on_overflow: Callable[[], None]) -> tuple[list[EventView], _Subscriber | None]:
         """Recent events (oldest first) and, when following, a subscription that starts right after them."""

@@ -430,3 +430,48 @@ def test_purge_asks_on_a_terminal(daemon: Daemon) -> None:
     code, out, err = ctl(daemon, "tenant", "remove", drop, "--purge", stdin=Terminal(drop + "\n"))
     assert code == 0 and f"tenant {drop} removed and purged" in out
     assert drop not in listed() and keep in listed()
+
+
+def test_version_config_ghost_events_check_lookup_and_completion(daemon: Daemon, tenant: str,
+                                                                  tmp_path: Path) -> None:
+    code, out, _ = ctl_process("--version")
+    assert code == 0 and re.fullmatch(r"oraclectl \d+\.\d+\.\d+\n", out)
+    result = subprocess.run([sys.executable, "-m", "oraclewad.cli", "--version"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and re.fullmatch(r"oraclewad \d+\.\d+\.\d+\n", result.stdout)
+
+    # --config finds the socket the way the daemon does (run_dir relative to the config's folder).
+    code, out, err = ctl_process("--config", str(daemon.config), "status", tenant)
+    assert code == 0 and f"{tenant} " in out, err
+    code, _, err = ctl_process("--config", str(tmp_path / "missing.toml"), "status")
+    assert code == 2 and "--config" in err and "cannot read" in err
+
+    code, out, err = ctl(daemon, "events", "--tenant", "ghost")
+    assert code == 1 and "not found" in err and "ghost" in err
+    code, out, _ = ctl(daemon, "events", "--tenant", tenant, "-n", "1")
+    assert code == 0 and tenant in out
+
+    env = {k: v for k, v in os.environ.items() if k != "OWA_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "oraclewad.cli", "check"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert f"looked for {tmp_path / 'oraclewad.toml'}, /etc/oraclewa/oraclewad.toml" in result.stderr
+
+    code, script, _ = ctl_process("completion", "bash")
+    assert code == 0 and "complete " in script
+    (tmp_path / "oraclectl.bash").write_text(script)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = (f"source {tmp_path / 'oraclectl.bash'}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+                 "_shtab_oraclectl; printf '%s\\n' \"${COMPREPLY[@]}\"")
+        done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60,
+                              env={**env, "OWA_SOCKET": str(daemon.socket_path),
+                                   "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"})
+        return done.stdout.split()
+
+    assert "tenant" in complete("oraclectl", "ten")
+    assert "--removed" in complete("oraclectl", "tenant", "list", "--rem")
+    assert tenant in complete("oraclectl", "logs", tenant[:9])        # ids come from the daemon
+    code, script, _ = ctl_process("completion", "zsh")
+    assert code == 0 and script.startswith("#compdef oraclectl") and "_oraclectl_tenants" in script

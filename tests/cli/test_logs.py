@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +155,30 @@ def test_the_readme_and_help_name_the_log_files_a_run_writes(daemon: Daemon,
     for name in ("combined", "runtime", "http", "error"):
         assert name in help_text
     assert "../" not in readme and "/work/" not in readme   # the README stays inside the repo
+
+
+def test_stop_start_restart_all_and_status_watch(daemon: Daemon, tenants: tuple[str, str]) -> None:
+    def pids() -> dict[str, int]:
+        rows = json.loads(ctl(daemon, "--json", "status")[1])
+        return {f"{r['tenant']}/{r['service']}": r["pid"] for r in rows if r["service"]}
+
+    before = pids()
+    code, out, err = ctl(daemon, "stop", "--all")
+    assert code == 0, err
+    assert out.count(" stopped ") == len(before) == 4
+    code, out, err = ctl(daemon, "start", "--all")
+    assert code == 0 and out.count(" running ") == 4, err
+    started = pids()
+    code, out, err = ctl(daemon, "restart", "--all")
+    assert code == 0 and out.count(" running ") == 4, err
+    assert all(pid != started[name] for name, pid in pids().items())
+    code, _, err = ctl(daemon, "stop")
+    assert code == 2 and "--all" in err
+
+    argv = ["--socket", str(daemon.socket_path), "status", "--watch", "0.2"]
+    proc = subprocess.Popen([sys.executable, "-m", "oraclectl", *argv], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.count("every 0.2s: oraclectl status") >= 2 and out.count("TENANT ") >= 2

@@ -313,6 +313,12 @@ class Fleet:
             # Checked before the key is written so a refused add never touches another's secret.
             if (existing := find_tenant_file(tenants_dir, new.id)) is not None:
                 raise AlreadyExists(already_exists(new.id, existing))
+            removed = next((tid for tid in self._removed_ids()
+                            if id_key(tid) == id_key(new.id) and tid != new.id), None)
+            if removed is not None:
+                raise AlreadyExists(f"tenant {removed!r} was removed with its data kept, and ids are unique "
+                                    f"ignoring case: `oraclectl tenant restore {removed}` brings it back, "
+                                    f"`oraclectl tenant purge {removed}` frees the id")
             if new.evolution_api_key:
                 key_file = self._secret_path(new.id, "evolution.key")
                 write_atomic(key_file, new.evolution_api_key.encode() + b"\n", 0o600)

@@ -152,7 +152,16 @@ def load_tenants(tenants_dir: Path, policy: Policy, incumbents: Collection[str] 
     # Incumbents first (stable sort keeps name order within each half).
     loaded.sort(key=lambda t: t.id not in incumbents)
     by_key: dict[str, Tenant] = {}
+    spelled = {id_key(i): i for i in incumbents}
     for tenant in loaded:
+        held = spelled.get(id_key(tenant.id), tenant.id)
+        if held != tenant.id and held not in (t.id for t in loaded):
+            # A removed tenant whose data is kept still owns its databases and key prefix.
+            result.problems.append(Problem(
+                str(tenant.source), "id", f"{tenant.id!r} is the removed tenant {held!r} spelled "
+                f"differently, and its data is kept: `oraclectl tenant restore {held}` brings it back, "
+                f"`oraclectl tenant purge {held}` frees the id"))
+            continue
         other = by_key.get(id_key(tenant.id))
         if other is not None:
             held = ", which holds that id already" if other.id in incumbents else ""

@@ -153,6 +153,10 @@ def test_removed_tenants_are_listed_restored_and_purged_completely(daemon: Daemo
     listed = {t["id"]: t for t in json.loads(ctl(daemon, "--json", "tenant", "list", "--removed")[1])}
     assert listed[tid]["size_bytes"] > 1_000_000 and listed[tid]["removed_at"] > time.time() - 600
 
+    code, _, err = ctl(daemon, "tenant", "add", tid.upper())   # the kept data is not up for grabs
+    assert code == 1 and f"tenant {tid!r} was removed with its data kept" in err
+    assert not (daemon.root / "tenants.d" / f"{tid.upper()}.toml").exists()
+
     code, out, err = ctl(daemon, "tenant", "restore", tid, "--timeout", "90")
     assert code == 0 and f"tenant {tid} restored and ready" in out, err
     assert json.loads(ctl(daemon, "--json", "tenant", "show", tid)[1])["ports"] == ports

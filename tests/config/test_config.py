@@ -232,6 +232,15 @@ def test_a_remembered_port_belongs_to_its_service_even_against_an_explicit_claim
     assert json.loads(book_path.read_text())["old/recovery"] == first["old/recovery"]
 
 
+def test_a_removed_tenant_with_kept_data_keeps_its_id_against_another_spelling(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path))
+    write_tenant(tmp_path, "IMPERIO")
+    loaded = load_tenants(settings.tenants_dir, settings.policy, incumbents={"imperio"})
+    assert loaded.tenants == {}
+    assert "'IMPERIO' is the removed tenant 'imperio' spelled differently" in str(loaded.problems[0])
+    assert "tenant restore imperio" in str(loaded.problems[0])
+
+
 def test_an_id_already_held_wins_over_a_file_that_sorts_first(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path))
     write_tenant(tmp_path, "imperio")

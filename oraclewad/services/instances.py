@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
+from prometheus_client import CollectorRegistry, Gauge
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -58,11 +59,20 @@ class InstanceState:
 
 class InstanceStates:
     def __init__(self, names: list[str] | tuple[str, ...], client: EvolutionClient | None, *,
-                 poll_interval: float = POLL_INTERVAL_S, clock: Callable[[], float] = time.time) -> None:
+                 poll_interval: float = POLL_INTERVAL_S, clock: Callable[[], float] = time.time,
+                 registry: CollectorRegistry | None = None) -> None:
         self.client = client
         self.poll_interval = poll_interval
         self.clock = clock
         self.states = {name: InstanceState(name) for name in names}
+        self._can_send: Gauge | None = None
+        if registry is not None:
+            # Instance names come from the tenant file (bounded), never from outside.
+            self._can_send = Gauge("oraclewa_instance_can_send",
+                                   "1 when the instance is open and in rotation (this service's view)",
+                                   ["instance"], registry=registry)
+            for name in self.states:
+                self._can_send.labels(name).set(0)
 
     def __contains__(self, name: object) -> bool:
         return name in self.states
@@ -84,6 +94,8 @@ class InstanceStates:
         current.state, current.status_reason, current.detail = state, reason, detail
         if in_rotation is not None:
             current.in_rotation = in_rotation
+        if self._can_send is not None:
+            self._can_send.labels(name).set(1 if current.can_send else 0)
 
     def apply_connection_update(self, data: dict[str, Any]) -> None:
         """A `connection.update` event's data (`instance`, `state`, `statusReason`)."""

@@ -243,7 +243,7 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
         if cfg.evolution is not None:
             ctx.evolution = EvolutionClient(cfg.evolution.url, cfg.evolution.api_key,
                                             api_version=cfg.evolution.api_version)
-            ctx.instances = InstanceStates(cfg.instances, ctx.evolution)
+            ctx.instances = InstanceStates(cfg.instances, ctx.evolution, registry=ctx.metrics)
             ctx.start_soon(ctx.instances.poll_forever)
             ctx.health_checks["instances"] = ctx.instances.health
             ctx.admin_routes.extend(admin_routes(ctx))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import httpx
+from prometheus_client import CollectorRegistry
 
 from oraclewad.services.evolution import EvolutionClient, EvolutionError, FailureKind
 from oraclewad.services.instances import InstanceStates
@@ -63,6 +64,20 @@ def test_connection_events_pause_and_resume() -> None:
         states.apply_connection_update({"instance": "a", "state": "open"})
         states.apply_connection_update({"instance": "a", "state": "close", "statusReason": reason})
         assert not states.states["a"].in_rotation and states.states["a"].status_reason == reason
+
+
+def test_can_send_is_a_metric_per_instance() -> None:
+    registry = CollectorRegistry()
+    states = InstanceStates(["a", "b"], None, registry=registry)
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value("oraclewa_instance_can_send", {"instance": name})
+
+    assert (value("a"), value("b")) == (0, 0)
+    states.apply_connection_update({"instance": "a", "state": "open"})
+    assert (value("a"), value("b")) == (1, 0)
+    states.apply_connection_update({"instance": "a", "state": "close", "statusReason": 406})
+    assert value("a") == 0
 
 
 def test_send_outcomes_update_the_state() -> None:

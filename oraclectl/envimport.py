@@ -311,7 +311,10 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
     instances = [i.strip() for i in (r.text("EVOLUTION_INSTANCES") or "").split(",") if i.strip()]
     if (single := r.text("EVOLUTION_INSTANCE_NAME")) and single not in instances:
         instances.append(single)
-    if instances:
+    # An instance belongs to one service: a broadcast-only client's numbers are broadcast's, any
+    # other's go to recovery (order reminders are the numbers worth protecting).
+    owner = "broadcast" if services == ("broadcast",) else "recovery"
+    if instances and owner == "recovery" and "broadcast" in services:
         notes.append("EVOLUTION_INSTANCES became [recovery] instances: move the numbers that send "
                      "campaigns to [broadcast] instances (an instance belongs to one service)")
 
@@ -326,5 +329,7 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
     if r.problems:
         raise EnvFileError(r.problems)
     return Conversion(tenant_id=tid, name=r.text("CLIENT_NAME") or tid, services=services, evolution_url=url,
-                      evolution_api_key=r.text("EVOLUTION_API_KEY") or "", instances=tuple(instances),
+                      evolution_api_key=r.text("EVOLUTION_API_KEY") or "",
+                      instances=tuple(instances) if owner == "recovery" else (),
+                      broadcast_instances=tuple(instances) if owner == "broadcast" else (),
                       extra=extra, warnings=warnings, notes=notes)

@@ -156,6 +156,8 @@ def test_single_service_and_id_override() -> None:
     assert c.extra == {"broadcast": {"port": 4004}}
     assert any("RECOVERY_PORT ignored" in n for n in c.notes)
     assert not c.warnings  # new_broadcast is the derived name for "new"
-    assert c.instances == ("a", "b")
-    assert tomllib.loads(c.to_toml())["services"] == ["broadcast"]
+    assert (c.instances, c.broadcast_instances) == ((), ("a", "b"))  # a broadcast-only client's numbers
+    doc = tomllib.loads(c.to_toml())
+    assert doc["services"] == ["broadcast"] and doc["broadcast"] == {"port": 4004, "instances": ["a", "b"]}
+    assert "instances" not in doc.get("evolution", {})
     assert "api_key_file" not in c.to_toml()  # no key in the file, none announced

@@ -40,12 +40,6 @@ class Refused(Exception):
         self.details = details
 
 
-def normalize_version(version: str) -> str:
-    """`v2.1.0` and `2.1.0` name the same release."""
-    version = version.strip()
-    return version[1:] if re.match(r"[vV]\d", version) else version
-
-
 def socket_candidates(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     found = [env["OWA_SOCKET"]] if env.get("OWA_SOCKET") else []

@@ -27,7 +27,6 @@ from oraclectl.client import (
     Refused,
     Target,
     Unreachable,
-    normalize_version,
     resolve_socket,
     socket_candidates,
     socket_from_config,
@@ -147,7 +146,7 @@ def cmd_tenant_add(ctx: Ctx) -> int:
     a = ctx.args
     _no_instance_flag(a)
     new = pb.NewTenant(id=a.id, name=a.name or "", services=_services_arg(a.services),
-                       release=normalize_version(a.release or ""), evolution_url=a.evolution_url or "",
+                       release=a.release or "", evolution_url=a.evolution_url or "",
                        recovery_instances=a.recovery_instance or [],
                        broadcast_instances=a.broadcast_instance or [])
     if a.evolution_key_file:
@@ -266,7 +265,7 @@ def cmd_tenant_import_env(ctx: Ctx) -> int:
         return OK
     for w in warnings:
         ctx.err(f"warning: {w}")
-    return _add(ctx, conversion.new_tenant(release=normalize_version(a.release or "")))
+    return _add(ctx, conversion.new_tenant(release=a.release or ""))
 
 
 def _services(ctx: Ctx, response: Any) -> int:
@@ -353,23 +352,49 @@ def cmd_reload(ctx: Ctx) -> int:
     return FAILED if response.problems else OK
 
 
-def _deployed(ctx: Ctx, response: Any) -> int:
-    if ctx.json:
-        ctx.out(render.dumps(render.to_dict(response)))
-    else:
-        ctx.out(f"{response.tenant}: {response.from_version or '?'} -> {response.to_version}"
-                + (f" ({response.message})" if response.message else ""))
-    return OK
+def _progress_line(p: Any) -> str:
+    if p.phase == "summary":
+        return p.message
+    who = "/".join(x for x in (p.tenant, p.service) if x) or "fleet"
+    parts = [f"{who:<24}", f"{p.phase:<10}"]
+    if p.elapsed_s:
+        parts.append(f"{p.elapsed_s:6.1f}s")
+    if p.health:
+        parts.append(f"health {p.health}")
+    if p.message:
+        parts.append(p.message)
+    return "  ".join(parts)
+
+
+def _swap_options(a: argparse.Namespace) -> dict[str, float]:
+    out = {}
+    if a.healthy_deadline is not None:
+        out["healthy_deadline_s"] = a.healthy_deadline
+    if a.min_healthy_time is not None:
+        out["min_healthy_time_s"] = a.min_healthy_time
+    return out
 
 
 def cmd_deploy(ctx: Ctx) -> int:
-    request = pb.DeployRequest(tenant=ctx.args.id, version=normalize_version(ctx.args.version))
-    return _deployed(ctx, ctx.call("Deploy", request, timeout=max(ctx.args.timeout, 120)))
+    a = ctx.args
+    if a.all:
+        if a.version is not None:
+            raise UsageError("deploy --all takes only a VERSION (every tenant moves)")
+        request = pb.DeployRequest(version=a.target, all=True, canary=a.canary, max_parallel=a.max_parallel,
+                                   dry_run=a.dry_run, **_swap_options(a))
+    else:
+        if a.version is None:
+            raise UsageError("deploy needs a tenant and a VERSION (or --all VERSION)")
+        if a.dry_run or a.canary or a.max_parallel != 1:
+            raise UsageError("--dry-run, --canary and --max-parallel go with --all")
+        request = pb.DeployRequest(tenant=a.target, version=a.version, **_swap_options(a))
+    return _stream(ctx, "Deploy", request, lambda p: [_progress_line(p)])
 
 
 def cmd_rollback(ctx: Ctx) -> int:
-    request = pb.RollbackRequest(tenant=ctx.args.id, version=normalize_version(ctx.args.version or ""))
-    return _deployed(ctx, ctx.call("Rollback", request, timeout=max(ctx.args.timeout, 120)))
+    a = ctx.args
+    request = pb.RollbackRequest(tenant=a.id, version=a.version or "", **_swap_options(a))
+    return _stream(ctx, "Rollback", request, lambda p: [_progress_line(p)])
 
 
 def cmd_history(ctx: Ctx) -> int:
@@ -377,9 +402,11 @@ def cmd_history(ctx: Ctx) -> int:
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(e) for e in response.entries]))
     else:
-        rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.action, e.from_version,
-                 e.to_version, e.result) for e in response.entries]
-        ctx.out(render.table(("WHEN", "ACTION", "FROM", "TO", "RESULT"), rows) if rows else "no history")
+        rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.service, e.action, e.from_version,
+                 e.to_version, e.result, f"{e.duration_s:.1f}s", "yes" if e.stable else "no", e.reason or "-")
+                for e in response.entries]
+        ctx.out(render.table(("WHEN", "SERVICE", "ACTION", "FROM", "TO", "RESULT", "TOOK", "STABLE", "REASON"),
+                             rows) if rows else "no history")
     return OK
 
 
@@ -388,7 +415,30 @@ def cmd_releases(ctx: Ctx) -> int:
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(r) for r in response.releases]))
     else:
-        ctx.out(render.table(("VERSION",), [(r.version,) for r in response.releases]))
+        rows = [(r.version, " ".join(f"{k}<={v}" for k, v in sorted(r.schema.items())) or "-",
+                 ",".join(r.tenants) or "-", r.python) for r in response.releases]
+        ctx.out(render.table(("VERSION", "SCHEMA", "TENANTS", "PYTHON"), rows))
+    return OK
+
+
+def cmd_release_install(ctx: Ctx) -> int:
+    a = ctx.args
+    request = pb.InstallReleaseRequest(path=os.path.abspath(a.path), version=a.version,
+                                       find_links=[os.path.abspath(d) for d in a.find_links or []],
+                                       share_packages=a.share_packages)
+    release = ctx.call("InstallRelease", request, timeout=max(ctx.args.timeout, 900))
+    if ctx.json:
+        ctx.out(render.dumps(render.to_dict(release)))
+    else:
+        schema = ", ".join(f"{k} 1-{v}" if v else f"{k} none" for k, v in sorted(release.schema.items()))
+        ctx.out(f"installed release {release.version} at {release.path}\n  python  {release.python}\n"
+                f"  schema  {schema or '-'}")
+    return OK
+
+
+def cmd_release_remove(ctx: Ctx) -> int:
+    response = ctx.call("RemoveRelease", pb.RemoveReleaseRequest(version=ctx.args.version))
+    ctx.out(render.dumps(render.to_dict(response)) if ctx.json else response.message)
     return OK
 
 
@@ -739,17 +789,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true", help=f"{name} every service of every tenant")
     command(commands, "reload", "re-read tenants.d and apply the difference (like SIGHUP)", cmd_reload,
             "  oraclectl reload")
-    p = command(commands, "deploy", "move a tenant to another release", cmd_deploy,
-                "  oraclectl deploy imperio v2.2.0")
-    tenant_arg(p)
-    p.add_argument("version", help="v2.1.0 and 2.1.0 are the same")
-    p = command(commands, "rollback", "move a tenant back (default: to its previous release)", cmd_rollback,
+    def gate_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--healthy-deadline", type=float, metavar="S",
+                       help="seconds the new process has to send READY (default: [releases] of the config, 60)")
+        p.add_argument("--min-healthy-time", type=float, metavar="S",
+                       help="seconds of passing health before the old process stops (default: config, 10)")
+
+    p = command(commands, "deploy", "move a tenant (or every tenant) to another release, health-gated",
+                cmd_deploy, "  oraclectl deploy imperio v2.2.0\n  oraclectl deploy --all 2.2.0 --canary 1 "
+                "--max-parallel 4\n  oraclectl deploy --all 2.2.0 --dry-run")
+    p.add_argument("target", metavar="ID", help="tenant id (with --all: the VERSION)")
+    p.add_argument("version", nargs="?", metavar="VERSION", help="v2.1.0 and 2.1.0 are the same")
+    p.add_argument("--all", action="store_true", help="every tenant: canaries first, then K at a time")
+    p.add_argument("--canary", type=int, default=0, metavar="N", help="with --all: N tenants first, alone")
+    p.add_argument("--max-parallel", type=int, default=1, metavar="K", help="with --all: K at a time (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="with --all: show the plan, change nothing")
+    gate_options(p)
+    p = command(commands, "rollback", "move a tenant back (default: to its last stable release)", cmd_rollback,
                 "  oraclectl rollback imperio\n  oraclectl rollback imperio v2.1.0")
     tenant_arg(p)
     p.add_argument("version", nargs="?")
-    p = command(commands, "history", "a tenant's release history", cmd_history, "  oraclectl history imperio")
+    gate_options(p)
+    p = command(commands, "history", "a tenant's release swaps (last 50)", cmd_history,
+                "  oraclectl history imperio")
     tenant_arg(p)
-    command(commands, "releases", "installed releases", cmd_releases, "  oraclectl releases")
+    command(commands, "releases", "installed releases and the tenants on each", cmd_releases,
+            "  oraclectl releases")
+    release = commands.add_parser("release", help="install or remove a release",
+                                  description="Manage installed releases (releases_dir).", formatter_class=fmt,
+                                  epilog="examples:\n  oraclectl release install dist/oraclewa-2.2.0.whl "
+                                         "--version 2.2.0 --find-links wheels/\n  oraclectl release remove 2.1.0")
+    rsub = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
+    p = command(rsub, "install", "build a release from a wheel or source folder (venv + pip)",
+                cmd_release_install, "  oraclectl release install ./oraclewa-src --version 2.2.0 --share-packages")
+    p.add_argument("path", help="a wheel (.whl) or a source folder with pyproject.toml")
+    p.add_argument("--version", required=True, metavar="V", help="the release's name (v2.2.0 == 2.2.0)")
+    p.add_argument("--find-links", action="append", metavar="DIR",
+                   help="install offline from this wheel directory (repeatable; implies --no-index)")
+    p.add_argument("--share-packages", action="store_true",
+                   help="let the release see the daemon's own packages (installs only what differs)")
+    p = command(rsub, "remove", "delete an installed release (refused while a tenant uses it)",
+                cmd_release_remove, "  oraclectl release remove 2.1.0")
+    p.add_argument("version")
     p = command(commands, "logs", "log lines of every tenant, one tenant, or one service, as readable "
                 "lines (--json: the raw records)", cmd_logs,
                 "  oraclectl logs -f                      every tenant, prefixed tenant/service\n"

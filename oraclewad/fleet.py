@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from oraclewad import releases
+from oraclewad.deploy import Deployer
 from oraclewad.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,14 +38,19 @@ from oraclewad.events import EventHub
 from oraclewad.files import write_atomic
 from oraclewad.operations import (
     DaemonFigures,
+    DeployView,
     EventView,
     HealthView,
+    HistoryView,
     MetricsView,
     NewTenant,
+    ProgressView,
+    ReleaseView,
     ReloadView,
     RemovedView,
     ServiceCallView,
     ServiceView,
+    SwapOptions,
     TenantView,
 )
 from oraclewad.provision import Provisioner
@@ -104,6 +110,7 @@ class Fleet:
         self.provisioning_failures = 0      # attempts that failed or found a server unavailable
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
         self._lock = trio.Lock()
+        self.deployer = Deployer(self)
 
     # ---- reconciling ------------------------------------------------------------------------
 
@@ -337,7 +344,7 @@ class Fleet:
         doc: dict[str, Any] = {"id": new.id, "name": new.name or new.id}
         doc["services"] = "all" if set(new.services) == set(SERVICES) else list(new.services)
         if new.release:
-            doc["release"] = releases.normalize(new.release)
+            doc["release"] = releases.check_version(new.release, "release")
         if new.evolution_url:
             doc["evolution"] = {"url": new.evolution_url}
         for service, instances in (("recovery", new.recovery_instances),
@@ -539,8 +546,10 @@ class Fleet:
                                              None, None, 0, False, self.ports.get(name), release,
                                              prov.status))
                     continue
+                # The release of the process serving now (each service swaps on its own).
+                running = dict(snap.labels).get("release", release)
                 views.append(ServiceView(tid, svc.name, snap.state, snap.pid, snap.uptime, snap.restarts,
-                                         snap.ready, self.ports.get(name), release, _message(snap)))
+                                         snap.ready, self.ports.get(name), running, _message(snap)))
         if tenant_id is None:
             # A broken tenant file is skipped, not hidden: one row per file until it is fixed,
             # its problems one per line.
@@ -608,7 +617,9 @@ class Fleet:
         return [results[i] for i in range(len(views))]
 
     def admin_socket(self, tenant_id: str, service: str) -> str:
-        return str(self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock")
+        # The serving process's: during and after a swap the two processes' sockets alternate.
+        path = self.supervisor.admin_path(unit_name(tenant_id, service))
+        return str(path or self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock")
 
     async def _probe(self, view: ServiceView) -> HealthView:
         if view.state == "unavailable":
@@ -734,8 +745,29 @@ class Fleet:
     def watch_events(self) -> AsyncIterator[EventView]:
         return self.events.watch()
 
-    def releases(self) -> Sequence[str]:
-        return releases.installed(self.settings.releases_dir)
+    # ---- Operations: releases (oraclewad.deploy) ---------------------------------------------
+
+    def releases(self) -> Sequence[ReleaseView]:
+        return self.deployer.releases()
+
+    async def install_release(self, path: str, version: str, *, find_links: Sequence[str],
+                              share_packages: bool) -> ReleaseView:
+        return await self.deployer.install(path, version, find_links=find_links, share_packages=share_packages)
+
+    async def remove_release(self, version: str) -> str:
+        return await self.deployer.remove(version)
+
+    async def deploy(self, tenant_id: str, version: str, *, rollback: bool, options: SwapOptions,
+                     report: Callable[[ProgressView], object]) -> DeployView:
+        return await self.deployer.deploy(tenant_id, version, rollback=rollback, options=options, report=report)
+
+    async def deploy_all(self, version: str, *, canary: int, max_parallel: int, dry_run: bool,
+                         options: SwapOptions, report: Callable[[ProgressView], object]) -> DeployView:
+        return await self.deployer.deploy_all(version, canary=canary, max_parallel=max_parallel,
+                                              dry_run=dry_run, options=options, report=report)
+
+    def history(self, tenant_id: str) -> list[HistoryView]:
+        return self.deployer.history_of(tenant_id)
 
     def summary(self) -> str:
         """`2 tenants: 3 running, 1 starting; 1 config problem` (STATUS= and the daemon log)."""

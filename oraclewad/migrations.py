@@ -6,6 +6,12 @@ each child service calls `check()` at start, so both sides import it.
 Rules for migration files: plain SQL, no BEGIN/COMMIT (each file runs inside one transaction
 together with its bookkeeping row) and nothing that cannot run in a transaction
 (CREATE INDEX CONCURRENTLY, ALTER TYPE ... ADD VALUE on PG < 12).
+
+Migrations are forward-only. A file whose leading comments hold the line
+`-- backward-compatible: yes` declares that releases built before it can still run on the schema
+it leaves (it only adds: a table, a nullable column, an index). The flag is recorded with the
+version, so an older release (which does not have the file) can tell whether it may run, and a
+rollback past undeclared migrations is refused.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from pathlib import Path
 import psycopg
 from psycopg import pq
 
-__all__ = ["Migration", "SchemaMismatch", "applied_versions", "apply", "check", "current_version", "discover"]
+__all__ = ["Applied", "Migration", "SchemaMismatch", "applied", "applied_versions", "apply", "check",
+           "current_version", "discover"]
 
+_COMPATIBLE = re.compile(r"^--\s*backward[-_ ]compatible\s*:\s*(yes|true)\s*$", re.IGNORECASE)
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*)\.sql$")
 
 # Advisory lock key (any constant bigint; advisory locks are scoped to the current database,
@@ -33,6 +41,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+_ADD_FLAG = ("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS "
+             "backward_compatible boolean NOT NULL DEFAULT false")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,28 @@ class Migration:
     name: str
     path: Path
     sql: str = field(repr=False)
+    backward_compatible: bool = False
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A row of schema_migrations."""
+
+    version: int
+    name: str
+    backward_compatible: bool
+
+
+def _declares_compatible(sql: str) -> bool:
+    for line in sql.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("--"):
+            return False        # only the leading comment block declares
+        if _COMPATIBLE.match(line):
+            return True
+    return False
 
 
 class SchemaMismatch(Exception):
@@ -71,8 +103,9 @@ def discover(directory: Path) -> list[Migration]:
         if version in found:
             raise ValueError(f"{path}: duplicate migration version {version:04d} "
                              f"(also {found[version].path.name})")
-        found[version] = Migration(version=version, name=m["name"], path=path,
-                                   sql=path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        found[version] = Migration(version=version, name=m["name"], path=path, sql=text,
+                                   backward_compatible=_declares_compatible(text))
     return [found[v] for v in sorted(found)]
 
 
@@ -91,6 +124,22 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
         return {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
+def _has_flag(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' "
+                       "AND column_name = 'backward_compatible' AND table_schema = current_schema()").fetchone()
+    return row is not None
+
+
+def applied(conn: psycopg.Connection) -> list[Applied]:
+    """Every recorded migration, by version (a table from before the flag reads as not compatible)."""
+    with conn.transaction():
+        if not _table_exists(conn):
+            return []
+        flag = "backward_compatible" if _has_flag(conn) else "false"
+        rows = conn.execute(f"SELECT version, name, {flag} FROM schema_migrations ORDER BY version").fetchall()
+        return [Applied(int(v), str(n), bool(c)) for v, n, c in rows]
+
+
 def current_version(conn: psycopg.Connection) -> int:
     """Highest applied version; 0 when there is no schema_migrations table."""
     with conn.transaction():
@@ -100,48 +149,65 @@ def current_version(conn: psycopg.Connection) -> int:
         return int(row[0]) if row else 0
 
 
-def apply(conn: psycopg.Connection, migrations: Sequence[Migration]) -> list[int]:
+def apply(conn: psycopg.Connection, migrations: Sequence[Migration], *, atomic: bool = False) -> list[int]:
     """Apply the migrations not yet recorded, in version order; returns the versions applied.
 
     Each file runs in its own transaction together with its schema_migrations row, under a
     transaction-scoped advisory lock: a second applier waits, then sees the row and skips.
     A failing file raises (psycopg.Error) with that file's transaction rolled back and the
-    earlier files kept.
+    earlier files kept. atomic=True runs them all in one transaction instead: a failure leaves
+    the database as it was (what a release swap needs to fall back on the old release).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         # Inside an open transaction, conn.transaction() would only make savepoints and
         # nothing would be committed per file.
         raise ValueError("migrations.apply() needs a connection that is not inside a transaction")
     done: list[int] = []
-    for m in sorted(migrations, key=lambda m: m.version):
+    ordered = sorted(migrations, key=lambda m: m.version)
+    if atomic:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            conn.execute(_CREATE_TABLE)
-            already = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
-                                   (m.version,)).fetchone()
-            if already:
-                continue
-            # No parameters: psycopg sends the text as is, so a file may hold many statements
-            # and literal % signs.
-            conn.execute(m.sql)  # type: ignore[arg-type]
-            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, now())",
-                         (m.version, m.name))
-        done.append(m.version)
+            for m in ordered:
+                if _apply_one(conn, m):
+                    done.append(m.version)
+        return done
+    for m in ordered:
+        with conn.transaction():
+            if _apply_one(conn, m):
+                done.append(m.version)
     return done
 
 
+def _apply_one(conn: psycopg.Connection, m: Migration) -> bool:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    conn.execute(_CREATE_TABLE)
+    conn.execute(_ADD_FLAG)
+    already = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (m.version,)).fetchone()
+    if already:
+        return False
+    # No parameters: psycopg sends the text as is, so a file may hold many statements
+    # and literal % signs.
+    conn.execute(m.sql)  # type: ignore[arg-type]
+    conn.execute("INSERT INTO schema_migrations (version, name, applied_at, backward_compatible) "
+                 "VALUES (%s, %s, now(), %s)", (m.version, m.name, m.backward_compatible))
+    return True
+
+
 def check(conn: psycopg.Connection, migrations: Sequence[Migration]) -> None:
-    """Raise SchemaMismatch unless the database holds exactly this release's migrations (or newer ones
-    it recorded but this release does not know, which is reported as 'newer')."""
+    """Raise SchemaMismatch unless the database holds this release's migrations and, beyond them,
+    only newer ones declared backward compatible."""
     db = conn.info.dbname
     wanted = max((m.version for m in migrations), default=0)
-    applied = applied_versions(conn)
-    current = max(applied, default=0)
-    if current > wanted:
+    rows = applied(conn)
+    done = {r.version for r in rows}
+    current = max(done, default=0)
+    newer = [r for r in rows if r.version > wanted]
+    if any(not r.backward_compatible for r in newer):
         raise SchemaMismatch(
             f"database {db} is at schema version {current}, newer than this release understands "
-            f"({wanted}): deploy a newer release or roll back the database")
-    missing = [m.version for m in migrations if m.version not in applied]
+            f"({wanted}) and not declared backward compatible "
+            f"({', '.join(f'{r.version:04d}_{r.name}' for r in newer if not r.backward_compatible)}): "
+            "deploy a newer release")
+    missing = [m.version for m in migrations if m.version not in done]
     if missing:
         gap = "" if current < wanted else f" (missing {', '.join(str(v) for v in missing)})"
         raise SchemaMismatch(

@@ -130,6 +130,59 @@ class NewTenant:
     extra: Mapping[str, Any] = field(default_factory=dict)   # further tenant-file tables (antiban, ...)
 
 
+@dataclass(frozen=True)
+class ReleaseView:
+    version: str
+    python: str
+    schema: Mapping[str, int]           # highest migration per service it ships
+    tenants: tuple[str, ...]            # tenants on it now
+    path: str = ""                      # its directory ("" for bundled)
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """Per-request overrides of [releases] healthy_deadline / min_healthy_time (None: the config's)."""
+
+    healthy_deadline: float | None = None
+    min_healthy_time: float | None = None
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """One line of a swap's progress (streamed while `deploy`/`rollback` run)."""
+
+    tenant: str
+    service: str
+    phase: str          # plan | schema | migrating | starting | ready | healthy | unhealthy | promoted |
+                        # reverted | done | failed | skipped | halted
+    elapsed_s: float = 0.0
+    health: str = ""
+    message: str = ""
+    from_version: str = ""
+    to_version: str = ""
+
+
+@dataclass(frozen=True)
+class DeployView:
+    tenant: str                         # "" for a fleet rollout
+    from_version: str
+    to_version: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class HistoryView:
+    ts: float
+    service: str
+    from_version: str
+    to_version: str
+    result: str                         # ok | reverted | refused
+    reason: str
+    duration_s: float
+    stable: bool
+    action: str                         # deploy | rollback
+
+
 class Operations(Protocol):
     async def add_tenant(self, new: NewTenant, *, wait: bool, timeout: float) -> TenantView: ...
 
@@ -193,4 +246,20 @@ class Operations(Protocol):
         """A bounded subscription; a consumer that falls behind is dropped, never blocks."""
         ...
 
-    def releases(self) -> Sequence[str]: ...
+    def releases(self) -> Sequence[ReleaseView]: ...
+
+    async def install_release(self, path: str, version: str, *, find_links: Sequence[str],
+                              share_packages: bool) -> ReleaseView: ...
+
+    async def remove_release(self, version: str) -> str: ...
+
+    async def deploy(self, tenant_id: str, version: str, *, rollback: bool, options: SwapOptions,
+                     report: Callable[[ProgressView], object]) -> DeployView:
+        """Health-gated swap of every service of a tenant; FailedPrecondition (with the reason)
+        after an auto-revert. version "" with rollback: the last stable release before the current."""
+        ...
+
+    async def deploy_all(self, version: str, *, canary: int, max_parallel: int, dry_run: bool,
+                         options: SwapOptions, report: Callable[[ProgressView], object]) -> DeployView: ...
+
+    def history(self, tenant_id: str) -> list[HistoryView]: ...

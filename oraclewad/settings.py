@@ -78,6 +78,14 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """How a swap gates the new process (ARCHITECTURE.md, "Releases")."""
+
+    healthy_deadline: float = 60.0      # READY=1 within this, or the swap is reverted
+    min_healthy_time: float = 10.0      # then passing health this long before the old one stops
+
+
+@dataclass(frozen=True)
 class ProgramSettings:
     """A host program run under the same supervision policy as tenant services."""
 
@@ -112,6 +120,7 @@ class Settings:
     max_parallel_starts: int = 0        # services between spawn and READY=1 at once; 0 = 4 per core
     tenant_symlinks: bool = False       # follow a symlink in tenants.d to a regular file
     metrics_child_timeout: float = 1.0  # per child, when /metrics reads the children's own metrics
+    releases: ReleaseSettings = field(default_factory=ReleaseSettings)
 
     @property
     def secrets_dir(self) -> Path:
@@ -212,6 +221,12 @@ def load_settings(path: Path) -> Settings:
         c.fail("tls_cert", "set both tls_cert and tls_key, or neither")
     c.finish()
 
+    r = root.sub("releases")
+    release_settings = ReleaseSettings(
+        healthy_deadline=r.get("healthy_deadline", float, 60.0, check=positive),
+        min_healthy_time=r.get("min_healthy_time", float, 10.0, check=non_negative))
+    r.finish()
+
     m = root.sub("metrics")
     metrics_listen = m.get("listen", str, "127.0.0.1:9464",
                            check=lambda v: None if v == "" else _address(v)) or None
@@ -254,4 +269,4 @@ def load_settings(path: Path) -> Settings:
                     default_release=default_release, policy=policy, logs=logs,
                     postgres=postgres, redis=redis, control=control, programs=tuple(programs),
                     max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks,
-                    metrics_child_timeout=child_timeout)
+                    metrics_child_timeout=child_timeout, releases=release_settings)

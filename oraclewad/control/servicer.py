@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
+import threading
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
-from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Streams
+from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Pipe, Streams
 from oraclewad.errors import FailedPrecondition, NotFound
 from oraclewad.operations import (
     EventView,
@@ -24,7 +24,10 @@ from oraclewad.operations import (
     MetricsView,
     NewTenant,
     Operations,
+    ProgressView,
+    ReleaseView,
     ServiceView,
+    SwapOptions,
     TenantView,
 )
 
@@ -34,14 +37,7 @@ DEFAULT_SERVICE_CALL_TIMEOUT = 30.0
 DEFAULT_LINES = 50
 MAX_LINES = 10_000
 POLL_INTERVAL = 0.2
-RELEASES_LATER = ("releases arrive with the releases issue; this daemon runs only the bundled release "
-                  "(`oraclectl releases` lists what a tenant can pin in its file)")
-
-
-def normalize_version(version: str) -> str:
-    """`v2.1.0` and `2.1.0` name the same release."""
-    version = version.strip()
-    return version[1:] if re.match(r"[vV]\d", version) else version
+PROGRESS_QUEUE = 4096
 
 
 # ---- views -> messages ---------------------------------------------------------------------
@@ -87,6 +83,23 @@ def event_message(v: EventView) -> pb.Event:
                     message=v.message)
 
 
+def release_message(v: ReleaseView) -> pb.Release:
+    return pb.Release(version=v.version, python=v.python, schema=dict(v.schema), tenants=list(v.tenants),
+                      path=v.path)
+
+
+def progress_message(v: ProgressView) -> pb.DeployProgress:
+    return pb.DeployProgress(tenant=v.tenant, service=v.service, phase=v.phase, elapsed_s=v.elapsed_s,
+                             health=v.health, message=v.message, from_version=v.from_version,
+                             to_version=v.to_version)
+
+
+def swap_options(msg: pb.DeployRequest | pb.RollbackRequest) -> SwapOptions:
+    return SwapOptions(
+        healthy_deadline=msg.healthy_deadline_s if msg.HasField("healthy_deadline_s") else None,
+        min_healthy_time=msg.min_healthy_time_s if msg.HasField("min_healthy_time_s") else None)
+
+
 def new_tenant(msg: pb.NewTenant) -> NewTenant:
     """Validate what only the request can get wrong; the daemon validates the rest like a file."""
     if not msg.id:
@@ -101,7 +114,7 @@ def new_tenant(msg: pb.NewTenant) -> NewTenant:
     except tomllib.TOMLDecodeError as e:
         raise invalid("extra_toml", f"is not valid TOML: {e}") from None
     return NewTenant(id=msg.id, name=msg.name, services=tuple(msg.services) or SERVICES,
-                     release=normalize_version(msg.release), evolution_url=msg.evolution_url,
+                     release=msg.release, evolution_url=msg.evolution_url,
                      evolution_api_key=msg.evolution_api_key,
                      recovery_instances=tuple(msg.recovery_instances),
                      broadcast_instances=tuple(msg.broadcast_instances),
@@ -245,31 +258,93 @@ class ControlServicer(pb_grpc.ControlServicer):
         views = self.bridge.run(self.ops.metrics, request.tenant or None, deadline=context.time_remaining())
         return pb.MetricsResponse(services=[metrics_message(v) for v in views])
 
-    # ---- releases: only the listing exists until the releases issue ----
+    # ---- releases ----
 
-    def _not_yet(self, tenant: str, what: str) -> RpcFailure:
-        self.bridge.run_sync(self.ops.get_tenant, _required(tenant, "tenant"))   # NOT_FOUND first
-        return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"cannot {what}: {RELEASES_LATER}")
+    def _progress(self, context: grpc.ServicerContext, method: str, fn: Any, *args: Any,
+                  **kwargs: Any) -> Iterator[pb.DeployProgress]:
+        """Run a swap on the daemon and stream its progress. The swap is never cancelled by the
+        client going away: a half-done swap is worse than an unread progress line."""
+        stream = self.streams.open(context, method)
+        pipe = Pipe(PROGRESS_QUEUE)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["view"] = self.bridge.run(fn, *args, report=pipe.put, **kwargs)
+            except BaseException as e:  # handed to the stream's thread, which maps it to a status
+                outcome["error"] = e
+            finally:
+                pipe.close()
+
+        worker = threading.Thread(target=work, name=f"{method} worker", daemon=True)
+        worker.start()
+        try:
+            while True:
+                items = pipe.get(POLL_INTERVAL)
+                if items is None:
+                    break
+                if stream.dropped or not context.is_active():
+                    continue        # keep draining: the swap goes on without its watcher
+                for item in items:
+                    with stream.sending():
+                        yield progress_message(item)
+            worker.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            view = outcome["view"]
+            yield pb.DeployProgress(tenant=view.tenant, phase="summary", message=view.message,
+                                    from_version=view.from_version, to_version=view.to_version)
+        finally:
+            self.streams.close(stream)
 
     @rpc
-    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
-        version = normalize_version(_required(request.version, "version"))
-        raise self._not_yet(request.tenant, f"deploy {version} to {request.tenant}")
+    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> Iterator[pb.DeployProgress]:
+        version = _required(request.version, "version")
+        options = swap_options(request)
+        if request.all:
+            if request.tenant:
+                raise invalid("tenant", "leave it empty with `all` (every tenant)")
+            yield from self._progress(context, "Deploy", self.ops.deploy_all, version, canary=request.canary,
+                                      max_parallel=request.max_parallel, dry_run=request.dry_run,
+                                      options=options)
+            return
+        if request.dry_run:
+            raise invalid("dry_run", "only with `all` (a fleet rollout)")
+        yield from self._progress(context, "Deploy", self.ops.deploy, _required(request.tenant, "tenant"),
+                                  version, rollback=False, options=options)
 
     @rpc
-    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
-        target = normalize_version(request.version) or "the previous release"
-        raise self._not_yet(request.tenant, f"roll {request.tenant} back to {target}")
+    def Rollback(self, request: pb.RollbackRequest,
+                 context: grpc.ServicerContext) -> Iterator[pb.DeployProgress]:
+        yield from self._progress(context, "Rollback", self.ops.deploy, _required(request.tenant, "tenant"),
+                                  request.version, rollback=True, options=swap_options(request))
 
     @rpc
     def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
-        raise self._not_yet(request.tenant, f"show the release history of {request.tenant}")
+        entries = self.bridge.run_sync(self.ops.history, _required(request.tenant, "tenant"))
+        return pb.HistoryResponse(entries=[
+            pb.HistoryEntry(ts=e.ts, action=e.action, from_version=e.from_version, to_version=e.to_version,
+                            result=e.result, service=e.service, reason=e.reason, duration_s=e.duration_s,
+                            stable=e.stable) for e in entries])
 
     @rpc
     def ListReleases(self, request: pb.ListReleasesRequest,
                      context: grpc.ServicerContext) -> pb.ListReleasesResponse:
-        versions = self.bridge.run_sync(self.ops.releases)
-        return pb.ListReleasesResponse(releases=[pb.Release(version=v) for v in versions])
+        views = self.bridge.run_sync(self.ops.releases)
+        return pb.ListReleasesResponse(releases=[release_message(v) for v in views])
+
+    @rpc
+    def InstallRelease(self, request: pb.InstallReleaseRequest, context: grpc.ServicerContext) -> pb.Release:
+        view = self.bridge.run(self.ops.install_release, _required(request.path, "path"),
+                               _required(request.version, "version"), find_links=list(request.find_links),
+                               share_packages=request.share_packages)
+        return release_message(view)
+
+    @rpc
+    def RemoveRelease(self, request: pb.RemoveReleaseRequest,
+                      context: grpc.ServicerContext) -> pb.RemoveReleaseResponse:
+        message = self.bridge.run(self.ops.remove_release, _required(request.version, "version"))
+        return pb.RemoveReleaseResponse(message=message)
 
     # ---- streams ----
 

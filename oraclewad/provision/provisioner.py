@@ -146,6 +146,19 @@ class Provisioner:
                          f", applied migrations {applied[svc]}" if applied[svc] else "")
             return applied
 
+    async def migrate(self, tenant_id: str, service: str, migrations_dir: Path) -> list[int]:
+        """Apply one service's migrations from `migrations_dir` (a release's) in one transaction:
+        on failure (FailedPrecondition) the database is as it was."""
+        async with self._lock(tenant_id):
+            plans = await self._run(self._discover_all, [service], {service: migrations_dir})
+            creds = await self._run(self._ensure_secrets, tenant_id, [service])
+            return await self._run(self._pg_migrate, creds[service], plans[service], True)
+
+    async def schema(self, tenant_id: str, service: str) -> list[migrations.Applied]:
+        """The migrations recorded in a service's database."""
+        creds = await self._run(self._ensure_secrets, tenant_id, [service])
+        return await self._run(self._pg_applied, creds[service])
+
     async def provision_with_retry(self, tenant_id: str, services: Iterable[str],
                                    migrations_dirs: Mapping[str, Path], *,
                                    on_status: StatusCallback | None = None,
@@ -400,16 +413,26 @@ class Provisioner:
                 pass  # created meanwhile by another provisioner: fall through to ALTER
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(name, password))
 
-    def _pg_migrate(self, s: ServiceSecrets, plan: list[migrations.Migration]) -> list[int]:
-        if not plan:
-            return []
+    def _tenant_conninfo(self, s: ServiceSecrets) -> dict[str, Any]:
         params = psycopg.conninfo.conninfo_to_dict(self.servers.postgres_dsn)
         params.pop("passfile", None)
         params.update(user=s.role, password=s.password, dbname=s.database)
+        return params
+
+    def _pg_applied(self, s: ServiceSecrets) -> list[migrations.Applied]:
+        with self._pg_errors(f"read the schema of {s.database}"), \
+                psycopg.connect(**self._tenant_conninfo(s), connect_timeout=10, autocommit=True) as conn:
+            return migrations.applied(conn)
+
+    def _pg_migrate(self, s: ServiceSecrets, plan: list[migrations.Migration],
+                    atomic: bool = False) -> list[int]:
+        if not plan:
+            return []
         # As the tenant role, so every object it creates is owned by it.
-        with self._pg_errors(f"migrate {s.database}"), psycopg.connect(**params, connect_timeout=10) as conn:
+        with self._pg_errors(f"migrate {s.database}"), \
+                psycopg.connect(**self._tenant_conninfo(s), connect_timeout=10) as conn:
             try:
-                return migrations.apply(conn, plan)
+                return migrations.apply(conn, plan, atomic=atomic)
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                     raise

@@ -57,6 +57,34 @@ OUTPUT_DRAIN = 1.0      # seconds to let the pumps write a dead child's last lin
 MAX_MESSAGE = 500
 
 
+class SwapAborted(Exception):
+    """A staged process cannot take over (the service changed, stopped or lost its process)."""
+
+
+@dataclass(eq=False)
+class Candidate:
+    """A second process of a running service, started for a swap on the same listening socket.
+
+    It gets its own admin socket and config file (the other of the runner's two slots), so the old
+    process keeps serving untouched until `promote` hands the service over.
+    """
+
+    spec: ProcessSpec
+    child: Child
+    slot: int
+    gen: int
+    admin_path: Path | None
+    started: float                                  # trio.current_time() at spawn
+    ready: trio.Event = field(default_factory=trio.Event)
+    last_ping: float = 0.0
+    message: str = ""
+    taken: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def exit(self) -> str:
+        return describe_exit(self.child.status) if self.child.status is not None else ""
+
+
 @dataclass
 class Context:
     """What every runner shares, owned by the Supervisor."""
@@ -171,6 +199,9 @@ class Runner:
         self._pump_scopes: set[trio.CancelScope] = set()
         self._sink: LogSink | None = None
         self._nursery: trio.Nursery | None = None
+        self._slot = 0                  # which admin socket / config file the current process uses
+        self._candidate: Candidate | None = None
+        self._handover: Candidate | None = None
 
     # ---- read side ---------------------------------------------------------------------------
 
@@ -178,9 +209,16 @@ class Runner:
     def name(self) -> str:
         return self.spec.name
 
+    def _slot_suffix(self, slot: int) -> str:
+        return "" if slot == 0 else f".{slot}"
+
+    def _admin_path(self, slot: int) -> Path:
+        return self.ctx.run_dir / "admin" / f"{self.spec.file_stem}{self._slot_suffix(slot)}.sock"
+
     @property
     def admin_path(self) -> Path:
-        return self.ctx.run_dir / "admin" / f"{self.spec.file_stem}.sock"
+        """The admin socket of the process serving now (two alternate across swaps)."""
+        return self._admin_path(self._slot)
 
     def status(self) -> ServiceStatus:
         child = self.child
@@ -244,6 +282,7 @@ class Runner:
                     # Also on cancellation (daemon shutdown): stop the child properly, then give
                     # the pumps a bounded moment to write its last lines.
                     with trio.CancelScope(shield=True):
+                        await self._stop_candidate()
                         await self._stop_child()
                         deadline = trio.current_time() + OUTPUT_DRAIN
                         for scope in self._pump_scopes:
@@ -366,11 +405,18 @@ class Runner:
             self._set_state(STARTING)
         else:
             self._became_ready(now)
-        return await self._supervise(child, gen, spec.notify, spec.policy)
+        while True:
+            result = await self._supervise(child, gen, spec.notify, spec.policy)
+            cand = self._handover
+            if cand is None:
+                return result
+            child, spec = await self._take_over(child, cand)
 
     async def _supervise(self, child: Child, gen: int, notify: bool, policy: Policy) -> bool:
         watchdog = notify and policy.watchdog_timeout > 0
         while True:
+            if self._handover is not None:
+                return False
             if child.exited.is_set():
                 self.failure = "signal" if (self.exit_code or 0) < 0 else "exit"
                 self.message = f"exited unexpectedly ({self.last_exit})"
@@ -483,12 +529,13 @@ class Runner:
             status = await child.wait()
         self.ctx.notify.unregister(child.pid)
         self.ctx.children.discard(child.pid)
-        self.last_exit = describe_exit(status)
-        self.exit_code = os.waitstatus_to_exitcode(status) if status != -1 else None
         if self.child is child:
+            self.last_exit = describe_exit(status)
+            self.exit_code = os.waitstatus_to_exitcode(status) if status != -1 else None
             self.child = None
             self.ready = False
         self.poke()
+        self._wake_waiters()    # a swap waits on its candidate's exit too
 
     async def _pump(self, child: Child, fd: int, sink: LogSink, handle: Callable[[list[Line]], None]) -> None:
         # Shielded so a shutdown still records the child's last words; the runner bounds it.
@@ -511,10 +558,11 @@ class Runner:
             self._sink = LogSink(log_dir, self.ctx.logs, self.ctx.compressor, self.ctx.log_watchers).acquire()
         return self._sink
 
-    def _prepare(self, spec: ProcessSpec, listen: socket.socket | None,
-                 owned: list[int]) -> tuple[dict[str, str], list[int]]:
+    def _prepare(self, spec: ProcessSpec, listen: socket.socket | None, owned: list[int],
+                 slot: int | None = None) -> tuple[dict[str, str], list[int]]:
         """The child's environment and descriptors (oraclewad/contract.py); `owned` collects
         the fds opened here, which the caller closes once the child has its copies."""
+        slot = self._slot if slot is None else slot
         env = dict(self.ctx.base_env)
         if spec.notify:
             env[contract.ENV_NOTIFY] = self.ctx.notify.env_value
@@ -526,7 +574,7 @@ class Runner:
             fds.append(listen.fileno())
             names.append(contract.HTTP_FD_NAME)
         if spec.admin_socket:
-            admin = bind_admin(self.admin_path)
+            admin = bind_admin(self._admin_path(slot))
             owned.append(admin.detach())
             fds.append(owned[-1])
             names.append(contract.ADMIN_FD_NAME)
@@ -544,9 +592,144 @@ class Runner:
         return env, fds
 
     def forget_files(self) -> None:
-        """The service is gone: its admin socket file goes too."""
-        with contextlib.suppress(FileNotFoundError):
-            self.admin_path.unlink()
+        """The service is gone: its admin socket files go too."""
+        for slot in (0, 1):
+            with contextlib.suppress(FileNotFoundError):
+                self._admin_path(slot).unlink()
+
+    # ---- swaps: a second process on the same socket ------------------------------------------
+
+    @property
+    def candidate(self) -> Candidate | None:
+        return self._candidate
+
+    def _check_swappable(self, gen: int | None = None) -> None:
+        child = self.child
+        if self.removing or not self.want_run:
+            raise SwapAborted(f"{self.name} is being stopped or removed")
+        if gen is not None and gen != self.gen:
+            raise SwapAborted(f"{self.name} was restarted or reconfigured during the swap")
+        if self.state != RUNNING or child is None or child.exited.is_set():
+            raise SwapAborted(f"{self.name} is {self.state}, not running"
+                              + (f" ({self.last_exit})" if self.last_exit else ""))
+
+    async def stage(self, spec: ProcessSpec) -> Candidate:
+        """Start `spec` as a second process beside the running one (same listening socket)."""
+        self._check_swappable()
+        if self._candidate is not None:
+            raise SwapAborted(f"{self.name} is already being swapped")
+        if spec.listen != self.spec.listen:
+            raise SwapAborted(f"{self.name}: a swap keeps the listening address")
+        slot = 1 - self._slot
+        assert self._nursery is not None
+        async with self.ctx.spawn_turn:
+            self._check_swappable()
+            listen = self.ctx.listeners.acquire(spec.name, spec.listen) if spec.listen else None
+            owned: list[int] = []
+            try:
+                env, fds = self._prepare(spec, listen, owned, slot)
+                child = spawn(spec.argv, env, cwd=spec.cwd or spec.private_tmp, pass_fds=fds, user=spec.user)
+            except (SpawnError, OSError) as e:
+                raise SwapAborted(f"cannot start the new process: {e}") from None
+            finally:
+                for fd in owned:
+                    os.close(fd)
+        now = trio.current_time()
+        cand = Candidate(spec=spec, child=child, slot=slot, gen=self.gen,
+                         admin_path=self._admin_path(slot) if spec.admin_socket else None,
+                         started=now, last_ping=now)
+        self._candidate = cand
+        self.ctx.children.add(child.pid)
+        self.ctx.notify.register(child.pid, partial(self._on_candidate_notify, cand),
+                                 uid=spec.user[0] if spec.user else None)
+        sink = self._sink_for(spec.log_dir)
+        for fd, handle in ((child.stdout, sink.stdout_lines), (child.stderr, sink.stderr_lines)):
+            self._nursery.start_soon(self._pump, child, fd, sink.acquire(), handle)
+        self._nursery.start_soon(self._watch, child)
+        log.info("%s: staged pid %d beside pid %d", self.name, child.pid,
+                 self.child.pid if self.child else 0)
+        if not spec.notify:
+            cand.ready.set()
+        return cand
+
+    def _on_candidate_notify(self, cand: Candidate, fields: dict[str, str]) -> None:
+        if cand.child.exited.is_set():
+            return
+        now = trio.current_time()
+        if "STATUS" in fields:
+            cand.message = fields["STATUS"][:MAX_MESSAGE]
+        if fields.get("READY") == "1":
+            cand.last_ping = now
+            cand.ready.set()
+        if fields.get("WATCHDOG") == "1":
+            cand.last_ping = now
+        self._wake_waiters()
+
+    async def promote(self, cand: Candidate) -> None:
+        """The candidate becomes the service's process; the old one is stopped gracefully (drains).
+        Returns once the old process is gone. SwapAborted if the service changed meanwhile."""
+        if cand is not self._candidate or cand.child.exited.is_set():
+            raise SwapAborted(f"{self.name}: the new process is gone ({cand.exit or 'discarded'})")
+        self._check_swappable(cand.gen)
+        self._handover = cand
+        self.poke()
+        await cand.taken.wait()
+        if self.child is not cand.child and not cand.child.exited.is_set():
+            raise SwapAborted(f"{self.name}: the service stopped before the new process took over")
+
+    async def _take_over(self, old: Child, cand: Candidate) -> tuple[Child, ProcessSpec]:
+        """On the runner's task: switch to the candidate, then retire the old process."""
+        self._handover = None
+        self._candidate = None
+        child, spec = cand.child, cand.spec
+        self.spec = spec
+        self.backoff.policy = spec.policy
+        self._slot = cand.slot
+        self.child = child
+        now = trio.current_time()
+        self._spawned_at = cand.started
+        self.started_wall = time.time() - (now - cand.started)
+        self.message = cand.message
+        self._running_since = now
+        self._last_ping = max(cand.last_ping, now - 1.0)
+        self.ctx.notify.register(child.pid, partial(self._on_notify, child),
+                                 uid=spec.user[0] if spec.user else None)
+        self._announce_change()     # same state, new pid and release
+        log.info("%s: pid %d took over from pid %d", self.name, child.pid, old.pid)
+        try:
+            if not old.exited.is_set():
+                await self._retire(old)
+        finally:
+            cand.taken.set()
+        return child, spec
+
+    async def _retire(self, child: Child) -> None:
+        """SIGTERM, grace, SIGKILL for a process that no longer serves (its state is not ours)."""
+        grace = self.spec.policy.stop_grace
+        child.signal_group(signal.SIGTERM)
+        with trio.move_on_after(grace):
+            await child.exited.wait()
+        if not child.exited.is_set():
+            log.warning("%s: old pid %d still running %g s after SIGTERM: killed", self.name, child.pid, grace)
+            child.signal_group(signal.SIGKILL)
+            await child.exited.wait()
+        with trio.move_on_after(OUTPUT_DRAIN):
+            await child.output_done.wait()
+
+    async def discard(self, cand: Candidate) -> None:
+        """Stop a candidate that will not take over; the old process was never touched. SIGTERM
+        first: it may have accepted connections from the shared socket, and draining answers them."""
+        if self._candidate is cand:
+            self._candidate = None
+        if not cand.child.exited.is_set():
+            await self._retire(cand.child)
+
+    async def _stop_candidate(self) -> None:
+        cand = self._candidate
+        if cand is not None:
+            self._handover = None
+            await self.discard(cand)
+            cand.taken.set()        # a promote() waiting for it learns it did not happen
 
     # ---- state and events --------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from oraclewad.supervisor.logsink import Compressor, LogWatchers
 from oraclewad.supervisor.notify import NotifyServer, abstract_name
 from oraclewad.supervisor.process import seal_inherited_fds
 from oraclewad.supervisor.reaper import Reaper
-from oraclewad.supervisor.runner import Context, Runner
+from oraclewad.supervisor.runner import Candidate, Context, Runner
 from oraclewad.supervisor.spec import ProcessSpec
 from oraclewad.supervisor.status import (
     BACKOFF,
@@ -216,6 +216,37 @@ class Supervisor:
         runner.poke()
         await runner.wait_settled(after)
         return runner.status()
+
+    # ---- swaps -------------------------------------------------------------------------------
+
+    async def stage(self, name: str, spec: ProcessSpec) -> Candidate:
+        """Start `spec` beside the running process of `name` on the same listening socket.
+        SwapAborted (with the reason) when the service is not running or is already swapping."""
+        if spec.name != name:
+            raise ValueError(f"spec {spec.name!r} staged for {name!r}")
+        return await self._runner(name, starting=True).stage(spec)
+
+    async def promote(self, name: str, cand: Candidate) -> None:
+        """The candidate takes over; returns once the old process has stopped (gracefully)."""
+        await self._runner(name).promote(cand)
+
+    async def discard(self, name: str, cand: Candidate) -> None:
+        """Kill a candidate; the running process was never touched."""
+        runner = self._runners.get(name) or self._retiring.get(name)
+        if runner is not None:
+            await runner.discard(cand)
+
+    def admin_path(self, name: str) -> Path | None:
+        """The admin socket of the process serving `name` now (it alternates across swaps)."""
+        runner = self._runners.get(name) or self._retiring.get(name)
+        return runner.admin_path if runner is not None and runner.spec.admin_socket else None
+
+    def spec(self, name: str) -> ProcessSpec:
+        return self._runner(name).spec
+
+    async def wait_changed(self, name: str) -> None:
+        """Until anything about `name` changes (state, a notification, a process exit)."""
+        await self._runner(name).wait_changed()
 
     async def stop_all(self) -> None:
         """Stop every child at once (not remembered as an operator stop); used at shutdown."""

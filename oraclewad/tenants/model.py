@@ -180,7 +180,7 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
     wanted = _services(root.get("services", (str, list), "all"), root)
     release = root.get("release", str)
     if release is not None:
-        release = release.removeprefix("v") or None
+        release = release.strip() or None     # normalised (v2.1.0 == 2.1.0) by oraclewad.releases
 
     services = []
     owners: dict[str, str] = {}

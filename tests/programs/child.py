@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -40,13 +41,36 @@ def out(record: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+# Set on SIGTERM (and before a crash on purpose): the server stops accepting and finishes the
+# connection in hand, so a swap between two of these processes drops no request.
+_stopping = threading.Event()
+_server: threading.Thread | None = None
+
+
 def serve(sock: socket.socket) -> None:
-    while True:
-        conn, _ = sock.accept()
+    # Non-blocking accept after poll: a blocking accept() could not be told to stop, and a
+    # connection the kernel hands over at exit would be reset.
+    sock.setblocking(False)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while not _stopping.is_set():
+        if not poller.poll(20):
+            continue
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:     # the other process of a swap took it
+            continue
+        conn.setblocking(True)
         with conn, conn.makefile("rwb") as f:
             f.readline()
             f.write(f"{os.getpid()}\n".encode())
             f.flush()
+
+
+def drain() -> None:
+    _stopping.set()
+    if _server is not None:
+        _server.join(timeout=2)
 
 
 def spawn_grandchild(ignore_term: bool) -> int:
@@ -82,6 +106,7 @@ def spawn_orphan(lifetime: float) -> int:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--crash-after", type=float, default=None)
+    p.add_argument("--exit-at-start", action="store_true")
     p.add_argument("--exit-code", type=int, default=3)
     p.add_argument("--ignore-term", action="store_true")
     p.add_argument("--spawn-grandchild", action="store_true")
@@ -94,11 +119,14 @@ def main() -> None:
     args = p.parse_args()
 
     status = {"pid": os.getpid()}
+    if args.exit_at_start:
+        sys.exit(args.exit_code)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         def on_term(signum: int, frame: object) -> None:
             notify("STOPPING=1")
+            drain()
             out({"level": "info", "msg": "stopping on SIGTERM"})
             os._exit(0)
         signal.signal(signal.SIGTERM, on_term)
@@ -109,7 +137,9 @@ def main() -> None:
     if os.environ.get("LISTEN_FDNAMES", "").split(":")[0] == "http":
         sock = socket.socket(fileno=3)
         status["ino"] = os.fstat(3).st_ino
-        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+        global _server
+        _server = threading.Thread(target=serve, args=(sock,), daemon=True)
+        _server.start()
 
     if args.log_sample:
         for record in (
@@ -152,8 +182,9 @@ def main() -> None:
     while True:
         now = time.monotonic()
         if crash_at is not None and now >= crash_at:
+            drain()     # not in the middle of an answer: the swap tests count failed requests
             out({"level": "error", "msg": "crashing on purpose"})
-            sys.exit(args.exit_code)
+            os._exit(args.exit_code)
         waits = [3600.0]
         if interval:
             waits.append(interval)

@@ -95,9 +95,34 @@ def test_check_older_and_newer(tmp_path: Path, scratch_db: str) -> None:
         with pytest.raises(SchemaMismatch) as newer:
             migrations.check(conn, ms[:2])
         assert str(newer.value) == (
-            f"database {dbname} is at schema version 3, newer than this release understands (2): "
-            "deploy a newer release or roll back the database")
+            f"database {dbname} is at schema version 3, newer than this release understands (2) and "
+            "not declared backward compatible (0003_c): deploy a newer release")
         migrations.check(conn, ms)
+
+
+def test_a_release_runs_on_newer_migrations_only_when_they_are_declared_compatible(
+        tmp_path: Path, scratch_db: str) -> None:
+    files = {**THREE, "0002_b.sql": "-- adds a table: older releases never look at it\n"
+                                    "-- backward-compatible: yes\n" + THREE["0002_b.sql"]}
+    ms = migrations.discover(write(tmp_path / "m", files))
+    assert [m.backward_compatible for m in ms] == [False, True, False]
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        migrations.apply(conn, ms[:2])
+        migrations.check(conn, ms[:1])      # 0002 is declared compatible: the 0001 release may run
+        assert [(a.version, a.backward_compatible) for a in migrations.applied(conn)] == [(1, False), (2, True)]
+        migrations.apply(conn, ms)
+        with pytest.raises(SchemaMismatch, match=r"not declared backward compatible \(0003_c\)"):
+            migrations.check(conn, ms[:1])
+
+
+def test_atomic_apply_leaves_the_database_untouched_on_failure(tmp_path: Path, scratch_db: str) -> None:
+    ms = migrations.discover(write(tmp_path / "m", {**THREE, "0003_c.sql": "ALTER TABLE nope ADD x int;\n"}))
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        migrations.apply(conn, ms[:1])
+        with pytest.raises(psycopg.Error):
+            migrations.apply(conn, ms, atomic=True)
+        assert migrations.current_version(conn) == 1
+        assert conn.execute("SELECT to_regclass('b')").fetchone() == (None,)
 
 
 def test_failed_migration_keeps_earlier_ones(tmp_path: Path, scratch_db: str) -> None:

@@ -229,32 +229,56 @@ class ReloadResponse(_message.Message):
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., restarted: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("tenant", "version")
+    __slots__ = ("tenant", "version", "all", "canary", "max_parallel", "dry_run", "healthy_deadline_s", "min_healthy_time_s")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEALTHY_TIME_S_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     version: str
-    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    all: bool
+    canary: int
+    max_parallel: int
+    dry_run: bool
+    healthy_deadline_s: float
+    min_healthy_time_s: float
+    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[str] = ..., all: _Optional[bool] = ..., canary: _Optional[int] = ..., max_parallel: _Optional[int] = ..., dry_run: _Optional[bool] = ..., healthy_deadline_s: _Optional[float] = ..., min_healthy_time_s: _Optional[float] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("tenant", "version")
+    __slots__ = ("tenant", "version", "healthy_deadline_s", "min_healthy_time_s")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEALTHY_TIME_S_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     version: str
-    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    healthy_deadline_s: float
+    min_healthy_time_s: float
+    def __init__(self, tenant: _Optional[str] = ..., version: _Optional[str] = ..., healthy_deadline_s: _Optional[float] = ..., min_healthy_time_s: _Optional[float] = ...) -> None: ...
 
-class DeployResponse(_message.Message):
-    __slots__ = ("tenant", "from_version", "to_version", "message")
+class DeployProgress(_message.Message):
+    __slots__ = ("tenant", "service", "phase", "elapsed_s", "health", "message", "from_version", "to_version")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
+    service: str
+    phase: str
+    elapsed_s: float
+    health: str
+    message: str
     from_version: str
     to_version: str
-    message: str
-    def __init__(self, tenant: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., phase: _Optional[str] = ..., elapsed_s: _Optional[float] = ..., health: _Optional[str] = ..., message: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("tenant",)
@@ -263,18 +287,26 @@ class HistoryRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("ts", "action", "from_version", "to_version", "result")
+    __slots__ = ("ts", "action", "from_version", "to_version", "result", "service", "reason", "duration_s", "stable")
     TS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
     ts: float
     action: str
     from_version: str
     to_version: str
     result: str
-    def __init__(self, ts: _Optional[float] = ..., action: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., result: _Optional[str] = ...) -> None: ...
+    service: str
+    reason: str
+    duration_s: float
+    stable: bool
+    def __init__(self, ts: _Optional[float] = ..., action: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., result: _Optional[str] = ..., service: _Optional[str] = ..., reason: _Optional[str] = ..., duration_s: _Optional[float] = ..., stable: _Optional[bool] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("entries",)
@@ -287,10 +319,49 @@ class ListReleasesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Release(_message.Message):
+    __slots__ = ("version", "python", "schema", "tenants", "path")
+    class SchemaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    python: str
+    schema: _containers.ScalarMap[str, int]
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    path: str
+    def __init__(self, version: _Optional[str] = ..., python: _Optional[str] = ..., schema: _Optional[_Mapping[str, int]] = ..., tenants: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ...) -> None: ...
+
+class InstallReleaseRequest(_message.Message):
+    __slots__ = ("path", "version", "find_links", "share_packages")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FIND_LINKS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    version: str
+    find_links: _containers.RepeatedScalarFieldContainer[str]
+    share_packages: bool
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[str] = ..., find_links: _Optional[_Iterable[str]] = ..., share_packages: _Optional[bool] = ...) -> None: ...
+
+class RemoveReleaseRequest(_message.Message):
     __slots__ = ("version",)
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: str
     def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class RemoveReleaseResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class ListReleasesResponse(_message.Message):
     __slots__ = ("releases",)

@@ -99,15 +99,15 @@ class ControlStub:
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.ReloadResponse.FromString,
                 _registered_method=True)
-        self.Deploy = channel.unary_unary(
+        self.Deploy = channel.unary_stream(
                 '/oraclewa.v1.Control/Deploy',
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.DeployRequest.SerializeToString,
-                response_deserializer=oraclewa_dot_v1_dot_control__pb2.DeployResponse.FromString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.DeployProgress.FromString,
                 _registered_method=True)
-        self.Rollback = channel.unary_unary(
+        self.Rollback = channel.unary_stream(
                 '/oraclewa.v1.Control/Rollback',
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
-                response_deserializer=oraclewa_dot_v1_dot_control__pb2.DeployResponse.FromString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.DeployProgress.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/oraclewa.v1.Control/History',
@@ -118,6 +118,16 @@ class ControlStub:
                 '/oraclewa.v1.Control/ListReleases',
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.ListReleasesRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.ListReleasesResponse.FromString,
+                _registered_method=True)
+        self.InstallRelease = channel.unary_unary(
+                '/oraclewa.v1.Control/InstallRelease',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.InstallReleaseRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.Release.FromString,
+                _registered_method=True)
+        self.RemoveRelease = channel.unary_unary(
+                '/oraclewa.v1.Control/RemoveRelease',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.RemoveReleaseRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.RemoveReleaseResponse.FromString,
                 _registered_method=True)
         self.Metrics = channel.unary_unary(
                 '/oraclewa.v1.Control/Metrics',
@@ -232,26 +242,45 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Deploy(self, request, context):
-        """Release swaps arrive with the releases issue: these answer FAILED_PRECONDITION until then.
+        """Health-gated release swap of a tenant (or, with `all`, the fleet), streaming its progress.
+        The new processes start beside the old ones on the same sockets; the old ones stop only once
+        the new ones were ready and healthy for min_healthy_time. A failure reverts automatically and
+        ends the stream with FAILED_PRECONDITION naming the reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deploy back; without a version, to the last stable release before the current one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def History(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A tenant's last 50 swaps, oldest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListReleases(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallRelease(self, request, context):
+        """Builds a release into releases_dir from a wheel or source folder (venv + pip).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveRelease(self, request, context):
+        """Refused while a tenant uses the release.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -354,15 +383,15 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.ReloadRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.ReloadResponse.SerializeToString,
             ),
-            'Deploy': grpc.unary_unary_rpc_method_handler(
+            'Deploy': grpc.unary_stream_rpc_method_handler(
                     servicer.Deploy,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.DeployRequest.FromString,
-                    response_serializer=oraclewa_dot_v1_dot_control__pb2.DeployResponse.SerializeToString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.DeployProgress.SerializeToString,
             ),
-            'Rollback': grpc.unary_unary_rpc_method_handler(
+            'Rollback': grpc.unary_stream_rpc_method_handler(
                     servicer.Rollback,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.RollbackRequest.FromString,
-                    response_serializer=oraclewa_dot_v1_dot_control__pb2.DeployResponse.SerializeToString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.DeployProgress.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
@@ -373,6 +402,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListReleases,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.ListReleasesRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.ListReleasesResponse.SerializeToString,
+            ),
+            'InstallRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallRelease,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.InstallReleaseRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.Release.SerializeToString,
+            ),
+            'RemoveRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveRelease,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.RemoveReleaseRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.RemoveReleaseResponse.SerializeToString,
             ),
             'Metrics': grpc.unary_unary_rpc_method_handler(
                     servicer.Metrics,
@@ -767,12 +806,12 @@ class Control:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/oraclewa.v1.Control/Deploy',
             oraclewa_dot_v1_dot_control__pb2.DeployRequest.SerializeToString,
-            oraclewa_dot_v1_dot_control__pb2.DeployResponse.FromString,
+            oraclewa_dot_v1_dot_control__pb2.DeployProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -794,12 +833,12 @@ class Control:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/oraclewa.v1.Control/Rollback',
             oraclewa_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
-            oraclewa_dot_v1_dot_control__pb2.DeployResponse.FromString,
+            oraclewa_dot_v1_dot_control__pb2.DeployProgress.FromString,
             options,
             channel_credentials,
             insecure,
@@ -854,6 +893,60 @@ class Control:
             '/oraclewa.v1.Control/ListReleases',
             oraclewa_dot_v1_dot_control__pb2.ListReleasesRequest.SerializeToString,
             oraclewa_dot_v1_dot_control__pb2.ListReleasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/InstallRelease',
+            oraclewa_dot_v1_dot_control__pb2.InstallReleaseRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/RemoveRelease',
+            oraclewa_dot_v1_dot_control__pb2.RemoveReleaseRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.RemoveReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

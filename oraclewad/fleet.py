@@ -253,7 +253,9 @@ class Fleet:
         }
         return ProcessSpec(
             name=name, group=tenant.id,
-            argv=(release.python, "-m", f"oraclewad.services.{service}"),
+            # -P: the daemon's working directory (a source checkout, say) must not shadow the
+            # release's own package.
+            argv=(release.python, "-P", "-m", f"oraclewad.services.{service}"),
             env=(("OWA_TENANT", tenant.id), ("OWA_SERVICE", service)),
             listen=(self.settings.bind_host, port), notify=True,
             config=json.dumps(config, sort_keys=True),

@@ -186,8 +186,9 @@ def build_plan(releases_dir: Path, source: Path, version: str, *, find_links: Se
     if share_packages:
         pip += ["--no-build-isolation"]     # setuptools comes from the shared packages
     steps.append(BuildStep("install the package", (*pip, str(source))))
-    steps.append(BuildStep("check it imports", (python, "-c", IMPORT_CHECK)))
-    steps.append(BuildStep("find its migrations", (python, "-c", _PROBE)))
+    # -P: the working directory must not shadow the release's own package.
+    steps.append(BuildStep("check it imports", (python, "-P", "-c", IMPORT_CHECK)))
+    steps.append(BuildStep("find its migrations", (python, "-P", "-c", _PROBE)))
     return target, steps
 
 

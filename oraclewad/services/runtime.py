@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from oraclewad import contract
@@ -336,6 +337,28 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             servers.cancel_scope.cancel()  # the watchdog
     if failure is not None:
         raise failure
+
+
+# How long an idle connection may still send its request once the drain began.
+IDLE_GRACE = 0.5
+
+
+async def _idle_timeout_with_grace(self: TCPServer) -> None:
+    """hypercorn closes idle connections the moment a graceful stop begins, and a connection it has
+    just accepted counts as idle until its request bytes arrive. During a release swap the old and
+    new processes accept from one socket, so that would drop a client who connected a millisecond
+    before the old process stopped accepting. Give idle connections IDLE_GRACE to start a request
+    (it is then served, with Connection: close) before closing them."""
+    with trio.move_on_after(self.config.keep_alive_timeout):
+        await self.context.terminated.wait()
+    if self.context.terminated.is_set():
+        await trio.sleep(IDLE_GRACE)   # a request arriving now cancels this task (idle=False)
+    with trio.CancelScope(shield=True):
+        await self._initiate_server_close()
+
+
+if hasattr(TCPServer, "_idle_timeout") and hasattr(TCPServer, "_initiate_server_close"):
+    TCPServer._idle_timeout = _idle_timeout_with_grace  # type: ignore[method-assign]
 
 
 def _hypercorn_config(bind: str, graceful_timeout: float, umask: int | None = None) -> HypercornConfig:

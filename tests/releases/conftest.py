@@ -1,0 +1,79 @@
+"""Releases built once per session: real environments with this package, plus broken ones."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from oraclewad import releases
+from tests.harness import REPO
+
+COMPATIBLE = "-- adds a table only: older releases never read it\n-- backward-compatible: yes\n"
+
+
+def build(releases_dir: Path, source: Path, version: str) -> releases.Release:
+    """What `oraclectl release install --share-packages` runs, called directly (no daemon needed)."""
+    target, steps = releases.build_plan(releases_dir, source, version, share_packages=True)
+    output = ""
+    for i, step in enumerate(steps):
+        result = subprocess.run(step.argv, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{step.what}: {result.stderr[-2000:]}"
+        if i == 0:
+            releases.share_site_packages(target)
+        output = result.stdout
+    return releases.finish_build(target, version, output, source)
+
+
+def source_copy(root: Path, name: str, extra_migrations: dict[str, str]) -> Path:
+    """This worktree's package sources (not its .venv) with extra recovery migrations."""
+    dest = root / name
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for part in ("oraclewad", "oraclectl"):
+        shutil.copytree(REPO / part, dest / part, ignore=ignore)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, dest / part)
+    for filename, sql in extra_migrations.items():
+        (dest / "oraclewad" / "services" / "recovery" / "migrations" / filename).write_text(sql)
+    return dest
+
+
+def broken(releases_dir: Path, version: str, script: str) -> None:
+    """A release whose interpreter is a wrapper misbehaving around the real one."""
+    directory = releases_dir / version
+    directory.mkdir(parents=True)
+    wrapper = directory / "python"
+    wrapper.write_text(f"#!/bin/sh\n{script.replace('PYTHON', sys.executable)}\n")
+    wrapper.chmod(0o755)
+    bundled = releases.bundled()
+    releases.write_manifest(directory, releases.Release(version, str(wrapper), bundled.schema,
+                                                        bundled.migrations))
+
+
+@pytest.fixture(scope="session")
+def releases_dir() -> Iterator[Path]:
+    """2.0.0 (this code), 3.0.0 (+ a recovery migration declared backward compatible), 4.0.0 (+ one
+    that is not), and three broken releases."""
+    root = Path(tempfile.mkdtemp(prefix="owarel"))
+    out = root / "releases"
+    out.mkdir()
+    sources = {
+        "2.0.0": REPO,
+        "3.0.0": source_copy(root, "src3", {"0002_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n"}),
+        "4.0.0": source_copy(root, "src4", {"0002_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n",
+                                            "0003_rename.sql": "ALTER TABLE notes RENAME COLUMN x TO y;\n"}),
+    }
+    with ThreadPoolExecutor(3) as pool:
+        for future in [pool.submit(build, out, src, v) for v, src in sources.items()]:
+            future.result()
+    broken(out, "exits-at-start", 'echo "this release is broken" >&2; exit 3')
+    broken(out, "never-ready", "unset NOTIFY_SOCKET\nexec PYTHON \"$@\"")
+    broken(out, "crashes-after-3s", "(sleep 3; kill -9 $$) &\nexec PYTHON \"$@\"")
+    yield out
+    shutil.rmtree(root, ignore_errors=True)

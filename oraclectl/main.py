@@ -402,11 +402,12 @@ def cmd_history(ctx: Ctx) -> int:
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(e) for e in response.entries]))
     else:
-        rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.service, e.action, e.from_version,
-                 e.to_version, e.result, f"{e.duration_s:.1f}s", "yes" if e.stable else "no", e.reason or "-")
+        rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.service, e.action,
+                 e.from_version, e.to_version, e.result, f"{e.duration_s:.1f}s", "yes" if e.stable else "no",
+                 e.reason or "-")
                 for e in response.entries]
-        ctx.out(render.table(("WHEN", "SERVICE", "ACTION", "FROM", "TO", "RESULT", "TOOK", "STABLE", "REASON"),
-                             rows) if rows else "no history")
+        heads = ("WHEN", "SERVICE", "ACTION", "FROM", "TO", "RESULT", "TOOK", "STABLE", "REASON")
+        ctx.out(render.table(heads, rows) if rows else "no history")
     return OK
 
 
@@ -791,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  oraclectl reload")
     def gate_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--healthy-deadline", type=float, metavar="S",
-                       help="seconds the new process has to send READY (default: [releases] of the config, 60)")
+                       help="time the new process has to send READY (default: [releases] in the config, 60)")
         p.add_argument("--min-healthy-time", type=float, metavar="S",
                        help="seconds of passing health before the old process stops (default: config, 10)")
 
@@ -802,10 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", metavar="VERSION", help="v2.1.0 and 2.1.0 are the same")
     p.add_argument("--all", action="store_true", help="every tenant: canaries first, then K at a time")
     p.add_argument("--canary", type=int, default=0, metavar="N", help="with --all: N tenants first, alone")
-    p.add_argument("--max-parallel", type=int, default=1, metavar="K", help="with --all: K at a time (default 1)")
+    p.add_argument("--max-parallel", type=int, default=1, metavar="K",
+                   help="with --all: K at a time (default 1)")
     p.add_argument("--dry-run", action="store_true", help="with --all: show the plan, change nothing")
     gate_options(p)
-    p = command(commands, "rollback", "move a tenant back (default: to its last stable release)", cmd_rollback,
+    p = command(commands, "rollback", "move a tenant back (default: to its last stable release)",
+                cmd_rollback,
                 "  oraclectl rollback imperio\n  oraclectl rollback imperio v2.1.0")
     tenant_arg(p)
     p.add_argument("version", nargs="?")
@@ -816,12 +819,15 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "releases", "installed releases and the tenants on each", cmd_releases,
             "  oraclectl releases")
     release = commands.add_parser("release", help="install or remove a release",
-                                  description="Manage installed releases (releases_dir).", formatter_class=fmt,
+                                  description="Manage installed releases (releases_dir).",
+                                  formatter_class=fmt,
                                   epilog="examples:\n  oraclectl release install dist/oraclewa-2.2.0.whl "
-                                         "--version 2.2.0 --find-links wheels/\n  oraclectl release remove 2.1.0")
+                                         "--version 2.2.0 --find-links wheels/\n"
+                                         "  oraclectl release remove 2.1.0")
     rsub = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
     p = command(rsub, "install", "build a release from a wheel or source folder (venv + pip)",
-                cmd_release_install, "  oraclectl release install ./oraclewa-src --version 2.2.0 --share-packages")
+                cmd_release_install,
+                "  oraclectl release install ./oraclewa-src --version 2.2.0 --share-packages")
     p.add_argument("path", help="a wheel (.whl) or a source folder with pyproject.toml")
     p.add_argument("--version", required=True, metavar="V", help="the release's name (v2.2.0 == 2.2.0)")
     p.add_argument("--find-links", action="append", metavar="DIR",

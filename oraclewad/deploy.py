@@ -222,7 +222,8 @@ class Deployer:
                 raise
             moved = await self._swap_services(tenant, target, services, current, gate, report, record)
             report(ProgressView(tenant.id, "", "done", round(trio.current_time() - t0, 3),
-                                message=f"{tenant.id} runs {target.version} ({', '.join(moved) or 'pin only'})",
+                                message=f"{tenant.id} runs {target.version} "
+                                        f"({', '.join(moved) or 'pin only'})",
                                 from_version=current, to_version=target.version))
             return DeployView(tenant.id, current, target.version,
                               f"{', '.join(moved) or 'no running service'} on {target.version} after "
@@ -237,7 +238,8 @@ class Deployer:
                                    message=f"{entry.action} {entry.from_version} -> {entry.to_version}: "
                                            f"{entry.result}{': ' + entry.reason if entry.reason else ''}")
 
-    async def _check_schema(self, tenant: Tenant, target: Release, services: list[str], report: Report) -> None:
+    async def _check_schema(self, tenant: Tenant, target: Release, services: list[str],
+                            report: Report) -> None:
         """Refuse a release that cannot read what the databases hold now."""
         if target.schema is None:
             report(ProgressView(tenant.id, "", "schema", message=f"release {target.version} declares no "
@@ -271,7 +273,8 @@ class Deployer:
             directory = target.migrations.get(svc)
             if directory is None:
                 continue
-            report(ProgressView(tenant.id, svc, "migrating", message=f"applying {target.version}'s migrations"))
+            report(ProgressView(tenant.id, svc, "migrating",
+                                message=f"applying {target.version}'s migrations"))
             try:
                 done = await fleet.provisioner.migrate(tenant.id, svc, directory)
             except OracleError as e:
@@ -306,8 +309,8 @@ class Deployer:
             for o in outcomes:
                 report(ProgressView(tenant.id, o.plan.service, "reverted", message=reasons[o.plan.service]))
             record("reverted", reasons)
-            raise FailedPrecondition(f"{tenant.id}: {first.plan.service} on {target.version}: {first.reason}; "
-                                     f"auto-reverted, still on {current}")
+            raise FailedPrecondition(f"{tenant.id}: {first.plan.service} on {target.version}: "
+                                     f"{first.reason}; auto-reverted, still on {current}")
         async with fleet._lock:
             if fleet.tenants.get(tenant.id) != tenant:
                 await swapper.finish(outcomes, cands, promote=False)
@@ -354,7 +357,8 @@ class Deployer:
         waves = batches(todo, canary, max_parallel or 1)
         for i, wave in enumerate(waves):
             kind = "canary" if i == 0 and canary else f"batch {i + (0 if canary else 1)}"
-            report(ProgressView("", "", "plan", message=f"{kind}: {', '.join(wave)}", to_version=target.version))
+            report(ProgressView("", "", "plan", message=f"{kind}: {', '.join(wave)}",
+                                to_version=target.version))
         if dry_run:
             return DeployView("", "", target.version, f"dry run: {len(todo)} tenant(s) would move to "
                               f"{target.version} in {len(waves)} step(s); nothing changed")

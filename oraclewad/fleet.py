@@ -754,14 +754,16 @@ class Fleet:
 
     async def install_release(self, path: str, version: str, *, find_links: Sequence[str],
                               share_packages: bool) -> ReleaseView:
-        return await self.deployer.install(path, version, find_links=find_links, share_packages=share_packages)
+        return await self.deployer.install(path, version, find_links=find_links,
+                                           share_packages=share_packages)
 
     async def remove_release(self, version: str) -> str:
         return await self.deployer.remove(version)
 
     async def deploy(self, tenant_id: str, version: str, *, rollback: bool, options: SwapOptions,
                      report: Callable[[ProgressView], object]) -> DeployView:
-        return await self.deployer.deploy(tenant_id, version, rollback=rollback, options=options, report=report)
+        return await self.deployer.deploy(tenant_id, version, rollback=rollback, options=options,
+                                          report=report)
 
     async def deploy_all(self, version: str, *, canary: int, max_parallel: int, dry_run: bool,
                          options: SwapOptions, report: Callable[[ProgressView], object]) -> DeployView:

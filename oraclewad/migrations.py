@@ -126,7 +126,8 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
 
 def _has_flag(conn: psycopg.Connection) -> bool:
     row = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' "
-                       "AND column_name = 'backward_compatible' AND table_schema = current_schema()").fetchone()
+                       "AND column_name = 'backward_compatible' "
+                       "AND table_schema = current_schema()").fetchone()
     return row is not None
 
 
@@ -136,7 +137,8 @@ def applied(conn: psycopg.Connection) -> list[Applied]:
         if not _table_exists(conn):
             return []
         flag = "backward_compatible" if _has_flag(conn) else "false"
-        rows = conn.execute(f"SELECT version, name, {flag} FROM schema_migrations ORDER BY version").fetchall()
+        query = f"SELECT version, name, {flag} FROM schema_migrations ORDER BY version"
+        rows = conn.execute(query).fetchall()
         return [Applied(int(v), str(n), bool(c)) for v, n, c in rows]
 
 

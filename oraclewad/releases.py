@@ -143,7 +143,8 @@ for svc in ("recovery", "broadcast"):
     out["migrations"][svc] = d
 print(json.dumps(out))
 """
-IMPORT_CHECK = "import oraclewad.services.recovery.app, oraclewad.services.broadcast.app, oraclewad.migrations"
+IMPORT_CHECK = ("import oraclewad.services.recovery.app, oraclewad.services.broadcast.app, "
+                "oraclewad.migrations")
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ class Swapper:
         self.report(Progress(self.tenant, plan.service, phase, round(elapsed, 3), health, message,
                              plan.from_version, plan.to_version))
 
-    async def stage_and_gate(self, plans: Sequence[Plan], gate: Gate) -> tuple[list[Outcome], list[Candidate]]:
+    async def stage_and_gate(self, plans: Sequence[Plan],
+                             gate: Gate) -> tuple[list[Outcome], list[Candidate]]:
         """Start and gate every plan at once; the first failure cancels the others' waits."""
         outcomes = [Outcome(p, started=trio.current_time()) for p in plans]
         cands: list[Candidate | None] = [None] * len(plans)
@@ -101,7 +102,8 @@ class Swapper:
             if cand.child.exited.is_set():
                 return f"the new process exited before it was ready ({cand.exit})" + _said(cand)
             if now >= ready_by:
-                return f"not ready within healthy_deadline {gate.healthy_deadline:g} s (no READY=1)" + _said(cand)
+                return (f"not ready within healthy_deadline {gate.healthy_deadline:g} s (no READY=1)"
+                        + _said(cand))
             if now >= next_report:
                 self._say(plan, "starting", now - start)
                 next_report = now + REPORT_EVERY

@@ -5,4 +5,5 @@ from oraclewad.supervisor.spec import ProcessSpec
 from oraclewad.supervisor.status import Changes, ServiceEvent, ServiceStatus
 from oraclewad.supervisor.supervisor import Supervisor
 
-__all__ = ["Candidate", "Changes", "ProcessSpec", "ServiceEvent", "ServiceStatus", "Supervisor", "SwapAborted"]
+__all__ = ["Candidate", "Changes", "ProcessSpec", "ServiceEvent", "ServiceStatus", "Supervisor",
+           "SwapAborted"]

@@ -710,7 +710,8 @@ class Runner:
         with trio.move_on_after(grace):
             await child.exited.wait()
         if not child.exited.is_set():
-            log.warning("%s: old pid %d still running %g s after SIGTERM: killed", self.name, child.pid, grace)
+            log.warning("%s: old pid %d still running %g s after SIGTERM: killed", self.name, child.pid,
+                        grace)
             child.signal_group(signal.SIGKILL)
             await child.exited.wait()
         with trio.move_on_after(OUTPUT_DRAIN):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Daemon, alive, running_daemon, unique_id, wait_for, write_tenant
+from tests.harness import REPO, Daemon, alive, running_daemon, unique_id, wait_for, write_tenant
 
 GATE = '[releases]\nhealthy_deadline = 4\nmin_healthy_time = 1\n'
 
@@ -116,14 +116,20 @@ def test_roll_to_a_second_release_and_back_while_requests_flow(daemon: Daemon) -
     assert tid in releases["bundled"]["tenants"] and tid not in releases["2.0.0"].get("tenants", [])
 
 
+@pytest.fixture(scope="module")
+def steady(daemon: Daemon) -> str:
+    """A tenant the broken releases are thrown at (each leaves it as it was)."""
+    return add_tenant(daemon)
+
+
 @pytest.mark.parametrize(("version", "why"), [
     ("exits-at-start", "exited before it was ready"),
     ("never-ready", "not ready within healthy_deadline 4 s"),
     ("crashes-after-3s", "after READY, within min_healthy_time 5 s"),
 ])
 def test_a_broken_release_is_reverted_and_the_old_processes_keep_serving(
-        daemon: Daemon, version: str, why: str) -> None:
-    tid = add_tenant(daemon)
+        daemon: Daemon, steady: str, version: str, why: str) -> None:
+    tid = steady
     before = by_service(daemon, tid)
     with Load(before["recovery"]["port"]) as load:
         result = daemon.ctl("deploy", tid, version, "--min-healthy-time", "5", check=False)
@@ -137,8 +143,9 @@ def test_a_broken_release_is_reverted_and_the_old_processes_keep_serving(
     assert pinned(daemon, tid) is None
     # A new process shares the socket while it is gated, so it may have answered some; none failed.
     assert load.failures == [] and load.answers["bundled"] > 0
-    entries = history(daemon, tid)
-    assert {e["result"] for e in entries} == {"reverted"} and len(entries) == 2
+    entries = history(daemon, tid)[-2:]
+    assert [(e["service"], e["to_version"], e["result"]) for e in entries] == [
+        ("recovery", version, "reverted"), ("broadcast", version, "reverted")]
     assert any(why in e["reason"] for e in entries)
 
 
@@ -191,3 +198,23 @@ def test_history_survives_a_daemon_restart_and_a_release_in_use_is_not_removed(d
     assert {s["release"] for s in status(daemon, tid)} == {"2.0.0"}     # the pin holds
     text = daemon.ctl("history", tid).stdout
     assert "exited before it was ready" in text and "2.0.0" in text
+
+
+def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) -> None:
+    bad = daemon.ctl("release", "install", str(daemon.root), "--version", "9.0.0", check=False)
+    assert bad.returncode == 1 and "neither a wheel (.whl) nor a source folder" in bad.stderr
+    bad = daemon.ctl("release", "install", str(REPO), "--version", "../x", check=False)
+    assert bad.returncode == 1 and "is not a release version" in bad.stderr
+
+    out = daemon.ctl("release", "install", str(REPO), "--version", "v9.0.0", "--share-packages",
+                     timeout=300).stdout
+    assert "installed release 9.0.0" in out and "recovery 1-1" in out
+    listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
+    assert listed["9.0.0"]["schema"] == {"recovery": 1, "broadcast": 1}
+    assert Path(listed["9.0.0"]["python"]).exists()
+    again = daemon.ctl("release", "install", str(REPO), "--version", "9.0.0", check=False)
+    assert again.returncode == 1 and "already installed" in again.stderr
+
+    assert "removed release 9.0.0" in daemon.ctl("release", "remove", "9.0.0").stdout
+    assert "9.0.0" not in {r["version"] for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
+    assert not Path(listed["9.0.0"]["path"]).exists()

@@ -44,7 +44,7 @@ def source_copy(root: Path, name: str, extra_migrations: dict[str, str]) -> Path
     return dest
 
 
-def broken(releases_dir: Path, version: str, script: str) -> None:
+def broken(releases_dir: Path, version: str, script: str, migrations: dict[str, Path] | None = None) -> None:
     """A release whose interpreter is a wrapper misbehaving around the real one."""
     directory = releases_dir / version
     directory.mkdir(parents=True)
@@ -52,8 +52,17 @@ def broken(releases_dir: Path, version: str, script: str) -> None:
     wrapper.write_text(f"#!/bin/sh\n{script.replace('PYTHON', sys.executable)}\n")
     wrapper.chmod(0o755)
     bundled = releases.bundled()
-    releases.write_manifest(directory, releases.Release(version, str(wrapper), bundled.schema,
-                                                        bundled.migrations))
+    dirs = {**bundled.migrations, **(migrations or {})}
+    schema = {s: releases.schema_of(d) for s, d in dirs.items()}
+    releases.write_manifest(directory, releases.Release(version, str(wrapper), schema, dirs))
+
+
+def failing_migrations(root: Path) -> Path:
+    """recovery's migrations plus a 0002 that adds a table and then fails."""
+    d = root / "bad-migrations"
+    shutil.copytree(releases.bundled().migrations["recovery"], d)
+    (d / "0002_half_done.sql").write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
+    return d
 
 
 @pytest.fixture(scope="session")
@@ -75,5 +84,6 @@ def releases_dir() -> Iterator[Path]:
     broken(out, "exits-at-start", 'echo "this release is broken" >&2; exit 3')
     broken(out, "never-ready", "unset NOTIFY_SOCKET\nexec PYTHON \"$@\"")
     broken(out, "crashes-after-3s", "(sleep 3; kill -9 $$) &\nexec PYTHON \"$@\"")
+    broken(out, "bad-migration", 'exec PYTHON "$@"', {"recovery": failing_migrations(root)})
     yield out
     shutil.rmtree(root, ignore_errors=True)

@@ -218,3 +218,17 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
     assert "removed release 9.0.0" in daemon.ctl("release", "remove", "9.0.0").stdout
     assert "9.0.0" not in {r["version"] for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
     assert not Path(listed["9.0.0"]["path"]).exists()
+
+
+def test_a_failing_migration_reverts_with_the_database_untouched(daemon: Daemon, steady: str) -> None:
+    before = by_service(daemon, steady)
+    result = daemon.ctl("deploy", steady, "bad-migration", check=False)
+    assert result.returncode == 1
+    assert "recovery: migration failed, database unchanged" in result.stderr
+    assert "no_such_function" in result.stderr
+    assert "still on bundled" in result.stderr
+    after = by_service(daemon, steady)
+    assert {s: v["pid"] for s, v in after.items()} == {s: v["pid"] for s, v in before.items()}
+    health = daemon.ctl_json("health", steady)
+    assert all(h["status"] == "ok" for h in health)     # schema check: still exactly 0001, no half_done
+    assert history(daemon, steady)[-1]["result"] == "reverted"

@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=10, help="swaps per min_healthy_time (default 10)")
     parser.add_argument("--clients", type=int, default=4, help="request threads (default 4)")
     parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
+    parser.add_argument("--verbose", action="store_true", help="print each deploy's progress lines")
     args = parser.parse_args()
     backend = args.backend
     if backend == "auto":
@@ -98,8 +99,10 @@ def main() -> None:
                 before = {r["service"]: r["pid"] for r in rows_now}
                 target = "bundled" if rows_now[0]["release"] == "2.0.0" else "2.0.0"
                 t0 = time.monotonic()
-                daemon.ctl("deploy", tid, target, "--min-healthy-time", f"{mht:g}", timeout=300)
+                out = daemon.ctl("deploy", tid, target, "--min-healthy-time", f"{mht:g}", timeout=300).stdout
                 took = time.monotonic() - t0
+                if args.verbose:
+                    b.log("deploy progress:\n" + out)
                 gone = [pid for pid in before.values() if b.alive(pid)]
                 if gone:
                     raise RuntimeError(f"old processes {gone} still alive after the deploy returned")

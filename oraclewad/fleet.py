@@ -54,6 +54,7 @@ from oraclewad.operations import (
     TenantView,
 )
 from oraclewad.provision import Provisioner
+from oraclewad.provision.webhook_secrets import WebhookSecrets
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
@@ -109,6 +110,7 @@ class Fleet:
         self.provisioning: dict[str, _Provisioning] = {}
         self.provisioning_failures = 0      # attempts that failed or found a server unavailable
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
+        self.webhook_secrets = WebhookSecrets(settings.secrets_dir)
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
 
@@ -240,7 +242,7 @@ class Fleet:
             "tenant": tenant.id, "service": service, "display_name": tenant.name,
             "release": release.version,
             "http": {"host": self.settings.bind_host, "port": port},
-            "webhook_secret": self._webhook_secret(tenant.id),
+            **self.webhook_secrets.get(tenant.id).child_config(time.time()),
             "evolution": {"url": tenant.evolution.url, "api_key": self._evolution_key(tenant),
                           "api_version": tenant.evolution.api_version,
                           # Where this service's instances post their events, and the key that
@@ -248,7 +250,7 @@ class Fleet:
                           "webhook_url": f"{self.settings.public_url}:{port}/webhooks/evolution",
                           "webhook_jwt_key": self._evolution_webhook_key(tenant.id, service)},
             "instances": list(svc.instances),
-            "antiban": tenant.antiban, "templates": tenant.templates,
+            "antiban": tenant.antiban, "templates": tenant.templates, "recovery": tenant.recovery,
             **self.provisioner.child_config_fragment(tenant.id, service),
         }
         return ProcessSpec(
@@ -267,15 +269,6 @@ class Fleet:
 
     def _secret_path(self, tenant_id: str, kind: str) -> Path:
         return self.settings.secrets_dir / f"{id_key(tenant_id)}.{kind}"
-
-    def _webhook_secret(self, tenant_id: str) -> str:
-        path = self._secret_path(tenant_id, "webhook.key")
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            value = secrets.token_urlsafe(32)
-            write_atomic(path, value.encode() + b"\n", 0o600)
-            return value
 
     def _evolution_webhook_key(self, tenant_id: str, service: str) -> str:
         path = self._secret_path(tenant_id, f"{service}.evolution-webhook.key")

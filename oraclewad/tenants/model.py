@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oraclewad import recovery_plan
 from oraclewad.errors import Problem
 from oraclewad.settings import Policy
 from oraclewad.tenants.ids import SERVICES, id_problem
@@ -56,6 +57,7 @@ class Tenant:
     templates_json: str = "{}"
     # [metrics] token_file: a bearer token guarding /tenants/<id>/metrics (None: open, like /metrics)
     metrics_token_file: Path | None = field(default=None, compare=False)
+    recovery_json: str = "{}"  # the normalised [recovery] plan (steps, templates, window...)
     source: Path = field(default=Path(), compare=False)
 
     def service(self, name: str) -> ServiceConfig | None:
@@ -71,6 +73,10 @@ class Tenant:
     @property
     def templates(self) -> dict[str, Any]:
         return json.loads(self.templates_json)
+
+    @property
+    def recovery(self) -> dict[str, Any]:
+        return json.loads(self.recovery_json)
 
 
 def _services(value: Any, reader: TableReader) -> tuple[str, ...]:
@@ -110,7 +116,7 @@ def string_problems(doc: dict[str, Any], source: str) -> list[Problem]:
     stack: list[tuple[str, Any]] = [(k, v) for k, v in doc.items()]
     while stack and len(found) < 10:
         key, value = stack.pop()
-        in_templates = key == "templates" or key.startswith("templates.")
+        in_templates = key == "templates" or key.startswith("templates.") or ".templates" in key
         if isinstance(value, dict):
             stack.extend((f"{key}.{k}", v) for k, v in value.items())
             if len(value) > MAX_LIST:
@@ -157,6 +163,16 @@ def _instances(sub: TableReader, service: str, owners: dict[str, str]) -> tuple[
     return tuple(result)
 
 
+def _recovery_plan(reader: TableReader) -> dict[str, Any]:
+    # The plan's own checks live in a leaf module the service shares (templates, spintax, steps).
+    # Unknown keys are left to check_keys (schema.py), which reports them for every table alike.
+    plan, problems = recovery_plan.parse(reader.table, prefix=reader.prefix,
+                                         ignore=frozenset(reader.table) - recovery_plan.KEYS)
+    for key, message in problems:
+        reader.problems.append(Problem(reader.source, key, message))
+    return plan
+
+
 def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
                  problems: list[Problem]) -> Tenant | None:
     """Validate one tenant document; None (with problems appended) when it is unusable."""
@@ -184,11 +200,14 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
 
     services = []
     owners: dict[str, str] = {}
+    plan: dict[str, Any] = {}
     for svc in SERVICES:
         sub = root.sub(svc)
         port = sub.get("port", int, check=port_number)
         instances = _instances(sub, svc, owners)
         svc_policy = policy.overridden(sub.sub("policy"))
+        if svc == "recovery":
+            plan = _recovery_plan(sub)
         if svc in wanted:
             services.append(ServiceConfig(svc, port, svc_policy, instances))
 
@@ -223,6 +242,7 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
         return None
     return Tenant(id=tenant_id, name=name, services=tuple(services), release=release,
                   evolution=evolution, antiban_json=json.dumps(antiban, sort_keys=True),
-                  templates_json=json.dumps(templates, sort_keys=True), source=source,
+                  templates_json=json.dumps(templates, sort_keys=True),
+                  recovery_json=json.dumps(plan, sort_keys=True), source=source,
                   metrics_token_file=None if token_file is None
                   else source.parent / Path(token_file).expanduser())

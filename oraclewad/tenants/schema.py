@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from oraclewad import recovery_plan
 from oraclewad.settings import Policy
 from oraclewad.tomlcheck import KEY, NAMES, Schema
 
@@ -26,7 +27,9 @@ TENANT: Schema = {
     "name": KEY,
     "services": KEY,
     "release": KEY,
-    "recovery": SERVICE,
+    # The recovery plan's own keys: oraclewad/recovery_plan.py validates their values.
+    "recovery": {**SERVICE, **dict.fromkeys(sorted(recovery_plan.KEYS), KEY),
+                 "thank_you": {"templates": KEY}},
     "broadcast": SERVICE,
     "evolution": {
         "url": KEY,

@@ -1,16 +1,192 @@
-"""The recovery service's public HTTP app. Until the recovery issue lands it only describes itself."""
+"""The recovery service's public HTTP app: order webhooks in, WhatsApp messages out.
+
+POST /webhooks/orders      the shop's order.expired / order.paid (shopauth.py says who may post)
+POST /webhooks/evolution   Evolution's events for this service's instances (evolution_events.py)
+GET  /                     what this service is
+Admin socket: GET /recovery/report?since=<seconds>  (oraclectl recovery, through the daemon)
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
+import trio
+from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from oraclewad import recovery_plan
+from oraclewad.services.recovery import payload, store
+from oraclewad.services.recovery.metrics import RecoveryMetrics
+from oraclewad.services.recovery.shopauth import Secret, ShopAuth, Unauthorized
 from oraclewad.services.runtime import ServiceContext
-from oraclewad.services.web import describing_app
+from oraclewad.services.web import json_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+BODY_LIMIT = 1024 * 1024
+DB_WAIT = 2.0      # seconds to wait for a pooled connection before answering 503
+RETRY_AFTER = "5"  # seconds; the shop's retry, not ours
 
 
-def build_app(ctx: ServiceContext) -> Starlette:
-    return describing_app(ctx, "order webhooks (order expired, order paid) arrive with the recovery issue")
+class RecoveryService:
+    """Everything one recovery process holds: config, clock, store access, metrics, sender."""
+
+    def __init__(self, ctx: ServiceContext, *, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        plan, problems = recovery_plan.parse(dict(ctx.config.get("recovery") or {}))
+        if problems:
+            # The daemon validated the tenant file; a hand-written standalone config may still be wrong.
+            raise ValueError("recovery: " + "; ".join(f"{k}: {m}" for k, m in problems))
+        self.plan = store.Plan.from_raw(plan)
+        self.auth = ShopAuth(_secrets(ctx.config), _tokens(ctx.config),
+                             static_enabled=plan["static_token"], clock=clock)
+        self.metrics = RecoveryMetrics(ctx.metrics)
+        self.log = ctx.log("webhook")
+        self.errors = ctx.log("error")
+        self.wake = trio.Event()  # set after an ingest that created a message due now
+        self._db_limiter = ctx.limiter
+
+    async def db(self, fn: Callable[..., Any], *args: Any, wait: float = DB_WAIT) -> Any:
+        pool = self.ctx.pg
+        if pool is None:
+            raise RuntimeError("recovery needs postgres in its config")
+
+        def call() -> Any:
+            with pool.connection(timeout=wait) as conn:
+                return fn(conn, *args)
+
+        return await trio.to_thread.run_sync(call, limiter=self._db_limiter)
+
+    async def orders_webhook(self, request: Request) -> Response:
+        event = "unknown"
+        try:
+            body = await _read_body(request)
+        except _TooLarge:
+            self.metrics.webhook(event, "too_large")
+            return _error(413, "body", f"the body is larger than {BODY_LIMIT} bytes")
+        try:
+            verified = self.auth.verify(request.headers, body)
+        except Unauthorized as exc:
+            self.metrics.webhook(event, "unauthorized")
+            self.log.warning("webhook refused", extra={"reason": str(exc), "client": _client(request)})
+            return JSONResponse({"error": "unauthorized", "detail": str(exc)}, status_code=401)
+        try:
+            ev = payload.parse(body, self.plan.raw["time_zone"])
+        except payload.InvalidPayload as exc:
+            self.metrics.webhook(event, "invalid")
+            self.log.warning("webhook invalid", extra={"field": exc.field, "reason": exc.message})
+            return _error(422, exc.field, exc.message)
+        event = ev.kind
+        try:
+            result = await self.db(store.ingest, ev, verified.delivery_id, verified.scheme, self.plan,
+                                   self.clock())
+        except (psycopg.Error, PoolTimeout) as exc:
+            self.metrics.webhook(event, "unavailable")
+            self.errors.error("webhook not stored: database unavailable",
+                              extra={"event": event, "error": type(exc).__name__})
+            return JSONResponse({"error": "unavailable",
+                                 "detail": "the database is unavailable; retry later"},
+                                status_code=503, headers={"Retry-After": RETRY_AFTER})
+        if result.duplicate:
+            self.metrics.webhook(event, "duplicate")
+            return JSONResponse({"status": "duplicate", "order_id": ev.order_id})
+        self.metrics.webhook(event, "accepted")
+        if result.recovered:
+            self.metrics.recovered(float(ev.total))
+        self.log.info("webhook accepted", extra={"event": event, "event_id": result.event_id,
+                                                 "scheme": verified.scheme, "messages": result.messages,
+                                                 "cancelled": result.cancelled})
+        if ev.kind == "order_paid":
+            self.wake.set()
+        return JSONResponse({"status": "accepted", "order_id": ev.order_id, "event_id": result.event_id},
+                            status_code=202)
+
+    async def report(self, request: Request) -> Response:
+        raw = request.query_params.get("since", str(7 * 86400))
+        try:
+            since = float(raw)
+            if not 0 < since < 10 * 365 * 86400:
+                raise ValueError
+        except ValueError:
+            return _error(400, "since", "must be a number of seconds between 1 and ten years")
+        try:
+            body = await self.db(store.report, self.clock() - since)
+        except (psycopg.Error, PoolTimeout):
+            return JSONResponse({"error": "unavailable", "detail": "the database is unavailable"},
+                                status_code=503, headers={"Retry-After": RETRY_AFTER})
+        body.update({"tenant": self.ctx.tenant, "since_s": since})
+        return JSONResponse(body)
+
+    def index(self, request: Request) -> Response:
+        return JSONResponse({
+            "service": "recovery", "tenant": self.ctx.tenant, "display_name": self.ctx.display_name,
+            "release": self.ctx.release, "status": "ready",
+            "note": "recovery: order webhooks from the shop become WhatsApp reminders and thank-yous",
+            "endpoints": [{"method": "POST", "path": "/webhooks/orders",
+                           "description": "order.expired / order.paid from the shop (signed)"},
+                          {"method": "POST", "path": "/webhooks/evolution",
+                           "description": "Evolution events for this service's instances"}],
+        })
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > BODY_LIMIT:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > BODY_LIMIT:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": "invalid" if status == 422 else "bad request", "field": field,
+                         "detail": f"{field}: {message}"}, status_code=status)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _secrets(config: Any) -> list[Secret]:
+    listed = config.get("webhook_secrets")
+    if isinstance(listed, list):
+        out = [Secret(str(s["secret"]), float(s["until"]) if s.get("until") is not None else None)
+               for s in listed if isinstance(s, dict) and s.get("secret")]
+        if out:
+            return out
+    current = config.get("webhook_secret")
+    return [Secret(current, None)] if isinstance(current, str) and current else []
+
+
+def _tokens(config: Any) -> list[Secret]:
+    out = [Secret(config["webhook_token"], None)] if isinstance(config.get("webhook_token"), str) else []
+    for item in config.get("webhook_tokens_previous") or []:
+        if isinstance(item, dict) and item.get("token") and item.get("until") is not None:
+            out.append(Secret(str(item["token"]), float(item["until"])))
+    return out
+
+
+def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) -> Starlette:
+    service = RecoveryService(ctx, clock=clock)
+    app = Starlette(routes=[
+        Route("/", service.index, methods=["GET"]),
+        Route("/webhooks/orders", service.orders_webhook, methods=["POST"]),
+    ], exception_handlers=json_error_handlers())
+    app.state.recovery = service
+    return app

@@ -1,0 +1,57 @@
+"""Phone numbers as WhatsApp knows them: E.164 digits without '+', parsed by `phonenumbers`.
+
+Brazilian mobiles got a ninth digit in 2012-2016; shops and old WhatsApp accounts still show
+the 8-digit form (`55 11 8765-4321`), so a 10-digit national mobile number gets its 9 back
+before validation. The same function keys the suppression list, so an opt-out that arrives
+as a JID without the 9 matches the order's number with it.
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+
+DEFAULT_REGION = "BR"
+
+
+def normalise(raw: str, region: str = DEFAULT_REGION) -> str | None:
+    """'5511987654321' for any way of writing a valid number, None for an impossible one."""
+    text = raw.strip()
+    if not text or len(text) > 40:
+        return None
+    if "@" in text:  # a JID: 5511987654321@s.whatsapp.net (participant suffixes ':12' too)
+        text = text.split("@", 1)[0].split(":", 1)[0]
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not digits:
+        return None
+    # Bare digits that already start with the country code (as Evolution and many shops write them).
+    candidates = [text]
+    if not text.startswith("+") and digits.startswith("55") and len(digits) in (12, 13):
+        candidates.insert(0, "+" + digits)
+    for candidate in candidates:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        number = _ninth_digit(number)
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+    return None
+
+
+def _ninth_digit(number: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber:
+    national = str(number.national_number)
+    if number.country_code == 55 and len(national) == 10 and national[2] in "6789":
+        fixed = phonenumbers.PhoneNumber(country_code=55,
+                                         national_number=int(national[:2] + "9" + national[2:]))
+        if phonenumbers.is_valid_number(fixed):
+            return fixed
+    return number
+
+
+def jid_phone(remote_jid: str | None, alt: str | None = None) -> str | None:
+    """The phone behind a message key: the @s.whatsapp.net JID, wherever it is (LID addressing puts
+    `<id>@lid` in remoteJid and the phone JID in remoteJidAlt). Groups and LIDs alone give None."""
+    for jid in (remote_jid, alt):
+        if isinstance(jid, str) and jid.endswith("@s.whatsapp.net"):
+            return normalise(jid)
+    return None

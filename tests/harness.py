@@ -240,10 +240,13 @@ def drop_external(tenant_ids: list[str]) -> None:
     """Remove what tests provisioned on the machine's servers (embedded ones vanish with tmp)."""
     from psycopg import sql
 
-    names = [f"{t.lower().replace('-', '_')}_{s}" for t in tenant_ids for s in ("recovery", "broadcast")]
+    names = [f"{t.lower().replace('-', '_')}_{s}" for t in tenant_ids
+             for s in ("recovery", "broadcast", "shared")]
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        # Databases first: the shared one holds grants to the service roles.
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in names:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
     r = redis.Redis(host="127.0.0.1", port=6379)
     for name in names:

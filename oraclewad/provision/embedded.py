@@ -131,9 +131,12 @@ class EmbeddedPostgres:
         hba = (
             "# Managed by oraclewad and rewritten at every start; edits are lost.\n"
             "# The daemon's OS user is the superuser (peer auth over the unix socket). Every other\n"
-            "# role needs its password and may only open the database of the same name.\n"
+            "# role needs its password and may only open the database of the same name (and its\n"
+            "# tenant's shared database).\n"
             f"{admin_line}\n"
             "local   sameuser   all        scram-sha-256\n"
+            "# A tenant's shared database (<tenant>_shared): CONNECT is granted to its two roles only.\n"
+            "local   /^[a-z0-9_]+_shared$   all   scram-sha-256\n"
         )
         header = "# Managed by oraclewad.\n# MAPNAME   SYSTEM-USERNAME   PG-USERNAME\n"
         return {"pg_hba.conf": hba, "pg_ident.conf": header + ident}

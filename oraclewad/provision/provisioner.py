@@ -30,6 +30,7 @@ from psycopg import sql
 
 from oraclewad import migrations
 from oraclewad.errors import FailedPrecondition, NotFound, Unavailable
+from oraclewad.provision import shared
 from oraclewad.provision.names import (
     SERVICE_RE,
     key_prefix,
@@ -144,6 +145,9 @@ class Provisioner:
                 log.info("provisioned %s/%s: database %s, Redis user %s, prefix %s%s", tenant_id, svc,
                          s.database, s.redis_username, s.key_prefix,
                          f", applied migrations {applied[svc]}" if applied[svc] else "")
+            if services:
+                with self._pg_errors(f"set up {shared.database(tenant_id)}"):
+                    await self._run(shared.setup, self._admin, tenant_id, [creds[s].role for s in services])
             return applied
 
     async def migrate(self, tenant_id: str, service: str, migrations_dir: Path) -> list[int]:
@@ -202,6 +206,13 @@ class Provisioner:
             chosen = asked if asked is not None else sorted(
                 {svc for svc in stored if SERVICE_RE.fullmatch(svc)} | set(self.known_services))
             lines: list[str] = []
+            # The shared database holds grants to the roles: it goes first (or loses their grants).
+            with self._pg_errors(f"remove {shared.database(tenant_id)}"):
+                if not set(self._parse(tenant_id, stored)) - set(chosen):
+                    lines += await self._run(shared.purge, self._admin, tenant_id)
+                else:
+                    for svc in chosen:
+                        await self._run(shared.revoke, self._admin, tenant_id, resource_name(tenant_id, svc))
             for svc in chosen:
                 lines += await self._run(self._redis_purge, resource_name(tenant_id, svc),
                                          key_prefix(tenant_id, svc))
@@ -269,7 +280,9 @@ class Provisioner:
         for key, value in (("ca_file", rp.ca_file), ("cert_file", rp.cert_file), ("key_file", rp.key_file)):
             if value is not None:
                 redis_block[key] = str(value)
-        return {"postgres": {"dsn": dsn}, "redis": redis_block}
+        shared_dsn = psycopg.conninfo.make_conninfo(**params, user=s.role, password=s.password,
+                                                    dbname=shared.database(tenant_id))
+        return {"postgres": {"dsn": dsn}, "redis": redis_block, "shared": {"dsn": shared_dsn}}
 
     # ---------------------------------------------------------------- helpers
 

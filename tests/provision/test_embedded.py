@@ -51,7 +51,8 @@ async def test_open_servers_embedded_lifecycle(state_base: Path) -> None:
             assert conn.execute("SHOW unix_socket_permissions").fetchone() == ("0700",)
             rules = conn.execute("SELECT database, user_name, auth_method FROM pg_hba_file_rules "
                                  "ORDER BY line_number").fetchall()
-        assert rules == [(["all"], ["postgres"], "peer"), (["sameuser"], ["all"], "scram-sha-256")]
+        assert rules == [(["all"], ["postgres"], "peer"), (["sameuser"], ["all"], "scram-sha-256"),
+                     (["/^[a-z0-9_]+_shared$"], ["all"], "scram-sha-256")]
         # Redis: unix socket in a private dir, default user off, admin password in a 0600 file.
         assert servers.redis.url == f"unix://{state / 'redis' / 'redis.sock'}"
         assert mode(state / "redis") == 0o700 and mode(state / "secrets") == 0o700

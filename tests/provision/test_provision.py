@@ -328,7 +328,7 @@ async def test_child_config_fragment(backend: Backend, prov: Provisioner, tenant
         prov.child_config_fragment(tid, "recovery")
     await prov.provision(tid, ["recovery"], migration_dirs)
     frag = prov.child_config_fragment(tid, "recovery")
-    assert set(frag) == {"postgres", "redis"}
+    assert set(frag) == {"postgres", "redis", "shared"}
     r = frag["redis"]
     assert r["prefix"] == f"{tid.lower().replace('-', '_')}:recovery:"
     assert r["username"] == f"{tid.lower().replace('-', '_')}_recovery"

@@ -166,7 +166,7 @@ def set_status(conn: psycopg.Connection, message_id: int, status: str, reason: s
 
 
 def postpone(conn: psycopg.Connection, message_id: int, until: float, reason: str | None, now: float,
-             *, from_status: str = "pending") -> None:
+             from_status: str = "pending") -> None:
     conn.execute("UPDATE outbound_messages SET status = 'pending', send_after = %s, reason = %s,"
                  " status_at = %s WHERE id = %s AND status = %s",
                  (ts(until), reason, ts(now), message_id, from_status))
@@ -242,21 +242,6 @@ def apply_ack(conn: psycopg.Connection, instance: str, key_id: str, phone: str |
     if row[1] > 0 and new != "failed":
         _mark_reminded(conn, row[0], now)
     return new
-
-
-def set_instance_state(conn: psycopg.Connection, name: str, state: str, reason: int | None,
-                       in_rotation: bool | None, now: float) -> None:
-    conn.execute(
-        "INSERT INTO instances (name, state, status_reason, in_rotation, updated_at)"
-        " VALUES (%s, %s, %s, COALESCE(%s, true), %s)"
-        " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, status_reason = EXCLUDED.status_reason,"
-        " in_rotation = COALESCE(%s, instances.in_rotation), updated_at = EXCLUDED.updated_at",
-        (name, state, reason, in_rotation, ts(now), in_rotation))
-
-
-def instance_states(conn: psycopg.Connection) -> dict[str, tuple[str, int | None, bool]]:
-    rows = conn.execute("SELECT name, state, status_reason, in_rotation FROM instances").fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 def record_manual(conn: psycopg.Connection, message_id: str, instance: str, jid: str, now: float) -> bool:

@@ -1,4 +1,4 @@
--- Recovery service, schema version 2: de-duplicated webhooks, orders, sequences, instances.
+-- Recovery service, schema version 2: de-duplicated webhooks, orders, sequences, Evolution events.
 
 -- A delivery is the same event again when its delivery id (Standard Webhooks' webhook-id) or its
 -- (order, event) pair was seen: the INSERT ... ON CONFLICT DO NOTHING of the ingest relies on these.
@@ -42,16 +42,6 @@ ALTER TABLE outbound_messages
     ADD COLUMN send_ms    double precision;               -- Evolution's answer time
 CREATE INDEX outbound_messages_order_idx ON outbound_messages (order_id);
 CREATE INDEX outbound_messages_sending_idx ON outbound_messages (claimed_at) WHERE status = 'sending';
-
--- Instances this service sends through, with what Evolution last told us about each; durable so a
--- banned number stays out of rotation across restarts.
-CREATE TABLE instances (
-    name          text        PRIMARY KEY,
-    state         text        NOT NULL DEFAULT 'unknown',   -- open | connecting | close | refused | unknown
-    status_reason integer,
-    in_rotation   boolean     NOT NULL DEFAULT true,        -- false after close 401/402/403/406
-    updated_at    timestamptz NOT NULL DEFAULT now()
-);
 
 -- Messages typed on the phone (fromMe upserts we did not send): the anti-ban rules count them.
 CREATE TABLE manual_messages (

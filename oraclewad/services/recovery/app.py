@@ -87,6 +87,11 @@ class RecoveryService:
         try:
             result = await self.db(store.ingest, ev, verified.delivery_id, verified.scheme, self.plan,
                                    self.clock())
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            # Our validation let through something PostgreSQL refuses: retrying cannot help.
+            self.metrics.webhook(event, "invalid")
+            self.errors.error("webhook refused by the database", extra={"event": event, "error": str(exc)})
+            return _error(422, "body", "holds a value the database cannot store")
         except (psycopg.Error, PoolTimeout) as exc:
             self.metrics.webhook(event, "unavailable")
             self.errors.error("webhook not stored: database unavailable",

@@ -44,7 +44,7 @@ class OrderEvent:
 
 def parse(body: bytes, time_zone: str) -> OrderEvent:
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_constant=_no_constant)
     except (UnicodeDecodeError, RecursionError):
         raise InvalidPayload("body", "must be UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -62,7 +62,7 @@ def parse(body: bytes, time_zone: str) -> OrderEvent:
     if not isinstance(doc, dict):
         raise InvalidPayload("body", "must be a JSON object")
     event = doc.get("event")
-    if event not in EVENTS:
+    if not isinstance(event, str) or event not in EVENTS:
         raise InvalidPayload("event", f'must be one of {", ".join(EVENTS)}, got {_show(event)}')
     data = _obj(doc, "data", "data")
     order_id = data.get("id")
@@ -89,6 +89,10 @@ def parse(body: bytes, time_zone: str) -> OrderEvent:
     expires = _moment(data.get("expirationAt"), "data.expirationAt", time_zone)
     _moment(data.get("createdAt"), "data.createdAt", time_zone)
     return OrderEvent(EVENTS[event], order_id, name, phone, product, total, pix, quantity, expires, text)
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidPayload("body", f"{name} is not a JSON number")
 
 
 def _check_strings(value: Any, where: str, depth: int) -> None:

@@ -36,7 +36,7 @@ async def test_both_roles_share_the_suppression_list_and_nothing_else(
     # The other tenant's role, pointed at this tenant's shared database, is refused at the door.
     foreign = psycopg.conninfo.make_conninfo(prov.child_config_fragment(other, "recovery")["shared"]["dsn"],
                                              dbname=psycopg.conninfo.conninfo_to_dict(rec)["dbname"])
-    with pytest.raises(psycopg.OperationalError, match="permission denied|not permitted"):
+    with pytest.raises(psycopg.OperationalError, match=r"permission denied|not permitted"):
         psycopg.connect(foreign).close()
     lines = await prov.purge(tid)
     assert any("_shared" in line for line in lines)

@@ -11,6 +11,8 @@ config, where the service parses it again (a standalone JSON config gets the sam
     typing_delay_ms = 1200             # Evolution shows "typing..." this long before each message
     min_gap = 5.0                      # seconds between two sends of one instance
     daily_cap = 500                    # sends per instance per day (tenant time zone)
+    send_timeout = 30.0                # seconds Evolution may take (plus the typing delay) before a
+                                       # send counts as `uncertain`
 
     [[recovery.steps]]                 # absent: one step 60 s after order.expired
     after = 60                         # seconds after order.expired
@@ -41,7 +43,7 @@ FIRST_MAX_AGE = 4 * 3600.0
 LATER_MAX_AGE = 12 * 3600.0
 OPT_OUT_SCOPES = ("broadcast", "all")
 KEYS = frozenset({"time_zone", "opt_out_scope", "static_token", "send_window", "typing_delay_ms",
-                  "min_gap", "daily_cap", "steps", "thank_you"})
+                  "min_gap", "daily_cap", "send_timeout", "steps", "thank_you"})
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 Problems = list[tuple[str, str]]  # (key, message)
@@ -98,6 +100,7 @@ def parse(table: dict[str, Any], *, prefix: str = "recovery", ignore: frozenset[
         fail("typing_delay_ms", "must be an integer between 0 and 60000 (milliseconds)")
         typing = 1200
     min_gap = number("min_gap", 5.0, table, "")
+    send_timeout = number("send_timeout", 30.0, table, "", minimum=1)
     cap = table.get("daily_cap", 500)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         fail("daily_cap", "must be an integer >= 1 (messages per instance per day)")
@@ -137,7 +140,8 @@ def parse(table: dict[str, Any], *, prefix: str = "recovery", ignore: frozenset[
     thank_templates = _templates(thank.get("templates", DEFAULT_THANK_YOU), "thank_you.templates", fail)
 
     plan = {"time_zone": zone, "opt_out_scope": scope, "static_token": static, "send_window": window,
-            "typing_delay_ms": typing, "min_gap": min_gap, "daily_cap": cap, "steps": steps,
+            "typing_delay_ms": typing, "min_gap": min_gap, "daily_cap": cap, "send_timeout": send_timeout,
+            "steps": steps,
             "thank_you": {"templates": thank_templates}}
     return plan, problems
 

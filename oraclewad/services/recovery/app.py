@@ -23,9 +23,13 @@ from starlette.routing import Route
 
 from oraclewad import recovery_plan
 from oraclewad.services.recovery import payload, store
+from oraclewad.services.recovery.events import EvolutionEvents
 from oraclewad.services.recovery.metrics import RecoveryMetrics
+from oraclewad.services.recovery.pacer import SimplePacer
+from oraclewad.services.recovery.sender import Sender, Settings
 from oraclewad.services.recovery.shopauth import Secret, ShopAuth, Unauthorized
 from oraclewad.services.runtime import ServiceContext
+from oraclewad.services.suppression import SuppressionList
 from oraclewad.services.web import json_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -50,8 +54,37 @@ class RecoveryService:
         self.metrics = RecoveryMetrics(ctx.metrics)
         self.log = ctx.log("webhook")
         self.errors = ctx.log("error")
-        self.wake = trio.Event()  # set after an ingest that created a message due now
         self._db_limiter = ctx.limiter
+        self.suppression = SuppressionList((ctx.config.get("shared") or {}).get("dsn"), ctx.service)
+        self.events = EvolutionEvents(db=self.db, suppression=self.suppression, metrics=self.metrics,
+                                      clock=clock, poke=self.poke, log=self.log)
+        self.sender: Sender | None = None
+        client, instances = getattr(ctx, "evolution", None), getattr(ctx, "instances", None)
+        if client is not None and instances is not None and ctx.pg is not None:
+            client.timeout = plan["send_timeout"]
+            names = list(getattr(instances, "states", None) or ctx.config.get("instances") or [])
+
+            def make_pacer(counts: dict[str, int], last: dict[str, float]) -> SimplePacer:
+                return SimplePacer(names, instances, min_gap=plan["min_gap"], daily_cap=plan["daily_cap"],
+                                   time_zone=plan["time_zone"], sent_today=counts, last_sends=last)
+
+            self.sender = Sender(db=self.db, client=client, make_pacer=make_pacer,
+                                 settings=Settings.from_plan(plan, plan["send_timeout"]),
+                                 suppression=self.suppression, metrics=self.metrics, clock=clock,
+                                 log=ctx.log("recovery"), errors=self.errors)
+
+    def poke(self) -> None:
+        if self.sender is not None:
+            self.sender.poke()
+
+    def outbox_health(self) -> dict[str, Any]:
+        if self.sender is None:
+            return {"ok": True, "detail": "no sender: this service has no [evolution] url or instances"}
+        depth, age = self.sender.figures
+        detail = f"{depth} due message(s) waiting, the oldest for {age:.0f} s"
+        if depth and self.sender.waiting_reason:
+            detail += f" ({self.sender.waiting_reason})"
+        return {"ok": True, "detail": detail, "due": depth, "age_s": round(age, 1)}
 
     async def db(self, fn: Callable[..., Any], *args: Any, wait: float = DB_WAIT) -> Any:
         pool = self.ctx.pg
@@ -108,8 +141,7 @@ class RecoveryService:
         self.log.info("webhook accepted", extra={"event": event, "event_id": result.event_id,
                                                  "scheme": verified.scheme, "messages": result.messages,
                                                  "cancelled": result.cancelled})
-        if ev.kind == "order_paid":
-            self.wake.set()
+        self.poke()
         return JSONResponse({"status": "accepted", "order_id": ev.order_id, "event_id": result.event_id},
                             status_code=202)
 
@@ -187,11 +219,35 @@ def _tokens(config: Any) -> list[Secret]:
     return out
 
 
+async def _unauthenticated(request: Request) -> Response:
+    return JSONResponse({"error": "unauthorized", "detail": "this service has no Evolution webhook key "
+                         "([evolution] url in the tenant file)"}, status_code=401)
+
+
 def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) -> Starlette:
     service = RecoveryService(ctx, clock=clock)
-    app = Starlette(routes=[
-        Route("/", service.index, methods=["GET"]),
-        Route("/webhooks/orders", service.orders_webhook, methods=["POST"]),
-    ], exception_handlers=json_error_handlers())
+    routes = [Route("/", service.index, methods=["GET"]),
+              Route("/webhooks/orders", service.orders_webhook, methods=["POST"])]
+    if getattr(ctx, "instances", None) is not None:
+        from oraclewad.services.instances import events_route
+
+        routes.append(events_route(ctx, service.events))
+    else:
+        routes.append(Route("/webhooks/evolution", _unauthenticated, methods=["POST"]))
+    if service.sender is not None:
+        ctx.start_soon(service.sender.run)
+    ctx.start_soon(_close_at_exit, service.suppression)
+    if hasattr(ctx, "admin_routes"):
+        ctx.admin_routes.append(Route("/recovery/report", service.report, methods=["GET"]))
+    if hasattr(ctx, "health_checks"):
+        ctx.health_checks["outbox"] = service.outbox_health
+    app = Starlette(routes=routes, exception_handlers=json_error_handlers())
     app.state.recovery = service
     return app
+
+
+async def _close_at_exit(suppression: SuppressionList) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        await trio.to_thread.run_sync(suppression.close)

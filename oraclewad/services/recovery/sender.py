@@ -1,0 +1,259 @@
+"""The outbox sender: claims due messages, gets an instance from the pacer, sends, records.
+
+A claim is one transaction (`FOR UPDATE SKIP LOCKED`): expired steps are dropped with the reason,
+later steps outside the send window wait for it, opted-out numbers are suppressed (when the
+tenant's `opt_out_scope` is "all"), and each remaining message is marked `sending` with its
+instance before any byte goes to Evolution. After the send the outcome is recorded; a process that
+dies in between leaves the row `sending`, and the sweep turns it `uncertain` once no live sender
+can still be waiting for Evolution's answer. `uncertain` is never resent: a later messages.update
+for the number on that instance resolves it (store.apply_ack).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import trio
+from psycopg_pool import PoolTimeout
+
+from oraclewad import recovery_plan
+from oraclewad.services.recovery import store
+from oraclewad.services.recovery.metrics import RecoveryMetrics
+from oraclewad.services.recovery.pacer import Lease, Pacer
+from oraclewad.services.suppression import SuppressionList
+
+BATCH = 20
+IDLE_WAIT = 5.0          # seconds between polls when nothing is due (a new order.paid wakes it at once)
+SWEEP_EVERY = 5.0
+RETRY_RECORD = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    typing_delay_ms: int
+    send_timeout: float
+    opt_out_scope: str
+    time_zone: str
+    window: tuple[int, int]
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any], send_timeout: float) -> Settings:
+        return cls(plan["typing_delay_ms"], send_timeout, plan["opt_out_scope"], plan["time_zone"],
+                   recovery_plan.window_minutes(plan))
+
+    @property
+    def stale_after(self) -> float:
+        """A `sending` row older than this has no live sender waiting for its answer."""
+        return self.send_timeout + self.typing_delay_ms / 1000 + 5.0
+
+
+def in_window(now: float, zone: str, window: tuple[int, int]) -> tuple[bool, float]:
+    """(inside the send window now, when it next opens)."""
+    local = datetime.fromtimestamp(now, ZoneInfo(zone))
+    minute = local.hour * 60 + local.minute
+    start, end = window
+    inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+    if inside:
+        return True, now
+    opens = local.replace(hour=start // 60, minute=start % 60, second=0, microsecond=0)
+    if opens <= local:
+        opens += timedelta(days=1)
+    return False, opens.timestamp()
+
+
+class Sender:
+    def __init__(self, *, db: Callable[..., Any], client: Any, make_pacer: Callable[..., Pacer],
+                 settings: Settings, suppression: SuppressionList, metrics: RecoveryMetrics,
+                 clock: Callable[[], float], log: Any, errors: Any) -> None:
+        self.db = db
+        self.client = client
+        self.make_pacer = make_pacer
+        self.pacer: Pacer | None = None
+        self.settings = settings
+        self.suppression = suppression
+        self.metrics = metrics
+        self.clock = clock
+        self.log = log
+        self.errors = errors
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.waiting_reason = ""
+        self.figures: tuple[int, float] = (0, 0.0)   # due pending messages, age of the oldest
+        self._wakeup = trio.Event()
+
+    def poke(self) -> None:
+        """Something may be sendable now (an order.paid, an instance back): look at once."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while self.pacer is None:
+            try:
+                start = day_start(self.clock(), self.settings.time_zone)
+                self.pacer = self.make_pacer(*await self.db(_pacer_state, start))
+            except (psycopg.Error, PoolTimeout):
+                await trio.sleep(1.0)
+        next_sweep = 0.0
+        async with trio.open_nursery() as sending:
+            while True:
+                now = self.clock()
+                try:
+                    if now >= next_sweep:
+                        await self._sweep(now)
+                        next_sweep = now + SWEEP_EVERY
+                    if await self._claim_and_send(sending, now):
+                        continue
+                    next_due = await self.db(store.next_due)
+                except (psycopg.Error, PoolTimeout) as exc:
+                    self.errors.error("sender: database unavailable, retrying",
+                                      extra={"error": type(exc).__name__})
+                    await trio.sleep(1.0)
+                    continue
+                wait = IDLE_WAIT
+                if next_due is not None:
+                    free = self.pacer.next_free(now)
+                    wake_at = max(next_due, free) if free is not None else now + IDLE_WAIT
+                    wait = min(IDLE_WAIT, max(wake_at - now, 0.001))
+                with trio.move_on_after(wait):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+
+    async def _sweep(self, now: float) -> None:
+        stale = await self.db(store.sweep_stale, now - self.settings.stale_after, now)
+        if stale:
+            self.errors.warning("messages with unknown outcome marked uncertain (never resent)",
+                                extra={"count": stale})
+        counts, depth, age = await self.db(_outbox_figures, now)
+        self.metrics.set_counts(counts, depth, age)
+        self.figures = (depth, age)
+
+    async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> int:
+        assert self.pacer is not None
+        leases: list[Lease] = []
+        while len(leases) < BATCH and (lease := self.pacer.acquire(now)) is not None:
+            leases.append(lease)
+        try:
+            claimed, unused = await self.db(self._claim, leases, now)
+        except BaseException:
+            for lease in leases:
+                self.pacer.cancel(lease)
+            raise
+        for lease in unused:
+            self.pacer.cancel(lease)
+        for msg, lease in claimed:
+            nursery.start_soon(self._send, msg, lease)
+        return len(claimed)
+
+    def _claim(self, conn: psycopg.Connection, leases: list[Lease],
+               now: float) -> tuple[list[tuple[store.Claimed, Lease]], list[Lease]]:
+        assert self.pacer is not None
+        s = self.settings
+        claimed: list[tuple[store.Claimed, Lease]] = []
+        free = list(leases)
+        with conn.transaction():
+            # Drops and postponements happen even with no instance free, so they are not held up.
+            due = store.due_messages(conn, now, BATCH)
+            sendable: list[store.Due] = []
+            for msg in due:
+                if msg.expires_at is not None and msg.expires_at.timestamp() < now:
+                    store.set_status(conn, msg.id, "dropped",
+                                     "max_age: not sent in time (no instance could send, or the window "
+                                     "was closed)", now)
+                    continue
+                if msg.step > 1:
+                    inside, opens = in_window(now, s.time_zone, s.window)
+                    if not inside:
+                        store.postpone(conn, msg.id, opens, "waiting for the send window", now)
+                        continue
+                sendable.append(msg)
+            if s.opt_out_scope == "all" and sendable and self.suppression.enabled:
+                blocked = self.suppression.contains_sync(m.phone for m in sendable)
+                for msg in [m for m in sendable if m.phone in blocked]:
+                    store.set_status(conn, msg.id, "suppressed", "the customer opted out", now)
+                    sendable.remove(msg)
+            for msg in sendable:
+                if not free:
+                    break
+                lease = free.pop(0)
+                claimed.append((store.claim(conn, msg, lease.instance, self.worker, now), lease))
+            if sendable and not leases:
+                self.waiting_reason = self.pacer.why_not(now)
+        return claimed, free
+
+    async def _send(self, msg: store.Claimed, lease: Lease) -> None:
+        from oraclewad.services.evolution import EvolutionError, FailureKind
+
+        started = time.perf_counter()
+        error: EvolutionError | None = None
+        sent = None
+        try:
+            sent = await self.client.send_text(msg.instance, msg.phone, msg.body,
+                                               delay_ms=self.settings.typing_delay_ms)
+        except EvolutionError as exc:
+            error = exc
+        finally:
+            assert self.pacer is not None
+            self.pacer.release(lease, error)
+        elapsed = time.perf_counter() - started
+        self.metrics.send_latency.labels("ok" if error is None else str(error.kind)).observe(elapsed)
+        now = self.clock()
+        if sent is not None:
+            await self._record(store.record_sent, msg, sent.message_id, elapsed * 1000, now)
+            self.log.info("message sent", extra={
+                "message_id": msg.id, "kind": msg.kind, "instance": msg.instance,
+                "send_ms": round(elapsed * 1000, 1)})
+            return
+        assert error is not None
+        kind = error.kind
+        if kind == FailureKind.AMBIGUOUS:
+            await self._record(store.set_status, msg.id, "uncertain", f"outcome unknown: {error}", now)
+            self.errors.warning("send outcome unknown: message is uncertain, not resent",
+                                extra={"message_id": msg.id, "instance": msg.instance, "error": str(error)})
+        elif kind == FailureKind.NOT_ON_WHATSAPP:
+            await self._record(store.set_status, msg.id, "invalid", "the number is not on WhatsApp", now)
+        elif kind == FailureKind.REJECTED:
+            await self._record(store.set_status, msg.id, "failed", f"Evolution refused it: {error}", now)
+            self.errors.error("send rejected", extra={"message_id": msg.id, "error": str(error)})
+        else:
+            # Connection closed (another instance will take it), unauthorized, 5xx: try again later.
+            delay = {FailureKind.CONNECTION_CLOSED: 1.0, FailureKind.UNAUTHORIZED: 60.0}.get(kind, 5.0)
+            await self._record(store.postpone, msg.id, now + delay, f"retrying: {error}", now, "sending")
+            log = self.errors.error if kind == FailureKind.UNAUTHORIZED else self.errors.warning
+            log("send failed, will retry", extra={"message_id": msg.id, "instance": msg.instance,
+                                                  "kind": str(kind), "error": str(error)})
+
+    async def _record(self, fn: Callable[..., Any], *args: Any) -> None:
+        # The outcome must reach the database; until it does, the row stays `sending` (and would
+        # turn `uncertain` if this process died), never pending again.
+        while True:
+            try:
+                await self.db(fn, *args)
+                return
+            except (psycopg.Error, PoolTimeout) as exc:
+                self.errors.error("cannot record a send outcome yet, retrying",
+                                  extra={"error": type(exc).__name__})
+                await trio.sleep(RETRY_RECORD)
+
+
+def _pacer_state(conn: psycopg.Connection, day_start: float) -> tuple[dict[str, int], dict[str, float]]:
+    """Today's sends per instance and each one's last send: a restart must not reset the caps."""
+    return store.sent_today(conn, day_start), store.last_sends(conn)
+
+
+def day_start(now: float, zone: str) -> float:
+    local = datetime.fromtimestamp(now, ZoneInfo(zone))
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def _outbox_figures(conn: psycopg.Connection, now: float) -> tuple[dict[str, int], int, float]:
+    counts = dict(conn.execute("SELECT status, count(*) FROM outbound_messages GROUP BY status").fetchall())
+    row = conn.execute("SELECT count(*), min(send_after) FROM outbound_messages"
+                       " WHERE status = 'pending' AND send_after <= %s", (store.ts(now),)).fetchone()
+    depth, oldest = (row[0], row[1]) if row else (0, None)
+    return counts, depth, (now - oldest.timestamp()) if oldest else 0.0

@@ -9,8 +9,9 @@ lose it). The child config carries `shared.dsn` (the service's own role, that da
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,3 +87,22 @@ class SuppressionList:
     async def contains(self, phones: Iterable[str]) -> set[str]:
         return await trio.to_thread.run_sync(self.contains_sync, list(phones), limiter=self.limiter)
 
+
+
+def opt_out_handler(suppression: SuppressionList, *,
+                    clock: Callable[[], float] = time.time) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """An `on_event` for services/instances.events_route that only records opt-outs (broadcast's)."""
+    from oraclewad.services.phones import jid_phone
+
+    async def on_event(event: dict[str, Any]) -> None:
+        data = event.get("data")
+        name = str(event.get("event") or "").lower().replace("_", ".")
+        if name != "messages.upsert" or not isinstance(data, dict):
+            return
+        key = data.get("key") if isinstance(data.get("key"), dict) else {}
+        word = opt_out_word(message_text(data.get("message")))
+        phone = jid_phone(key.get("remoteJid"), key.get("remoteJidAlt"))
+        if not key.get("fromMe") and word and phone:
+            await suppression.add(phone, str(event.get("instance") or ""), word, clock())
+
+    return on_event

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import trio
-from oraclewad.services.instances import InstanceStates
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
 from oraclewad.services.evolution import EvolutionClient
+from oraclewad.services.instances import InstanceStates
 from oraclewad.services.recovery.app import build_app
 from oraclewad.services.runtime import ServiceContext
 from tests.recovery.support import SECRET, hmac_headers, order, rows
@@ -85,7 +85,8 @@ async def test_three_steps_run_at_their_times_wait_for_the_window_and_stop_at_pa
     sent = rows(recovery_db, "SELECT step, extract(epoch from sent_at) FROM outbound_messages "
                              "WHERE status IN ('sent', 'delivered', 'read') ORDER BY step")
     # Each step goes in the first sender rounds after its time (the clock moves a minute a round).
-    due = [datetime(2026, 12, 1, 18, 31, tzinfo=SP).timestamp(), datetime(2026, 12, 2, 8, 0, tzinfo=SP).timestamp()]
+    due = [datetime(2026, 12, 1, 18, 31, tzinfo=SP).timestamp(),
+           datetime(2026, 12, 2, 8, 0, tzinfo=SP).timestamp()]
     assert [step for step, _ in sent] == [1, 2]
     for (_, at), when in zip(sent, due, strict=True):
         assert when <= float(at) <= when + 300, (local(float(at)), local(when))

@@ -635,6 +635,109 @@ def _show_pairing(ctx: Ctx, instance: str, answer: dict[str, Any]) -> str:
     return code
 
 
+# ---- shop webhooks: secrets and the recovery report ------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_arg(text: str) -> float:
+    """`90`, `90s`, `15m`, `24h`, `7d`, `2w` -> seconds (argparse type)."""
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    try:
+        seconds = float(value) * _UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 90s, 15m, 24h or 7d")
+    return seconds
+
+
+EXAMPLE_ORDER = ('{"event":"order.paid","data":{"id":"pedido-1001","product":{"title":"Curso Online"},'
+                 '"user":{"name":"Ana Souza","phone":"(11) 98765-4321"},"total":197.9}}')
+
+
+def curl_example(url: str, secret: str) -> str:
+    """A signed order webhook (the X-Webhook-Signature scheme) that works when pasted in bash."""
+    return "\n".join([
+        f"body='{EXAMPLE_ORDER}'",
+        "ts=$(date +%s%3N)",
+        f"""sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac '{secret}' | sed 's/^.*= //')""",
+        f"curl -sS -X POST {url} -H 'Content-Type: application/json' \\",
+        '  -H "X-Webhook-Timestamp: $ts" -H "X-Webhook-Signature: $sig" --data "$body"',
+    ])
+
+
+def _show_secrets(ctx: Ctx, answer: pb.WebhookSecretsResponse) -> None:
+    if ctx.json:
+        ctx.out(render.dumps(render.to_dict(answer)))
+        return
+    lines = [f"shop webhooks of {answer.id}",
+             f"  {'URL:':<16}{answer.webhook_url or '- (the tenant has no recovery service)'}",
+             f"  {'secret:':<16}{answer.secret}",
+             "  signs X-Webhook-Signature (hex HMAC-SHA256 of '<X-Webhook-Timestamp ms>.<body>') and "
+             "Standard Webhooks (webhook-id/-timestamp/-signature)",
+             f"  {'static token:':<16}{answer.static_token} "
+             f"({'accepted' if answer.static_token_enabled else 'off: [recovery] static_token = true'}"
+             " as X-Auth-Webhook)"]
+    lines += [f"  {'old secret:':<16}still accepted until "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(u))}" for u in answer.previous_until]
+    lines.append(f"  {'stored in:':<16}{answer.file} (0600)")
+    if answer.webhook_url:
+        lines += ["", "try it (bash; the thank-you goes to the example phone):", "",
+                  curl_example(answer.webhook_url, answer.secret)]
+    ctx.out("\n".join(lines))
+
+
+def cmd_tenant_secrets(ctx: Ctx) -> int:
+    _show_secrets(ctx, ctx.call("WebhookSecrets", pb.WebhookSecretsRequest(id=ctx.args.id)))
+    return OK
+
+
+def cmd_tenant_rotate_secret(ctx: Ctx) -> int:
+    a = ctx.args
+    answer = ctx.call("RotateWebhookSecret", pb.RotateWebhookSecretRequest(id=a.id, overlap_s=a.overlap),
+                      timeout=max(ctx.args.timeout, 60))
+    if not ctx.json:
+        ctx.out(f"rotated: the old secret works {render.duration(a.overlap) if a.overlap else 'no'} more; "
+                "give the shop the new one below\n")
+    _show_secrets(ctx, answer)
+    return OK
+
+
+REPORT_ROWS = (("orders_expired", "orders expired"), ("orders_reminded", "reminded"),
+               ("orders_recovered", "recovered"), ("revenue_recovered", "revenue recovered"),
+               ("conversion", "conversion"), ("uncertain", "uncertain messages"),
+               ("invalid_numbers", "invalid numbers"), ("opt_outs", "opt-outs"))
+
+
+def cmd_recovery(ctx: Ctx) -> int:
+    a = ctx.args
+    status, answer = _service_call(ctx, a.id, "recovery", "GET", f"/recovery/report?since={a.since:g}")
+    if status != 200 or not isinstance(answer, dict):
+        ctx.err(f"oraclectl: the recovery report of {a.id}: {_service_error(answer, status)}")
+        return FAILED
+    if ctx.json:
+        ctx.out(render.dumps(answer))
+        return OK
+    def shown(key: str) -> str:
+        value = answer.get(key)
+        if key == "revenue_recovered":
+            return "R$ " + f"{float(value or 0):,.2f}".replace(",", "X").replace(".", ",").replace("X", ".")
+        if key == "conversion":
+            return f"{float(value or 0) * 100:.1f}%"
+        return str(value if value is not None else DASH_TEXT)
+    lines = [f"recovery of {a.id} since {answer.get('since', '?')} ({render.duration(a.since)})"]
+    lines += [f"  {label + ':':<20}{shown(key)}" for key, label in REPORT_ROWS]
+    messages = answer.get("messages") or {}
+    lines.append(f"  {'messages:':<20}" + (", ".join(f"{k} {v}" for k, v in sorted(messages.items()))
+                                           or "none"))
+    ctx.out("\n".join(lines))
+    return OK
+
+
+DASH_TEXT = "-"
+
+
 # ---- argument parsing ------------------------------------------------------------------------
 
 EPILOG = """\
@@ -758,6 +861,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "  oraclectl tenant show imperio")
     tenant_arg(p)
 
+    p = command(tsub, "secrets", "the shop-webhook URL, secret and static token, with a curl example",
+                cmd_tenant_secrets, "  oraclectl tenant secrets imperio")
+    p.add_argument("id")
+    p = command(tsub, "rotate-secret", "a new webhook secret; the old one keeps working for --overlap",
+                cmd_tenant_rotate_secret,
+                "  oraclectl tenant rotate-secret imperio\n"
+                "  oraclectl tenant rotate-secret imperio --overlap 0")
+    p.add_argument("id")
+    p.add_argument("--overlap", type=duration_arg, default=86400.0, metavar="DURATION",
+                   help="how long the old secret stays valid: 90s, 15m, 24h (default), 7d; 0 stops it now")
+
     p = command(tsub, "import-env", "add a tenant from a .env file of the old (v3 Node) system",
                 cmd_tenant_import_env,
                 "  oraclectl tenant import-env .env.imperio --dry-run\n"
@@ -873,6 +987,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "  source <(oraclectl completion bash)          # this shell only\n"
                 "  oraclectl completion zsh > \"${fpath[1]}/_oraclectl\"")
     p.add_argument("shell", choices=("bash", "zsh"))
+    p = command(commands, "recovery", "what the reminders earned: orders expired, reminded, recovered, "
+                "revenue, messages by status", cmd_recovery,
+                "  oraclectl recovery imperio\n  oraclectl recovery imperio --since 30d\n"
+                "  oraclectl --json recovery imperio")
+    p.add_argument("id")
+    p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION",
+                   help="the period: 24h, 7d (default), 30d")
     p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
                 cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

@@ -52,9 +52,10 @@ from oraclewad.operations import (
     ServiceView,
     SwapOptions,
     TenantView,
+    WebhookSecretsView,
 )
 from oraclewad.provision import Provisioner
-from oraclewad.provision.webhook_secrets import WebhookSecrets
+from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecrets
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
@@ -110,7 +111,7 @@ class Fleet:
         self.provisioning: dict[str, _Provisioning] = {}
         self.provisioning_failures = 0      # attempts that failed or found a server unavailable
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
-        self.webhook_secrets = WebhookSecrets(settings.secrets_dir)
+        self.shop_secrets = WebhookSecrets(settings.secrets_dir)
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
 
@@ -242,7 +243,7 @@ class Fleet:
             "tenant": tenant.id, "service": service, "display_name": tenant.name,
             "release": release.version,
             "http": {"host": self.settings.bind_host, "port": port},
-            **self.webhook_secrets.get(tenant.id).child_config(time.time()),
+            **self.shop_secrets.get(tenant.id).child_config(time.time()),
             "evolution": {"url": tenant.evolution.url, "api_key": self._evolution_key(tenant),
                           "api_version": tenant.evolution.api_version,
                           # Where this service's instances post their events, and the key that
@@ -511,6 +512,35 @@ class Fleet:
             ports=ports, webhook_url=webhook,
             secrets_file=str(self.provisioner.secrets_path(tenant.id)),
             source_file=str(tenant.source), provisioned=state.done, states=tuple(states))
+
+    MAX_SECRET_OVERLAP_S = 30 * 86400.0
+
+    def webhook_secrets(self, tenant_id: str) -> WebhookSecretsView:
+        tenant = self._tenant(tenant_id)
+        return self._secrets_view(tenant, self.shop_secrets.get(tenant.id))
+
+    async def rotate_webhook_secret(self, tenant_id: str, overlap_s: float) -> WebhookSecretsView:
+        if not 0 <= overlap_s <= self.MAX_SECRET_OVERLAP_S:
+            raise InvalidArgument("must be between 0 and 30 days (in seconds)", field="overlap_s")
+        async with self._lock:
+            tenant = self._tenant(tenant_id)
+            creds = self.shop_secrets.rotate(tenant.id, overlap_s, time.time())
+            # The child reads its credentials from its config at start: a changed spec restarts it.
+            self.supervisor.apply(self._specs())
+        self._publish(tenant.id, "recovery", "secret_rotated",
+                      message=f"webhook secret rotated, old one valid {overlap_s:.0f} s more")
+        return self._secrets_view(tenant, creds)
+
+    def _secrets_view(self, tenant: Tenant, creds: WebhookCredentials) -> WebhookSecretsView:
+        port = self.ports.get(unit_name(tenant.id, "recovery")) if tenant.service("recovery") else None
+        now = time.time()
+        return WebhookSecretsView(
+            tenant=tenant.id,
+            webhook_url=f"{self.settings.public_url}:{port}/webhooks/orders" if port else "",
+            secret=creds.current, static_token=creds.token,
+            static_token_enabled=bool(tenant.recovery.get("static_token")),
+            previous_until=tuple(until for _, _, until in creds.previous if until > now),
+            file=str(self.shop_secrets.path(tenant.id)))
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self.tenants.get(tenant_id)

@@ -106,6 +106,19 @@ class ServiceCallView:
 
 
 @dataclass(frozen=True)
+class WebhookSecretsView:
+    """A tenant's shop-webhook credentials, for `oraclectl tenant secrets` (secrets: never logged)."""
+
+    tenant: str
+    webhook_url: str                    # "" when the tenant has no recovery service
+    secret: str = field(repr=False)     # signs X-Webhook-Signature and Standard Webhooks
+    static_token: str = field(repr=False)
+    static_token_enabled: bool
+    previous_until: tuple[float, ...]   # older secrets still accepted until these unix times
+    file: str
+
+
+@dataclass(frozen=True)
 class EventView:
     ts: float               # unix time
     tenant: str
@@ -230,6 +243,12 @@ class Operations(Protocol):
     async def service_call(self, tenant_id: str, service: str, method: str, path: str, body_json: str,
                            timeout: float) -> ServiceCallView:
         """Forward one request to a running service's admin API (its unix socket)."""
+        ...
+
+    def webhook_secrets(self, tenant_id: str) -> WebhookSecretsView: ...
+
+    async def rotate_webhook_secret(self, tenant_id: str, overlap_s: float) -> WebhookSecretsView:
+        """A new secret and token (the old ones valid for overlap_s more); recovery restarts with them."""
         ...
 
     def log_file(self, tenant_id: str, service: str, channel: str) -> str:

@@ -29,6 +29,7 @@ from oraclewad.operations import (
     ServiceView,
     SwapOptions,
     TenantView,
+    WebhookSecretsView,
 )
 
 SERVICES = ("recovery", "broadcast")
@@ -59,6 +60,12 @@ def tenant_message(v: TenantView) -> pb.Tenant:
                      ports=dict(v.ports), webhook_url=v.webhook_url, secrets_file=v.secrets_file,
                      source_file=v.source_file, provisioned=v.provisioned, problems=list(v.problems),
                      states=[service_state(s) for s in v.states])
+
+
+def secrets_message(v: WebhookSecretsView) -> pb.WebhookSecretsResponse:
+    return pb.WebhookSecretsResponse(id=v.tenant, webhook_url=v.webhook_url, secret=v.secret,
+                                     static_token=v.static_token, static_token_enabled=v.static_token_enabled,
+                                     previous_until=list(v.previous_until), file=v.file)
 
 
 def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -252,6 +259,17 @@ class ControlServicer(pb_grpc.ControlServicer):
                                  request.method, request.path or "/", request.body_json, timeout,
                                  deadline=context.time_remaining())
         return pb.ServiceCallResponse(status=answer.status, body_json=answer.body_json)
+
+    @rpc
+    def WebhookSecrets(self, request: pb.WebhookSecretsRequest,
+                       context: grpc.ServicerContext) -> pb.WebhookSecretsResponse:
+        return secrets_message(self.bridge.run_sync(self.ops.webhook_secrets, _required(request.id, "id")))
+
+    @rpc
+    def RotateWebhookSecret(self, request: pb.RotateWebhookSecretRequest,
+                            context: grpc.ServicerContext) -> pb.WebhookSecretsResponse:
+        return secrets_message(self.bridge.run(self.ops.rotate_webhook_secret, _required(request.id, "id"),
+                                               request.overlap_s, deadline=context.time_remaining()))
 
     @rpc
     def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.MetricsResponse:

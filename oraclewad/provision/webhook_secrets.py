@@ -72,11 +72,13 @@ class WebhookSecrets:
         return creds
 
     def rotate(self, tenant_id: str, overlap_s: float, now: float) -> WebhookCredentials:
-        """A new secret and token; the old ones keep working for `overlap_s` seconds (0: at once stop)."""
+        """A new secret and token; the old ones keep working for `overlap_s` seconds (0: at once stop).
+        Older secrets still in an earlier overlap get no longer than that either (a leak stops them all)."""
         old = self.get(tenant_id)
-        kept = tuple(p for p in old.previous if p[2] > now)
+        until = now + overlap_s
+        kept = tuple((s, t, min(u, until)) for s, t, u in old.previous if min(u, until) > now)
         if overlap_s > 0:
-            kept = ((old.current, old.token, now + overlap_s), *kept)
+            kept = ((old.current, old.token, until), *kept)
         creds = WebhookCredentials(new_secret(), secrets.token_urlsafe(32), kept)
         self._save(tenant_id, creds)
         return creds

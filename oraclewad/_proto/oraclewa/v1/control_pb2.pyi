@@ -475,3 +475,35 @@ class ServiceCallResponse(_message.Message):
     status: int
     body_json: str
     def __init__(self, status: _Optional[int] = ..., body_json: _Optional[str] = ...) -> None: ...
+
+class WebhookSecretsRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RotateWebhookSecretRequest(_message.Message):
+    __slots__ = ("id", "overlap_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    overlap_s: float
+    def __init__(self, id: _Optional[str] = ..., overlap_s: _Optional[float] = ...) -> None: ...
+
+class WebhookSecretsResponse(_message.Message):
+    __slots__ = ("id", "webhook_url", "secret", "static_token", "static_token_enabled", "previous_until", "file")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    STATIC_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATIC_TOKEN_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    webhook_url: str
+    secret: str
+    static_token: str
+    static_token_enabled: bool
+    previous_until: _containers.RepeatedScalarFieldContainer[float]
+    file: str
+    def __init__(self, id: _Optional[str] = ..., webhook_url: _Optional[str] = ..., secret: _Optional[str] = ..., static_token: _Optional[str] = ..., static_token_enabled: _Optional[bool] = ..., previous_until: _Optional[_Iterable[float]] = ..., file: _Optional[str] = ...) -> None: ...

@@ -149,6 +149,16 @@ class ControlStub:
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.FromString,
                 _registered_method=True)
+        self.WebhookSecrets = channel.unary_unary(
+                '/oraclewa.v1.Control/WebhookSecrets',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/oraclewa.v1.Control/RotateWebhookSecret',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -315,6 +325,22 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WebhookSecrets(self, request, context):
+        """The tenant's shop-webhook credentials (`oraclectl tenant secrets`): the only answers that
+        carry a secret, for the operator who must paste it into the shop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """A new webhook secret and token; the old ones keep working for overlap_s seconds. The
+        recovery service restarts with the new credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +458,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ServiceCall,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.SerializeToString,
+            ),
+            'WebhookSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.WebhookSecrets,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1055,6 +1091,60 @@ class Control:
             '/oraclewa.v1.Control/ServiceCall',
             oraclewa_dot_v1_dot_control__pb2.ServiceCallRequest.SerializeToString,
             oraclewa_dot_v1_dot_control__pb2.ServiceCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WebhookSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/WebhookSecrets',
+            oraclewa_dot_v1_dot_control__pb2.WebhookSecretsRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/RotateWebhookSecret',
+            oraclewa_dot_v1_dot_control__pb2.RotateWebhookSecretRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.WebhookSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,

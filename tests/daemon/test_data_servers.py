@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
             assert row["checks"]["postgres"]["ok"] and row["checks"]["redis"]["ok"]
             assert row["checks"]["instances"]["ok"]
         assert (root / "state" / "postgres").is_dir() and (root / "state" / "redis").is_dir()
+
+        # The README's next step: the signed curl example of `tenant secrets`, pasted, becomes a
+        # thank-you sent by imperio-1 within seconds.
+        shown = daemon.ctl("tenant", "secrets", "imperio").stdout
+        pasted = subprocess.run(["bash", "-c", shown[shown.index("body='"):]], capture_output=True,
+                                text=True, timeout=30)
+        assert '"accepted"' in pasted.stdout, pasted.stdout + pasted.stderr
+        sent = wait_for(lambda: httpx.get(f"{sandbox.url}/_sandbox/messages").json(), timeout=10,
+                        what="the example's thank-you")
+        assert [(m["instance"], m["number"]) for m in sent] == [("imperio-1", "5511987654321")]
         assert daemon.stop() == 0
         assert not list((root / "state" / "postgres").glob("postmaster.pid"))  # stopped with the daemon
     finally:

@@ -161,7 +161,10 @@ def claim(conn: psycopg.Connection, msg: Due, instance: str, worker: str, now: f
 
 def set_status(conn: psycopg.Connection, message_id: int, status: str, reason: str | None,
                now: float) -> None:
-    conn.execute("UPDATE outbound_messages SET status = %s, reason = %s, status_at = %s WHERE id = %s",
+    # Only from pending (claim) or sending (outcome): a messages.update that overtook the sender's
+    # answer (the row is already sent/delivered) must not be undone by a late "uncertain".
+    conn.execute("UPDATE outbound_messages SET status = %s, reason = %s, status_at = %s"
+                 " WHERE id = %s AND status IN ('pending', 'sending')",
                  (status, reason, ts(now), message_id))
 
 

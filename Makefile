@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= oraclewad.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint check proto bench clean
+.PHONY: run test test-tools lint check proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,24 @@ var/tenants.d:
 run: $(VENV)/.installed-run $(SANDBOX_KEY) var/tenants.d
 	$(BIN)/oraclewad run --config $(CONFIG)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Debian tools some tests drive: promtool and prometheus (package `prometheus`) for the metrics
+# and alert-rule tests, tmux for `oraclectl top`. Installed when missing and apt is usable;
+# otherwise those tests skip and say why.
+TEST_TOOLS := promtool:prometheus prometheus:prometheus tmux:tmux
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null 2>&1 || \
+	    missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	    if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	        echo "installing test tools:$$missing"; \
+	        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	            --no-install-recommends $$(echo $$missing | tr ' ' '\n' | sort -u)) >/dev/null \
+	        || echo "could not install$$missing: the tests that need them skip"; \
+	    else echo "missing$$missing (no apt-get as root here): the tests that need them skip"; fi; \
+	fi
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -299,11 +299,14 @@ def cmd_status(ctx: Ctx) -> int:
 
 
 def cmd_health(ctx: Ctx) -> int:
-    response = ctx.call("Health", pb.HealthRequest(tenant=ctx.args.id or ""))
+    """Exit 1 when any service is unhealthy (for cron, monit): anything but ok, or stopped on purpose."""
+    tenant = ctx.args.id or ""
+    response = ctx.call("Health", pb.HealthRequest(tenant=tenant))
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
     else:
-        ctx.out(render.health_table(list(response.services)))
+        states = ctx.call("Status", pb.StatusRequest(tenant=tenant)).services
+        ctx.out(render.health_report(list(response.services), list(states)))
         if lines := render.instance_lines(list(response.services)):
             ctx.out("\ninstances:\n" + "\n".join(lines))
     return OK if all(s.status in ("ok", "stopped") for s in response.services) else FAILED
@@ -316,6 +319,28 @@ def cmd_metrics(ctx: Ctx) -> int:
     else:
         ctx.out(render.metrics_table(list(response.services)))
     return OK
+
+
+def cmd_top(ctx: Ctx) -> int:
+    from oraclectl.top import SORTS, run_top
+
+    a = ctx.args
+    if not (ctx.stdout.isatty() and ctx.stdin.isatty()):
+        raise UsageError("top needs a terminal; for scripts use `oraclectl metrics` or "
+                         "`oraclectl --json status`")
+    if a.sort not in SORTS:
+        raise UsageError(f"--sort: one of {', '.join(SORTS)} ({', '.join(v[0] for v in SORTS.values())})")
+    if a.interval < 0.2:
+        raise UsageError("--interval: at least 0.2 seconds")
+    tenant = a.id or ""
+    with ctx.client() as client:
+        def fetch() -> tuple[list[Any], list[Any]]:
+            states = client.call("Status", pb.StatusRequest(tenant=tenant)).services
+            figures = client.call("Metrics", pb.MetricsRequest(tenant=tenant)).services
+            return list(states), list(figures)
+
+        fetch()     # an unreachable daemon or unknown tenant is reported before the screen clears
+        return run_top(fetch, a.interval, a.sort)
 
 
 def _verb(method: str) -> Callable[[Ctx], int]:
@@ -895,6 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_arg(p, nargs="?")
     p = command(commands, "metrics", "key figures per service", cmd_metrics, "  oraclectl metrics")
     tenant_arg(p, nargs="?")
+    p = command(commands, "top", "live view of every service (like htop): q or Ctrl-C quits; keys sort",
+                cmd_top, "  oraclectl top\n  oraclectl top imperio --sort c --interval 1")
+    tenant_arg(p, nargs="?", help="only this tenant")
+    p.add_argument("--sort", default="n", metavar="KEY",
+                   help="n tenant (default), s state, c cpu, m memory, r restarts, g msgs/min, o outbox")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (2)")
     for name, method in (("start", "Start"), ("stop", "Stop"), ("restart", "Restart")):
         p = command(commands, name, f"{name} a tenant's services (or one of them, or all)", _verb(method),
                     f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast\n"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -161,15 +162,49 @@ def tenant_detail(t: Any) -> str:
     return "\n".join(lines)
 
 
-def health_table(services: Sequence[Any]) -> str:
+def health_report(services: Sequence[Any], states: Sequence[Any] = ()) -> str:
+    """One row per service (supervision state, health, detail), then each of its checks with
+    its latency, its detail and its last error (kept by the service after it recovered)."""
     if not services:
         return "no services"
-    rows = []
-    for h in services:
+    state_of = {(s.tenant, s.service): s.state for s in states}
+    headers = ("TENANT", "SERVICE", "STATE", "HEALTH", "DETAIL")
+    rows = [(h.tenant, h.service, state_of.get((h.tenant, h.service)), h.status, h.detail) for h in services]
+    widths = [max(len(headers[i]), *(len(_cell(r[i])) for r in rows)) for i in range(len(headers))]
+
+    def line(cells: Sequence[Any]) -> str:
+        return "  ".join(_cell(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(headers)]
+    for h, row in zip(services, rows, strict=True):
+        out.append(line(row))
         checks = json_format.MessageToDict(h.checks)
-        summary = " ".join(f"{k}={_short(v)}" for k, v in sorted(checks.items()))
-        rows.append((h.tenant, h.service, h.status, summary, h.detail))
-    return table(("TENANT", "SERVICE", "STATUS", "CHECKS", "DETAIL"), rows)
+        for name in sorted(checks):       # a stable order, call after call
+            out.append("    " + _check_line(name, checks[name]))
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    return DASH if value is None or value == "" else str(value)
+
+
+def _check_line(name: str, check: Any) -> str:
+    if not isinstance(check, dict):
+        return f"{name:<10} {_short(check)}"
+    if check.get("skipped"):
+        verdict = "skipped"
+    else:
+        verdict = "ok" if check.get("ok", check.get("status") == "ok") else "FAILING"
+    latency = check.get("latency_ms")
+    parts = [f"{name:<10}", f"{verdict:<8}", f"{latency:.1f}ms" if isinstance(latency, int | float) else DASH]
+    if check.get("detail"):
+        parts.append(str(check["detail"]))
+    if check.get("last_error") and verdict != "FAILING":
+        when = check.get("last_error_at")
+        stamp = f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}" if isinstance(
+            when, int | float) else ""
+        parts.append(f"(last error{stamp}: {check['last_error']})")
+    return "  ".join(parts)
 
 
 def _short(value: Any) -> str:
@@ -183,28 +218,61 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-FIRST_FIGURES = ("restarts", "uptime_s", "ready", "rss_bytes", "cpu_seconds", "requests_total")
+def size(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
-def _figure(name: str, value: float) -> str:
-    if name == "uptime_s":
-        return duration(value)
-    if name.endswith("_bytes"):
-        for unit in ("B", "KiB", "MiB", "GiB"):
-            if value < 1024 or unit == "GiB":
-                return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-            value /= 1024
-    return f"{value:g}"
+def seconds(value: float) -> str:
+    return f"{value:.2f}s" if value < 10 else f"{value:.1f}s" if value < 3600 else duration(value)
+
+
+def count(value: float) -> str:
+    return f"{value:.0f}"
+
+
+# figure -> (column header, how its value is written). The header names the quantity and the
+# value carries the unit ("56.9MiB", "1.20s"), so the two always agree.
+FIGURES: dict[str, tuple[str, Callable[[float], str]]] = {
+    "uptime_s": ("UPTIME", duration),
+    "restarts": ("RESTARTS", count),
+    "ready": ("READY", lambda v: yes_no(bool(v))),
+    "cpu_seconds": ("CPU", seconds),
+    "rss_bytes": ("RSS", size),
+    "pss_bytes": ("PSS", size),
+    "start_seconds": ("START", seconds),
+    "log_bytes": ("LOGS", size),
+    "last_exit_code": ("LAST_EXIT", count),
+    "outbox_depth": ("OUTBOX", count),
+    "outbox_oldest_s": ("OLDEST", duration),
+    "messages_sent": ("SENT", count),
+    "uncertain": ("UNCERTAIN", count),
+    "http_requests": ("REQUESTS", count),
+}
+HIDDEN_FIGURES = frozenset({"scrape_seconds", "scrape_timeouts", "scrape_errors"})
+
+
+def _other_figure(name: str) -> tuple[str, Callable[[float], str]]:
+    """A figure this oraclectl does not know (a newer daemon): header and unit from its name."""
+    for suffix, fmt in (("_bytes", size), ("_seconds", seconds), ("_s", duration)):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix).upper(), fmt
+    return name.upper(), lambda v: f"{v:g}"
 
 
 def metrics_table(services: Sequence[Any]) -> str:
     if not services:
         return "no services"
-    names = {k for m in services for k in m.figures}
-    columns = [n for n in FIRST_FIGURES if n in names] + sorted(names - set(FIRST_FIGURES))
-    rows = [(m.tenant, m.service, *(_figure(c, m.figures[c]) if c in m.figures else None for c in columns))
+    names = {k for m in services for k in m.figures} - HIDDEN_FIGURES
+    columns = [n for n in FIGURES if n in names] + sorted(names - set(FIGURES))
+    spec = [FIGURES.get(c) or _other_figure(c) for c in columns]
+    rows = [(m.tenant, m.service, *(fmt(m.figures[c]) if c in m.figures else None
+                                    for c, (_, fmt) in zip(columns, spec, strict=True)))
             for m in services]
-    return table(("TENANT", "SERVICE", *(c.upper() for c in columns)), rows)
+    return table(("TENANT", "SERVICE", *(header for header, _ in spec)), rows)
 
 
 def reload_text(r: Any) -> str:
@@ -217,8 +285,6 @@ def reload_text(r: Any) -> str:
 
 
 def event_line(e: Any) -> str:
-    import time
-
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
     who = e.tenant + (f"/{e.service}" if e.service else "")
     parts = [when, who or DASH, e.kind]

@@ -56,6 +56,7 @@ from oraclewad.operations import (
 )
 from oraclewad.provision import Provisioner
 from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecrets
+from oraclewad.scrape import ChildScraper, key_figures
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
@@ -110,6 +111,7 @@ class Fleet:
         self.problems: list[Problem] = []
         self.provisioning: dict[str, _Provisioning] = {}
         self.provisioning_failures = 0      # attempts that failed or found a server unavailable
+        self.scraper = ChildScraper(self.admin_socket, settings.metrics_child_timeout)
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
         self.shop_secrets = WebhookSecrets(settings.secrets_dir)
         self._lock = trio.Lock()
@@ -707,12 +709,28 @@ class Fleet:
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
         snaps = {s.name: s for s in self.supervisor.snapshot()}
         views = [v for v in self.status(tenant_id) if v.state != "invalid"]
-        # /proc of 200 children is a few thousand syscalls: off the event loop.
-        procs = await trio.to_thread.run_sync(lambda: [_proc_figures(v.pid) if v.pid else {} for v in views])
+        scraped = await self.scraper.scrape([(v.tenant, v.service) for v in views
+                                             if v.pid and v.ready and v.tenant != PROGRAMS])
+        if tenant_id is None:
+            await self.scraper.forget_others((v.tenant, v.service) for v in views)
+
+        def read() -> list[Mapping[str, float]]:
+            # /proc of 200 children and parsing their metrics: off the event loop.
+            self.scraper.parse(scraped.values())
+            return [_proc_figures(v.pid) if v.pid else {} for v in views]
+
+        procs = await trio.to_thread.run_sync(read)
         result = []
         for view, proc in zip(views, procs, strict=True):
+            key = (view.tenant, view.service)
             figures: dict[str, float] = {"restarts": float(view.restarts), "ready": float(view.ready),
                                          "uptime_s": float(view.uptime_s or 0.0), **proc}
+            child = scraped.get(key)
+            if child is not None:
+                figures.update(key_figures(child.families))
+                figures["scrape_seconds"] = child.seconds
+                figures["scrape_timeouts"] = float(self.scraper.timeouts.get(key, 0))
+                figures["scrape_errors"] = float(self.scraper.errors.get(key, 0))
             snap = snaps.get(unit_name(view.tenant, view.service))
             reasons: dict[str, int] = {}
             if snap is not None:
@@ -724,7 +742,8 @@ class Fleet:
                     figures["start_seconds"] = snap.start_seconds
             result.append(MetricsView(view.tenant, view.service, figures, state=view.state,
                                       release=view.release, restart_reasons=reasons,
-                                      scrape=bool(view.pid and view.ready and view.tenant != PROGRAMS)))
+                                      scrape=child.outcome if child else "",
+                                      families=tuple(child.families) if child else ()))
         return result
 
     def daemon_figures(self) -> DaemonFigures:
@@ -735,8 +754,13 @@ class Fleet:
         tenants = dict.fromkeys(TENANT_STATES, 0)
         for views in services.values():
             tenants[_tenant_state(views)] += 1
+        free = size = None
+        with contextlib.suppress(OSError):
+            disk = os.statvfs(self.settings.log_dir)
+            free, size = float(disk.f_bavail * disk.f_frsize), float(disk.f_blocks * disk.f_frsize)
         return DaemonFigures(tenants=tenants, config_problems=len(self.problems),
-                             provisioning_failures=self.provisioning_failures)
+                             provisioning_failures=self.provisioning_failures,
+                             log_disk_free_bytes=free, log_disk_size_bytes=size)
 
     def metrics_token(self, tenant_id: str) -> str | None:
         path = self._tenant(tenant_id).metrics_token_file

@@ -6,8 +6,8 @@
     /readyz                  the first start of the fleet is done and the daemon is not stopping
 
 Everything is read at scrape time through `Operations`, so nothing is stale and nothing costs
-between scrapes. Children are scraped concurrently over their admin sockets, each bounded by
-`[metrics] child_timeout`: a hung child costs at most that, shows as
+between scrapes. Children are scraped (by the fleet, oraclewad.scrape) concurrently over their
+admin sockets, each bounded by `[metrics] child_timeout`: a hung child costs at most that, shows as
 `oraclewa_child_scrape_success 0` and `oraclewa_child_scrape_timeouts_total`, and never fails
 the scrape. Text or OpenMetrics by the request's Accept header (prometheus_client's choice).
 """
@@ -18,9 +18,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
-import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -34,7 +32,7 @@ from starlette.routing import Route
 
 from oraclewad.errors import FailedPrecondition, NotFound
 from oraclewad.operations import DaemonFigures, MetricsView, Operations
-from oraclewad.scrape import ChildParser, Family, ParseError, merge
+from oraclewad.scrape import merge
 
 log = logging.getLogger("oraclewad.metrics")
 
@@ -42,102 +40,6 @@ log = logging.getLogger("oraclewad.metrics")
 STATES = ("starting", "running", "unhealthy", "backoff", "degraded", "stopping", "stopped", "unavailable",
           "pending")
 REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
-MAX_CHILD_BYTES = 8 * 1024 * 1024   # a child answering more than this is cut off (and reported)
-Key = tuple[str, str]               # (tenant, service)
-
-
-@dataclass
-class ChildScrape:
-    key: Key
-    seconds: float
-    outcome: str                    # ok | timeout | error
-    text: str = ""                  # the child's answer, parsed into `families` off the event loop
-    families: list[Family] = field(default_factory=list)
-
-
-class ChildScraper:
-    """Reads the children's /metrics over their admin sockets; remembers per child what
-    repeated scrapes need (a keep-alive client, the label-set cache, the timeout count)."""
-
-    def __init__(self, ops: Operations, timeout: float) -> None:
-        self.ops = ops
-        self.timeout = timeout
-        self._clients: dict[Key, tuple[str, httpx.AsyncClient]] = {}
-        self._parsers: dict[Key, ChildParser] = {}
-        self.timeouts: dict[Key, int] = {}
-        self.errors: dict[Key, int] = {}
-
-    def _client(self, key: Key) -> httpx.AsyncClient:
-        path = self.ops.admin_socket(*key)
-        cached = self._clients.get(key)
-        if cached is not None and cached[0] == path:
-            return cached[1]
-        transport = httpx.AsyncHTTPTransport(uds=path, retries=0)
-        client = httpx.AsyncClient(transport=transport, timeout=self.timeout)
-        self._clients[key] = (path, client)
-        return client
-
-    async def scrape(self, views: Sequence[MetricsView]) -> list[ChildScrape]:
-        wanted = [(v.tenant, v.service) for v in views if v.scrape]
-        results: list[ChildScrape] = []
-        async with trio.open_nursery() as nursery:
-            for key in wanted:
-                nursery.start_soon(self._one, key, results)
-        return results
-
-    async def _one(self, key: Key, results: list[ChildScrape]) -> None:
-        start = time.perf_counter()
-        outcome, text = "timeout", ""
-        with trio.move_on_after(self.timeout):
-            try:
-                response = await self._client(key).get("http://child/metrics")
-                if response.status_code != 200 or len(response.content) > MAX_CHILD_BYTES:
-                    raise ValueError(f"answered {response.status_code}, {len(response.content)} bytes")
-                text, outcome = response.text, "ok"
-            except (httpx.HTTPError, OSError, ValueError) as e:
-                outcome = "error"
-                log.debug("metrics: scraping %s/%s failed: %s", *key, e)
-        if outcome == "timeout":
-            self.timeouts[key] = self.timeouts.get(key, 0) + 1
-            # The connection may still carry the late answer: start afresh next time.
-            await self._drop(key)
-        elif outcome == "error":
-            self.errors[key] = self.errors.get(key, 0) + 1
-        results.append(ChildScrape(key, time.perf_counter() - start, outcome, text))
-
-    def parse(self, results: list[ChildScrape]) -> None:
-        """Turn each answer into families (called in a worker thread)."""
-        for result in results:
-            text, result.text = result.text, ""
-            if result.outcome != "ok":
-                continue
-            parser = self._parsers.get(result.key)
-            if parser is None:
-                parser = self._parsers[result.key] = ChildParser(*result.key)
-            try:
-                result.families = parser.parse(text)
-            except ParseError as e:
-                result.outcome = "error"
-                self.errors[result.key] = self.errors.get(result.key, 0) + 1
-                log.warning("metrics: %s/%s serves unparsable metrics: %s", *result.key, e)
-
-    async def _drop(self, key: Key) -> None:
-        cached = self._clients.pop(key, None)
-        if cached is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await cached[1].aclose()
-
-    async def forget_others(self, keep: Iterable[Key]) -> None:
-        """Close the clients of services that are gone (removed tenants)."""
-        keep = set(keep)
-        for key in [k for k in self._clients if k not in keep]:
-            await self._drop(key)
-        for table in (self._parsers, self.timeouts, self.errors):
-            for key in [k for k in table if k not in keep]:
-                del table[key]
-
-    async def aclose(self) -> None:
-        await self.forget_others(())
 
 
 def service_families(views: Sequence[MetricsView]) -> Iterator[Metric]:
@@ -190,7 +92,7 @@ def service_families(views: Sequence[MetricsView]) -> Iterator[Metric]:
     yield from (up, ready, state, restarts, exit_code, start, uptime, release, rss, pss, cpu, log_bytes)
 
 
-def scrape_families(scraper: ChildScraper, results: Sequence[ChildScrape]) -> Iterator[Metric]:
+def scrape_families(views: Sequence[MetricsView]) -> Iterator[Metric]:
     labels = ["tenant", "service"]
     duration = GaugeMetricFamily("oraclewa_child_scrape_duration_seconds",
                                  "How long reading this child's own /metrics took", labels=labels)
@@ -202,12 +104,14 @@ def scrape_families(scraper: ChildScraper, results: Sequence[ChildScrape]) -> It
     errors = CounterMetricFamily("oraclewa_child_scrape_errors",
                                  "Scrapes of the child's /metrics that failed (refused, bad answer)",
                                  labels=labels)
-    for r in results:
-        key = list(r.key)
-        duration.add_metric(key, r.seconds)
-        success.add_metric(key, 1.0 if r.outcome == "ok" else 0.0)
-        timeouts.add_metric(key, float(scraper.timeouts.get(r.key, 0)))
-        errors.add_metric(key, float(scraper.errors.get(r.key, 0)))
+    for v in views:
+        if not v.scrape:
+            continue
+        key = [v.tenant, v.service]
+        duration.add_metric(key, v.figures.get("scrape_seconds", 0.0))
+        success.add_metric(key, 1.0 if v.scrape == "ok" else 0.0)
+        timeouts.add_metric(key, v.figures.get("scrape_timeouts", 0.0))
+        errors.add_metric(key, v.figures.get("scrape_errors", 0.0))
     yield from (duration, success, timeouts, errors)
 
 
@@ -221,6 +125,12 @@ def daemon_families(figures: DaemonFigures, timeout: float) -> Iterator[Metric]:
     yield CounterMetricFamily("oraclewa_provisioning_failures",
                               "Tenant provisioning attempts that failed or found a server unavailable",
                               value=float(figures.provisioning_failures))
+    if figures.log_disk_free_bytes is not None and figures.log_disk_size_bytes is not None:
+        yield GaugeMetricFamily("oraclewa_log_disk_free_bytes",
+                                "Space left for unprivileged users on the filesystem of log_dir",
+                                value=figures.log_disk_free_bytes)
+        yield GaugeMetricFamily("oraclewa_log_disk_size_bytes", "Size of the filesystem of log_dir",
+                                value=figures.log_disk_size_bytes)
     yield GaugeMetricFamily("oraclewa_child_scrape_timeout_seconds",
                             "How long a scrape waits for each child ([metrics] child_timeout)", value=timeout)
 
@@ -240,7 +150,7 @@ class MetricsApp:
     def __init__(self, ops: Operations, *, child_timeout: float, registry: CollectorRegistry | None,
                  ready: Callable[[], bool]) -> None:
         self.ops = ops
-        self.scraper = ChildScraper(ops, child_timeout)
+        self.child_timeout = child_timeout
         self.registry = registry or CollectorRegistry()
         self.ready = ready
         self.duration = Histogram("oraclewa_daemon_scrape_duration_seconds",
@@ -250,25 +160,16 @@ class MetricsApp:
 
     async def _expose(self, request: Request, tenant: str | None) -> Response:
         start = time.perf_counter()
-        views = await self.ops.metrics(tenant)
-        results = await self.scraper.scrape(views)
-        if tenant is None:
-            await self.scraper.forget_others((v.tenant, v.service) for v in views)
+        views = await self.ops.metrics(tenant)      # children's own metrics included, each bounded
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        parts: list[Iterable[Metric]] = []
+        parts: list[Iterable[Metric]] = [service_families(views), scrape_families(views),
+                                         merge(v.families for v in views)]
         if tenant is None:
-            parts += [daemon_families(self.ops.daemon_figures(), self.scraper.timeout),
-                      self.registry.collect()]
-
-        def build() -> bytes:
-            # Parsing and encoding are the costly part (200 children: ~10^4 samples): a worker
-            # thread keeps the event loop, and with it supervision, responsive meanwhile.
-            self.scraper.parse(results)
-            parts.extend([service_families(views), scrape_families(self.scraper, results),
-                          list(merge(r.families for r in results))])
-            return encoder(_Fixed(parts))
-
-        body = await trio.to_thread.run_sync(build)
+            parts += [daemon_families(self.ops.daemon_figures(), self.child_timeout),
+                      list(self.registry.collect())]
+        # Encoding ~10^4 samples (200 children) is the costly part: a worker thread keeps the
+        # event loop, and with it supervision, responsive meanwhile.
+        body = await trio.to_thread.run_sync(encoder, _Fixed(parts))
         if tenant is None:
             self.duration.observe(time.perf_counter() - start)
         return Response(body, headers={"Content-Type": content_type})
@@ -324,8 +225,4 @@ async def serve_metrics(listen: str, ops: Operations, *, child_timeout: float = 
     config.accesslog = None
     config.errorlog = log
     log.info("metrics: serving on http://%s/metrics", listen)
-    try:
-        await serve(app.app(), config, task_status=task_status)  # type: ignore[arg-type]  # Starlette is ASGI
-    finally:
-        with trio.CancelScope(shield=True):
-            await app.scraper.aclose()
+    await serve(app.app(), config, task_status=task_status)  # type: ignore[arg-type]  # Starlette is ASGI

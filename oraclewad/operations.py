@@ -81,13 +81,15 @@ class MetricsView:
 
     tenant: str
     service: str
-    # restarts, ready, uptime_seconds, start_seconds, last_exit_code, rss_bytes, pss_bytes,
-    # cpu_seconds, log_bytes (each only when known)
+    # restarts, ready, uptime_s, start_seconds, last_exit_code, rss_bytes, pss_bytes, cpu_seconds,
+    # log_bytes; from the child's own metrics: outbox_depth, messages_sent, uncertain, ...;
+    # scrape_seconds, scrape_timeouts, scrape_errors (each only when known)
     figures: Mapping[str, float]
     state: str = ""
     release: str = ""
     restart_reasons: Mapping[str, int] = field(default_factory=dict)
-    scrape: bool = False                # a live process with an admin socket: its /metrics can be read
+    scrape: str = ""                    # reading the child's metrics: ok, timeout, error, "" (not read)
+    families: Sequence[Any] = ()        # the child's own metric families (oraclewad.scrape.Family)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class DaemonFigures:
     tenants: Mapping[str, int]          # tenants by state: ok, degraded, stopped, provisioning, invalid
     config_problems: int
     provisioning_failures: int          # failed or unavailable provisioning attempts since start
+    log_disk_free_bytes: float | None = None    # the filesystem of log_dir (for a "disk filling" alert)
+    log_disk_size_bytes: float | None = None
 
 
 @dataclass(frozen=True)

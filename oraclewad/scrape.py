@@ -1,5 +1,9 @@
 """Children's own metrics: fetched over their admin sockets, relabelled tenant/service, merged by family.
 
+The fleet scrapes (for /metrics and `oraclectl metrics`/`top` alike); metrics.py merges and
+exposes. Every child is read concurrently and bounded by a timeout, so a hung child costs at
+most that and is counted (`timeouts`), never waited for.
+
 Each child serves its registry in the Prometheus text format (prometheus_client's output). The
 daemon re-exposes every family once, with the samples of all children under it, so the result
 is ordinary prometheus_client `Metric`s that the library writes as text or OpenMetrics.
@@ -13,13 +17,19 @@ the numbers.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import httpx
+import trio
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import parse_labels
 from prometheus_client.samples import Sample
+
+log = logging.getLogger("oraclewad.metrics")
 
 # Labels the daemon sets on every child sample; a child's own value for them is replaced.
 IDENTITY = ("tenant", "service")
@@ -27,6 +37,7 @@ IDENTITY = ("tenant", "service")
 # rather than exported twice.
 RESERVED_PREFIXES = ("oraclewa_service_", "oraclewa_daemon_", "oraclewa_child_scrape_", "oraclewa_tenants",
                      "oraclewa_control_", "oraclewa_config_", "oraclewa_provisioning_")
+MAX_CHILD_BYTES = 8 * 1024 * 1024   # a child answering more than this is cut off (and reported)
 MAX_CACHE = 10_000          # parsed keys kept per child: a child with churning labels cannot grow us
 _TYPES = {"counter", "gauge", "histogram", "summary", "untyped", "info", "stateset", "gaugehistogram"}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -36,6 +47,9 @@ _SUFFIXES = {
     "summary": ("_count", "_sum", "_created"),
     "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
 }
+
+
+Key = tuple[str, str]               # (tenant, service)
 
 
 class ParseError(ValueError):
@@ -154,3 +168,115 @@ def merge(per_child: Iterable[list[Family]]) -> Iterator[Metric]:
                 continue
             metric.samples.extend(fam.samples)
     return iter(merged.values())
+
+
+@dataclass
+class ChildScrape:
+    key: Key
+    seconds: float
+    outcome: str                    # ok | timeout | error
+    text: str = ""                  # the child's answer, parsed into `families` off the event loop
+    families: list[Family] = field(default_factory=list)
+
+
+class ChildScraper:
+    """Reads the children's /metrics over their admin sockets; remembers per child what
+    repeated scrapes need (a keep-alive client, the label-set cache, the timeout count)."""
+
+    def __init__(self, socket_path: Callable[[str, str], str], timeout: float) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._clients: dict[Key, tuple[str, httpx.AsyncClient]] = {}
+        self._parsers: dict[Key, ChildParser] = {}
+        self.timeouts: dict[Key, int] = {}
+        self.errors: dict[Key, int] = {}
+
+    def _client(self, key: Key) -> httpx.AsyncClient:
+        path = self.socket_path(*key)
+        cached = self._clients.get(key)
+        if cached is not None and cached[0] == path:
+            return cached[1]
+        transport = httpx.AsyncHTTPTransport(uds=path, retries=0)
+        client = httpx.AsyncClient(transport=transport, timeout=self.timeout)
+        self._clients[key] = (path, client)
+        return client
+
+    async def scrape(self, keys: Sequence[Key]) -> dict[Key, ChildScrape]:
+        """Every child at once; each answer (or its timeout) within `timeout` seconds."""
+        results: list[ChildScrape] = []
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(self._one, key, results)
+        return {r.key: r for r in results}
+
+    async def _one(self, key: Key, results: list[ChildScrape]) -> None:
+        start = time.perf_counter()
+        outcome, text = "timeout", ""
+        with trio.move_on_after(self.timeout):
+            try:
+                response = await self._client(key).get("http://child/metrics")
+                if response.status_code != 200 or len(response.content) > MAX_CHILD_BYTES:
+                    raise ValueError(f"answered {response.status_code}, {len(response.content)} bytes")
+                text, outcome = response.text, "ok"
+            except (httpx.HTTPError, OSError, ValueError) as e:
+                outcome = "error"
+                log.debug("metrics: scraping %s/%s failed: %s", *key, e)
+        if outcome == "timeout":
+            self.timeouts[key] = self.timeouts.get(key, 0) + 1
+            # The connection may still carry the late answer: start afresh next time.
+            await self._drop(key)
+        elif outcome == "error":
+            self.errors[key] = self.errors.get(key, 0) + 1
+        results.append(ChildScrape(key, time.perf_counter() - start, outcome, text))
+
+    def parse(self, results: Iterable[ChildScrape]) -> None:
+        """Turn each answer into families (call it in a worker thread: it is the costly part)."""
+        for result in results:
+            text, result.text = result.text, ""
+            if result.outcome != "ok":
+                continue
+            parser = self._parsers.get(result.key)
+            if parser is None:
+                parser = self._parsers[result.key] = ChildParser(*result.key)
+            try:
+                result.families = parser.parse(text)
+            except ParseError as e:
+                result.outcome = "error"
+                self.errors[result.key] = self.errors.get(result.key, 0) + 1
+                log.warning("metrics: %s/%s serves unparsable metrics: %s", *result.key, e)
+
+    async def _drop(self, key: Key) -> None:
+        cached = self._clients.pop(key, None)
+        if cached is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await cached[1].aclose()
+
+    async def forget_others(self, keep: Iterable[Key]) -> None:
+        """Close the clients of services that are gone (removed tenants)."""
+        keep = set(keep)
+        for key in [k for k in self._clients if k not in keep]:
+            await self._drop(key)
+        for table in (self._parsers, self.timeouts, self.errors):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
+    async def aclose(self) -> None:
+        await self.forget_others(())
+
+
+def key_figures(families: Sequence[Family]) -> dict[str, float]:
+    """The few service figures `oraclectl metrics` and `top` show, from a child's families."""
+    figures: dict[str, float] = {}
+    for fam in families:
+        if fam.name == "oraclewa_outbox_depth":
+            figures["outbox_depth"] = sum(s.value for s in fam.samples)
+        elif fam.name == "oraclewa_outbox_oldest_age_seconds":
+            figures["outbox_oldest_s"] = max((s.value for s in fam.samples), default=0.0)
+        elif fam.name == "oraclewa_messages_uncertain":
+            figures["uncertain"] = sum(s.value for s in fam.samples)
+        elif fam.name == "oraclewa_messages_total":
+            figures["messages_sent"] = sum(s.value for s in fam.samples
+                                           if s.name == fam.name and s.labels.get("status") == "sent")
+        elif fam.name == "oraclewa_http_requests_total":
+            figures["http_requests"] = sum(s.value for s in fam.samples if s.name == fam.name)
+    return figures

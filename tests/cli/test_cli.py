@@ -211,8 +211,10 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     assert [r["service"] for r in restarted] == ["recovery"] and restarted[0]["pid"] != pid
 
     code, out, _ = ctl(daemon, "health", tenant)
-    assert code == 0 and out.splitlines()[0].split()[:3] == ["TENANT", "SERVICE", "STATUS"]
-    assert "postgres=ok" in out and "redis=ok" in out
+    assert code == 0 and out.splitlines()[0].split() == ["TENANT", "SERVICE", "STATE", "HEALTH", "DETAIL"]
+    assert out.splitlines()[1].split()[:4] == [tenant, "broadcast", "running", "ok"]
+    checks = [line.split()[:2] for line in out.splitlines() if line.startswith("    ")]
+    assert checks[:3] == [["postgres", "ok"], ["redis", "ok"], ["schema", "ok"]]
     code, out, _ = ctl(daemon, "--json", "health", tenant)
     assert json.loads(out)[0]["checks"]["postgres"]["latency_ms"] > 0
     orders = {tuple(json.loads(ctl(daemon, "--json", "health", tenant)[1])[0]["checks"]) for _ in range(5)}
@@ -221,7 +223,10 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     assert len(tables) == 1
 
     code, out, _ = ctl(daemon, "metrics", tenant)
-    assert code == 0 and "RSS_BYTES" in out and "MiB" in out
+    header, first = out.splitlines()[:2]
+    columns = dict(zip(header.split(), first.split(), strict=True))
+    assert code == 0 and columns["RSS"].endswith("MiB") and columns["CPU"].endswith("s")
+    assert re.fullmatch(r"\d+s|\d+m\d\ds", columns["UPTIME"]) and columns["LOGS"][-1] == "B"
     code, out, _ = ctl(daemon, "--json", "metrics", tenant)
     assert json.loads(out)[0]["figures"]["rss_bytes"] > 1_000_000
 

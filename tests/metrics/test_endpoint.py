@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.metrics.conftest import MetricsDaemon, promtool
+from tests.harness import wait_for
+from tests.metrics.conftest import CHILD_TIMEOUT, MetricsDaemon, promtool
 
 
 def families(text: str) -> dict[str, object]:
@@ -105,3 +109,28 @@ def test_health_and_readiness(metrics_daemon: MetricsDaemon) -> None:
     md = metrics_daemon
     assert md.get("/healthz").status_code == 200
     assert md.get("/readyz").status_code == 200
+
+
+def test_a_hung_child_costs_at_most_the_timeout_and_shows_as_a_metric(metrics_daemon: MetricsDaemon) -> None:
+    md = metrics_daemon
+    pid = next(r["pid"] for r in md.daemon.ctl_json("status")  # type: ignore[union-attr]
+               if r["tenant"] == md.other and r["service"] == "broadcast")
+    key = (("service", "broadcast"), ("tenant", md.other))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(2):      # a second scrape must not queue behind the first one's stuck request
+            started = time.monotonic()
+            body = md.get().text
+            elapsed = time.monotonic() - started
+            assert elapsed < CHILD_TIMEOUT + 1.0, f"scrape took {elapsed:.2f}s with one child hung"
+        assert samples(body, "oraclewa_child_scrape_success")[key] == 0.0
+        assert samples(body, "oraclewa_child_scrape_timeouts_total")[key] >= 2
+        assert samples(body, "oraclewa_child_scrape_duration_seconds")[key] >= CHILD_TIMEOUT * 0.9
+        # Everyone else is still there, the hung one's supervision figures too.
+        success = samples(body, "oraclewa_child_scrape_success")
+        assert sorted(success.values()) == [0.0, 1.0, 1.0, 1.0]
+        assert samples(body, "oraclewa_service_up")[key] == 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: samples(md.get().text, "oraclewa_child_scrape_success").get(key) == 1.0,
+             timeout=20, what="the child answering again")

@@ -14,10 +14,12 @@ the scrape. Text or OpenMetrics by the request's Accept header (prometheus_clien
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -25,6 +27,7 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import ALLOWUTF8
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -146,6 +149,18 @@ class _Fixed:
             yield from part
 
 
+def _encoder(accept: str) -> tuple[Callable[[Any], bytes], str]:
+    """prometheus_client's choice of format for this Accept header. Every name we expose is a
+    legacy (ASCII) Prometheus name (the child parser refuses others), so all escaping schemes
+    write the same bytes; for OpenMetrics the "allow-utf-8" one skips a per-character loop
+    that costs ~120 ms per scrape of 200 children."""
+    encoder, content_type = choose_encoder(accept)
+    if isinstance(encoder, functools.partial) and "escaping" in encoder.keywords:
+        keywords = {**encoder.keywords, "escaping": ALLOWUTF8}
+        encoder = functools.partial(encoder.func, *encoder.args, **keywords)
+    return encoder, content_type
+
+
 class MetricsApp:
     def __init__(self, ops: Operations, *, child_timeout: float, registry: CollectorRegistry | None,
                  ready: Callable[[], bool]) -> None:
@@ -161,7 +176,7 @@ class MetricsApp:
     async def _expose(self, request: Request, tenant: str | None) -> Response:
         start = time.perf_counter()
         views = await self.ops.metrics(tenant)      # children's own metrics included, each bounded
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        encoder, content_type = _encoder(request.headers.get("accept", ""))
         parts: list[Iterable[Metric]] = [service_families(views), scrape_families(views),
                                          merge(v.families for v in views)]
         if tenant is None:

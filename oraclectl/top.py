@@ -1,14 +1,16 @@
 """`oraclectl top`: a live, sortable view of every service, like `pm2 monit` or `htop`.
 
 curses from the standard library: nothing to install, and it restores the terminal on every
-way out (q, Ctrl-C, an error). Each refresh asks the daemon for Status and Metrics; rates
-(CPU %, messages per minute) are the change between two refreshes.
+way out (q, Ctrl-C, an error). A thread asks the daemon for Status and Metrics every interval
+(keys answer at once however slow the daemon is); rates (CPU %, messages per minute) are the
+change between two answers.
 """
 
 from __future__ import annotations
 
 import curses
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,6 +133,41 @@ def _draw(screen: Any, rows: list[Row], title: str) -> None:
     screen.refresh()
 
 
+class Fetcher:
+    """Asks the daemon in a thread of its own, so keys answer at once however slow the daemon is."""
+
+    def __init__(self, fetch: Fetch, interval: float) -> None:
+        self.fetch = fetch
+        self.interval = interval
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.result: tuple[Sequence[Any], Sequence[Any]] | None = None
+        self.error = ""
+        self.fresh = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="top-fetch", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                result, error = self.fetch(), ""
+            except Exception as e:  # the daemon away for a moment: say so, keep the last rows
+                result, error = None, (str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+            with self.lock:
+                if result is not None:
+                    self.result = result
+                self.error = error
+            self.fresh.set()
+            self.stop.wait(self.interval)
+
+    def take(self) -> tuple[tuple[Sequence[Any], Sequence[Any]] | None, str] | None:
+        """The latest answer once per fetch, else None."""
+        if not self.fresh.is_set():
+            return None
+        self.fresh.clear()
+        with self.lock:
+            return self.result, self.error
+
+
 def _loop(screen: Any, fetch: Fetch, interval: float, sort: str) -> int:
     curses.curs_set(0)
     screen.timeout(100)             # getch() polls every 100 ms: keys answer at once
@@ -138,27 +175,28 @@ def _loop(screen: Any, fetch: Fetch, interval: float, sort: str) -> int:
     reverse = False
     rows: list[Row] = []
     error = ""
-    due = 0.0
-    while True:
-        now = time.monotonic()
-        if now >= due:
-            due = now + interval
-            try:
-                states, metrics = fetch()
-                rows, error = build_rows(states, metrics, rates), ""
-            except Exception as e:  # the daemon away for a moment: say so, keep the last rows
-                error = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
-        key = screen.getch()
-        if key in (ord("q"), ord("Q"), 27):         # q or Esc
-            return 0
-        char = chr(key) if 0 <= key < 256 else ""
-        if char in SORTS:
-            reverse = not reverse if char == sort else False
-            sort = char
-            _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
-        elif key == curses.KEY_RESIZE:
-            _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
+    fetcher = Fetcher(fetch, interval)
+    fetcher.thread.start()
+    try:
+        while True:
+            taken = fetcher.take()
+            if taken is not None:
+                result, error = taken
+                if result is not None and not error:
+                    rows = build_rows(*result, rates)
+                _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
+            key = screen.getch()
+            if key in (ord("q"), ord("Q"), 27):         # q or Esc
+                return 0
+            char = chr(key) if 0 <= key < 256 else ""
+            if char in SORTS:
+                reverse = not reverse if char == sort else False
+                sort = char
+                _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
+            elif key == curses.KEY_RESIZE:
+                _draw(screen, sort_rows(rows, sort, reverse), header(rows, sort, reverse, interval, error))
+    finally:
+        fetcher.stop.set()
 
 
 def run_top(fetch: Fetch, interval: float = 2.0, sort: str = "n") -> int:

@@ -37,7 +37,7 @@ IDENTITY = ("tenant", "service")
 # rather than exported twice.
 RESERVED_PREFIXES = ("oraclewa_service_", "oraclewa_daemon_", "oraclewa_child_scrape_", "oraclewa_tenants",
                      "oraclewa_control_", "oraclewa_config_", "oraclewa_provisioning_")
-MAX_CHILD_BYTES = 8 * 1024 * 1024   # a child answering more than this is cut off (and reported)
+MAX_CHILD_BYTES = 4 * 1024 * 1024   # a child answering more than this is cut off (and reported)
 MAX_CACHE = 10_000          # parsed keys kept per child: a child with churning labels cannot grow us
 _TYPES = {"counter", "gauge", "histogram", "summary", "untyped", "info", "stateset", "gaugehistogram"}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -219,10 +219,7 @@ class ChildScraper:
         outcome, text = "timeout", ""
         with trio.move_on_after(self.timeout):
             try:
-                response = await self._client(key).get("http://child/metrics")
-                if response.status_code != 200 or len(response.content) > MAX_CHILD_BYTES:
-                    raise ValueError(f"answered {response.status_code}, {len(response.content)} bytes")
-                text, outcome = response.text, "ok"
+                text, outcome = await self._read(key), "ok"
             except (httpx.HTTPError, OSError, ValueError) as e:
                 outcome = "error"
                 log.debug("metrics: scraping %s/%s failed: %s", *key, e)
@@ -233,6 +230,19 @@ class ChildScraper:
         elif outcome == "error":
             self.errors[key] = self.errors.get(key, 0) + 1
         results.append(ChildScrape(key, time.perf_counter() - start, outcome, text))
+
+    async def _read(self, key: Key) -> str:
+        # Streamed and capped: a child cannot make the daemon hold more than MAX_CHILD_BYTES.
+        async with self._client(key).stream("GET", "http://child/metrics") as response:
+            if response.status_code != 200:
+                raise ValueError(f"answered HTTP {response.status_code}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_CHILD_BYTES:
+                    raise ValueError(f"answered more than {MAX_CHILD_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def parse(self, results: Iterable[ChildScrape]) -> None:
         """Turn each answer into families (call it in a worker thread: it is the costly part)."""

@@ -122,7 +122,8 @@ def test_a_hung_child_costs_at_most_the_timeout_and_shows_as_a_metric(metrics_da
             started = time.monotonic()
             body = md.get().text
             elapsed = time.monotonic() - started
-            assert elapsed < CHILD_TIMEOUT + 1.0, f"scrape took {elapsed:.2f}s with one child hung"
+            # Without the bound this takes the test client's 10 s; the margin is for a loaded machine.
+            assert elapsed < CHILD_TIMEOUT + 2.0, f"scrape took {elapsed:.2f}s with one child hung"
         assert samples(body, "oraclewa_child_scrape_success")[key] == 0.0
         assert samples(body, "oraclewa_child_scrape_timeouts_total")[key] >= 2
         assert samples(body, "oraclewa_child_scrape_duration_seconds")[key] >= CHILD_TIMEOUT * 0.9

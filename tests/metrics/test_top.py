@@ -76,7 +76,7 @@ def test_top_shows_every_tenant_sorts_and_quits_cleanly(metrics_daemon: MetricsD
     wait_for(lambda: "sort: memory (reversed)" in screen(tmux), timeout=10, what="sort reversed")
 
     subprocess.run([*tmux, "send-keys", "-t", "top", quit_key], check=True, timeout=10)
-    assert wait_for(lambda: exit_status(tmux), timeout=10, what="top to exit") == "0"
+    assert wait_for(lambda: exit_status(tmux), timeout=30, what="top to exit") == "0"
     # curses gave the terminal back: the last screen is not top's any more (the alternate
     # screen is gone), and the pane says how the program ended.
     assert "TENANT" not in screen(tmux).split("Pane is dead")[0]

@@ -335,8 +335,8 @@ def cmd_top(ctx: Ctx) -> int:
     tenant = a.id or ""
     with ctx.client() as client:
         def fetch() -> tuple[list[Any], list[Any]]:
-            states = client.call("Status", pb.StatusRequest(tenant=tenant)).services
-            figures = client.call("Metrics", pb.MetricsRequest(tenant=tenant)).services
+            states = client.call("Status", pb.StatusRequest(tenant=tenant), timeout=5).services
+            figures = client.call("Metrics", pb.MetricsRequest(tenant=tenant), timeout=5).services
             return list(states), list(figures)
 
         fetch()     # an unreachable daemon or unknown tenant is reported before the screen clears

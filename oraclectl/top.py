@@ -168,15 +168,13 @@ class Fetcher:
             return self.result, self.error
 
 
-def _loop(screen: Any, fetch: Fetch, interval: float, sort: str) -> int:
+def _loop(screen: Any, fetcher: Fetcher, interval: float, sort: str) -> int:
     curses.curs_set(0)
     screen.timeout(100)             # getch() polls every 100 ms: keys answer at once
     rates = Rates()
     reverse = False
     rows: list[Row] = []
     error = ""
-    fetcher = Fetcher(fetch, interval)
-    fetcher.thread.start()
     try:
         while True:
             taken = fetcher.take()
@@ -205,7 +203,14 @@ def run_top(fetch: Fetch, interval: float = 2.0, sort: str = "n") -> int:
     # runners export stale ones: a live view follows the terminal (and its resizes).
     os.environ.pop("COLUMNS", None)
     os.environ.pop("LINES", None)
+    fetcher = Fetcher(fetch, interval)
+    fetcher.thread.start()
     try:
-        return curses.wrapper(_loop, fetch, interval, sort)
+        return curses.wrapper(_loop, fetcher, interval, sort)
     except KeyboardInterrupt:
         return 0
+    finally:
+        # The terminal is back; let an answer in flight land before the caller closes the
+        # channel under it (bounded: the calls carry a deadline).
+        fetcher.stop.set()
+        fetcher.thread.join(timeout=6)

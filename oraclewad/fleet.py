@@ -59,6 +59,7 @@ from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecre
 from oraclewad.scrape import ChildScraper, key_figures
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
+from oraclewad.supervisor.status import UP
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.model import Tenant, parse_tenant
@@ -713,7 +714,7 @@ class Fleet:
         snaps = {s.name: s for s in self.supervisor.snapshot()}
         views = [v for v in self.status(tenant_id) if v.state != "invalid"]
         scraped = await self.scraper.scrape([(v.tenant, v.service) for v in views
-                                             if v.pid and v.ready and v.tenant != PROGRAMS])
+                                             if v.pid and v.state in UP and v.tenant != PROGRAMS])
         if tenant_id is None:
             await self.scraper.forget_others((v.tenant, v.service) for v in views)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,7 @@ def tmux(tmp_path: Path) -> Iterator[list[str]]:
         pytest.skip("tmux not installed (Debian package `tmux`)")
     # The size from the config: `new-session -x` alone is not honoured when tmux has no terminal.
     conf = tmp_path / "tmux.conf"
-    # remain-on-exit: the pane outlives top, so the test can read how it exited.
-    conf.write_text("set -g default-size 150x30\nset -g remain-on-exit on\n")
+    conf.write_text("set -g default-size 150x30\n")
     base = ["tmux", "-L", f"owa-top-{os.getpid()}", "-f", str(conf)]
     try:
         yield base
@@ -35,12 +35,18 @@ def screen(tmux: list[str]) -> str:
     return result.stdout
 
 
-def exit_status(tmux: list[str]) -> str | None:
-    """top's exit status once it has exited, else None."""
-    result = subprocess.run([*tmux, "display", "-p", "-t", "top", "#{pane_dead} #{pane_dead_status}"],
-                            capture_output=True, text=True, timeout=10)
-    dead, _, status = result.stdout.strip().partition(" ")
-    return status if dead == "1" else None
+# Runs top as the terminal's program and writes its exit code to a file. SIGINT is ignored by
+# this wrapper only (top gets the default back), so Ctrl-C reaches top alone, as in a shell.
+WRAPPER = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+code = subprocess.run(sys.argv[2:], preexec_fn=default_sigint).returncode
+open(sys.argv[1], "w").write(str(code))
+print(f"top exited with {code}", flush=True)
+signal.pause()
+"""
 
 
 @pytest.mark.parametrize("quit_key", ["q", "C-c"])
@@ -48,8 +54,9 @@ def test_top_shows_every_tenant_sorts_and_quits_cleanly(metrics_daemon: MetricsD
                                                         tmp_path: Path, quit_key: str) -> None:
     md = metrics_daemon
     top = [str(BIN / "oraclectl"), "--socket", str(md.daemon.socket_path), "top", "--interval", "0.5"]
-    subprocess.run([*tmux, "new-session", "-d", "-s", "top", "env", "TERM=xterm-256color", *top],
-                   check=True, timeout=10)
+    status_file = tmp_path / "exit"
+    subprocess.run([*tmux, "new-session", "-d", "-s", "top", "env", "TERM=xterm-256color", sys.executable,
+                    "-c", WRAPPER, str(status_file), *top], check=True, timeout=10)
 
     def rows() -> dict[tuple[str, str], list[str]]:
         found = {}
@@ -76,10 +83,12 @@ def test_top_shows_every_tenant_sorts_and_quits_cleanly(metrics_daemon: MetricsD
     wait_for(lambda: "sort: memory (reversed)" in screen(tmux), timeout=10, what="sort reversed")
 
     subprocess.run([*tmux, "send-keys", "-t", "top", quit_key], check=True, timeout=10)
-    assert wait_for(lambda: exit_status(tmux), timeout=30, what="top to exit") == "0"
-    # curses gave the terminal back: the last screen is not top's any more (the alternate
-    # screen is gone), and the pane says how the program ended.
-    assert "TENANT" not in screen(tmux).split("Pane is dead")[0]
+    status = wait_for(lambda: status_file.exists() and status_file.read_text(), timeout=30,
+                      what="top to exit")
+    assert status == "0"
+    # curses gave the terminal back: the screen is the shell's again, not top's.
+    wait_for(lambda: "top exited with 0" in screen(tmux), timeout=10, what="the terminal back")
+    assert "TENANT" not in screen(tmux)
 
 def test_top_refuses_without_a_terminal(metrics_daemon: MetricsDaemon) -> None:
     result = metrics_daemon.daemon.ctl("top", check=False)

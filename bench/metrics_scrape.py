@@ -77,7 +77,9 @@ def main() -> None:
         count = 2 * args.tenants
         base = b.free_port_block(count + 10)
         port = b.free_port()
+        # start_timeout = 300: a cold start of 200 children on 2 cores must not thrash (see README).
         config = b.write_config(root, backend=backend, port_base=base, port_count=count + 10,
+                                policy="start_timeout = 300.0",
                                 extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
                                       f"child_timeout = {args.child_timeout}\n")
         # write_config's own `[metrics] listen = ""` comes first; the later table must replace it.

@@ -218,14 +218,6 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def size(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def seconds(value: float) -> str:
     return f"{value:.2f}s" if value < 10 else f"{value:.1f}s" if value < 3600 else duration(value)
 

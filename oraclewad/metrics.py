@@ -197,7 +197,7 @@ class MetricsApp:
         try:
             token = self.ops.metrics_token(tenant)
         except NotFound:
-            return PlainTextResponse(f"no tenant {tenant!r}\n", status_code=404)
+            return PlainTextResponse(f"no tenant {tenant[:64]!r}\n", status_code=404)
         except FailedPrecondition as e:
             log.error("metrics: %s", e)
             return PlainTextResponse(f"tenant {tenant!r}: metrics unavailable (see the daemon's log)\n",

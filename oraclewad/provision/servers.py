@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from oraclewad.errors import InvalidArgument
 from oraclewad.provision.embedded import EmbeddedPostgres, EmbeddedRedis
+from oraclewad.provision.keeper import EmbeddedServer, Guard, ServerKeeper
 from oraclewad.settings import Settings
 
 
@@ -106,6 +107,7 @@ class Servers:
     redis: RedisParams
     embedded_postgres: EmbeddedPostgres | None = None
     embedded_redis: EmbeddedRedis | None = None
+    keeper: ServerKeeper | None = None      # run keeper.run() as a daemon task (embedded only)
 
     @property
     def postgres_address(self) -> str:
@@ -167,8 +169,17 @@ async def open_servers(settings: Settings) -> AsyncIterator[Servers]:
     missing or the server fails to start.
     """
     servers = await trio.to_thread.run_sync(Servers.start, settings, abandon_on_cancel=False)
+    embedded: list[EmbeddedServer] = [s for s in (servers.embedded_postgres, servers.embedded_redis)
+                                      if s is not None]
+    guard = Guard() if embedded else None
+    if guard is not None:
+        servers.keeper = ServerKeeper(embedded, guard)
     try:
         yield servers
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(servers.stop)
+            try:
+                await trio.to_thread.run_sync(servers.stop)
+            finally:
+                if guard is not None:
+                    await trio.to_thread.run_sync(guard.close)

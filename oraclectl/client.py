@@ -14,7 +14,8 @@ import grpc
 
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 
-DEFAULT_SOCKETS = ("./var/run/oraclewad.sock", "/run/oraclewa/oraclewad.sock")
+INSTALLED_SOCKET = "/run/oraclewa/oraclewad.sock"
+DEFAULT_CONFIGS = ("oraclewad.toml", "/etc/oraclewa/oraclewad.toml")
 UNARY_TIMEOUT = 10.0
 # The daemon sets this trailer on every error it returns itself (oraclewad.control.bridge).
 ANSWERED_BY = ("oraclewa-answered-by", "oraclewad")
@@ -40,17 +41,33 @@ class Refused(Exception):
         self.details = details
 
 
-def socket_candidates(env: Mapping[str, str] | None = None) -> list[str]:
+def find_config(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The daemon config oraclectl reads its socket from, found as `oraclewad` finds it:
+    --config, $OWA_CONFIG, ./oraclewad.toml, /etc/oraclewa/oraclewad.toml (None: none exists)."""
     env = os.environ if env is None else env
-    found = [env["OWA_SOCKET"]] if env.get("OWA_SOCKET") else []
-    return found + list(DEFAULT_SOCKETS)
+    if explicit:
+        return explicit
+    if env.get("OWA_CONFIG"):
+        return env["OWA_CONFIG"]
+    return next((os.path.abspath(c) for c in DEFAULT_CONFIGS if os.path.isfile(c)), None)
 
 
-def resolve_socket(env: Mapping[str, str] | None = None) -> str:
-    """$OWA_SOCKET, ./var/run/oraclewad.sock, /run/oraclewa/oraclewad.sock: the first that exists,
-    else the first candidate (so the error names the place most likely meant)."""
-    candidates = socket_candidates(env)
-    return next((c for c in candidates if os.path.exists(c)), candidates[0])
+def resolve_socket(env: Mapping[str, str] | None = None, config: str | None = None) -> str:
+    """$OWA_SOCKET; else the socket named by the daemon config (find_config); else the installed
+    default. Never a ./var/run socket of whatever folder oraclectl happens to run in: a folder
+    counts only when it holds an oraclewad.toml, as it does for the daemon."""
+    env = os.environ if env is None else env
+    if env.get("OWA_SOCKET") and not config:
+        return env["OWA_SOCKET"]
+    path = find_config(config, env)
+    if path is None:
+        return INSTALLED_SOCKET
+    try:
+        return socket_from_config(path)
+    except ConfigError:
+        if config or env.get("OWA_CONFIG"):
+            raise
+        return INSTALLED_SOCKET     # /etc/oraclewa/oraclewad.toml unreadable for this user
 
 
 class ConfigError(Exception):

@@ -28,7 +28,6 @@ from oraclectl.client import (
     Target,
     Unreachable,
     resolve_socket,
-    socket_candidates,
     socket_from_config,
 )
 from oraclectl.completion import TENANT_ID
@@ -82,7 +81,10 @@ class Ctx:
             except ConfigError as e:
                 raise UsageError(str(e)) from None
         else:
-            target = Target(socket=a.socket or resolve_socket())
+            try:
+                target = Target(socket=a.socket or resolve_socket())
+            except ConfigError as e:        # $OWA_CONFIG names a file that cannot be used
+                raise UsageError(str(e)) from None
         return Client(target, timeout=a.timeout)
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
@@ -776,7 +778,9 @@ examples:
   oraclectl --json status imperio | jq .
   oraclectl --addr vps.example.com:7443 --token-file ~/.oraclewa.token --tls-ca ca.pem status
 
-The socket defaults to $OWA_SOCKET, then ./var/run/oraclewad.sock, then /run/oraclewa/oraclewad.sock.
+The socket: --socket, else $OWA_SOCKET, else the one named by the daemon config (--config, $OWA_CONFIG,
+./oraclewad.toml, /etc/oraclewa/oraclewad.toml: [control] socket or <run_dir>/oraclewad.sock),
+else /run/oraclewa/oraclewad.sock.
 exit codes: 0 ok, 1 the daemon refused or failed, 2 usage, 3 daemon unreachable
 """
 
@@ -786,8 +790,7 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     group = parser.add_argument_group("connection")
     where = group.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", default=default,
-                       help="daemon's unix socket (default: first existing of "
-                            f"{', '.join(socket_candidates({'OWA_SOCKET': '$OWA_SOCKET'}))})")
+                       help="daemon's unix socket (default: $OWA_SOCKET, else from the daemon config)")
     where.add_argument("--addr", metavar="HOST:PORT", default=default,
                        help="daemon's TCP listener (needs --token-file)")
     where.add_argument("--config", metavar="FILE", default=default,

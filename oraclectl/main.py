@@ -171,6 +171,18 @@ def cmd_tenant_remove(ctx: Ctx) -> int:
     return OK
 
 
+def cmd_tenant_repair(ctx: Ctx) -> int:
+    a = ctx.args
+    response = ctx.call("RepairTenant", pb.RepairTenantRequest(id=a.id), timeout=max(a.timeout, 60))
+    if ctx.json:
+        ctx.out(render.dumps({"id": a.id, "actions": list(response.actions)}))
+    else:
+        ctx.out(f"tenant {a.id} repaired")
+        for line in response.actions:
+            ctx.out(f"  {line}")
+    return OK
+
+
 def cmd_tenant_list(ctx: Ctx) -> int:
     if ctx.args.removed:
         removed = ctx.call("ListRemovedTenants", pb.ListRemovedTenantsRequest(),
@@ -885,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "  oraclectl tenant restore lojaABC")
     tenant_arg(p)
     wait_options(p)
+    p = command(tsub, "repair", "provision a tenant again (databases, roles, passwords, Redis users) "
+                "and retry its failing services", cmd_tenant_repair, "  oraclectl tenant repair lojaABC")
+    tenant_arg(p)
     p = command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
                 "  oraclectl tenant show imperio")
     tenant_arg(p)

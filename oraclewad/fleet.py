@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import trio
 
-from oraclewad import releases
+from oraclewad import contract, releases
 from oraclewad.deploy import Deployer
 from oraclewad.errors import (
     AlreadyExists,
@@ -74,7 +75,9 @@ from oraclewad.tenants.store import (
     retired_files,
 )
 
+log = logging.getLogger("oraclewad.fleet")
 PROGRAMS = "programs"
+REASSERT_EVERY = 30.0      # seconds between two automatic re-provisionings of one tenant
 SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 SERVICES_PACKAGE = Path(__file__).parent / "services"
@@ -117,6 +120,7 @@ class Fleet:
         self.shop_secrets = WebhookSecrets(settings.secrets_dir)
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
+        self._reasserted: dict[str, float] = {}
 
     # ---- reconciling ------------------------------------------------------------------------
 
@@ -304,6 +308,53 @@ class Fleet:
                 async for event in receive:
                     group, _, service = event.name.partition("/")
                     self._publish(group, service, "state", state=event.state, message=event.message)
+                    if event.state in ("backoff", "degraded") and group in self.tenants:
+                        self._maybe_reassert(group, event.name)
+
+    def _maybe_reassert(self, tenant_id: str, name: str) -> None:
+        """A service that exited 69 could not log in to PostgreSQL or Redis. Its tenant may have
+        changed its own password (ALTER ROLE ... PASSWORD): provision it again, which re-asserts
+        the credentials, so the next restart works. At most once per REASSERT_EVERY seconds."""
+        try:
+            code = self.supervisor.status(name).exit_code
+        except NotFound:
+            return
+        now = trio.current_time()
+        last = self._reasserted.get(tenant_id, -math.inf)
+        if code != contract.EX_UNAVAILABLE or now - last < REASSERT_EVERY:
+            return
+        self._reasserted[tenant_id] = now
+        tenant = self.tenants[tenant_id]
+
+        async def reassert() -> None:
+            try:
+                await self._provision(tenant)
+            except OracleError as e:
+                log.warning("re-provisioning %s after exit %d failed: %s", tenant_id, code, e)
+                return
+            log.info("re-provisioned %s after %s exited %d (credentials re-asserted)", tenant_id, name, code)
+            self._publish(tenant_id, "", "provision",
+                          message=f"credentials re-asserted after {name} exit {code}")
+
+        self.nursery.start_soon(reassert)
+
+    async def repair_tenant(self, tenant_id: str) -> list[str]:
+        tenant = self._tenant(tenant_id)
+        async with self._lock:
+            state = self.provisioning.setdefault(tenant.id, _Provisioning())
+            await self._provision(tenant)
+            state.done, state.status = True, "provisioned"
+            lines = [f"provisioned {', '.join(tenant.unit_names())}: databases, roles and passwords, "
+                     "Redis users, migrations"]
+            self.supervisor.apply(self._specs())
+        retry = [s.name for s in self.supervisor.snapshot()
+                 if s.name in tenant.unit_names() and s.state in ("backoff", "degraded")]
+        async with trio.open_nursery() as nursery:
+            for name in retry:
+                nursery.start_soon(self.supervisor.start, name)
+        lines += [f"retried {name} now" for name in retry]
+        self._publish(tenant_id, "", "tenant_repaired", message="; ".join(lines))
+        return lines
 
     # ---- Operations: tenants ----------------------------------------------------------------
 

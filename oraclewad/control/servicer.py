@@ -174,6 +174,12 @@ class ControlServicer(pb_grpc.ControlServicer):
         return tenant_message(view)
 
     @rpc
+    def RepairTenant(self, request: pb.RepairTenantRequest,
+                     context: grpc.ServicerContext) -> pb.RepairTenantResponse:
+        actions = self.bridge.run(self.ops.repair_tenant, _required(request.id, "id"))
+        return pb.RepairTenantResponse(actions=list(actions))
+
+    @rpc
     def RemoveTenant(self, request: pb.RemoveTenantRequest,
                      context: grpc.ServicerContext) -> pb.RemoveTenantResponse:
         actions = self.bridge.run(self.ops.remove_tenant, _required(request.id, "id"), purge=request.purge)

@@ -96,6 +96,18 @@ class AddTenantRequest(_message.Message):
     timeout_s: float
     def __init__(self, tenant: _Optional[_Union[NewTenant, _Mapping]] = ..., wait: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
+class RepairTenantRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RepairTenantResponse(_message.Message):
+    __slots__ = ("actions",)
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RemoveTenantRequest(_message.Message):
     __slots__ = ("id", "purge")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class ControlStub:
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantRequest.SerializeToString,
                 response_deserializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.FromString,
                 _registered_method=True)
+        self.RepairTenant = channel.unary_unary(
+                '/oraclewa.v1.Control/RepairTenant',
+                request_serializer=oraclewa_dot_v1_dot_control__pb2.RepairTenantRequest.SerializeToString,
+                response_deserializer=oraclewa_dot_v1_dot_control__pb2.RepairTenantResponse.FromString,
+                _registered_method=True)
         self.ListTenants = channel.unary_unary(
                 '/oraclewa.v1.Control/ListTenants',
                 request_serializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsRequest.SerializeToString,
@@ -174,6 +179,15 @@ class ControlServicer:
 
     def RemoveTenant(self, request, context):
         """Retires the tenant file and stops its services; `purge` also drops its data and secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepairTenant(self, request, context):
+        """Re-runs provisioning for one tenant (databases, roles and their passwords, Redis users,
+        migrations) and retries its failing services at once: repairs a tenant that changed its own
+        credentials. The daemon also does this by itself when a service exits 69 (cannot connect).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -354,6 +368,11 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantRequest.FromString,
                     response_serializer=oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.SerializeToString,
             ),
+            'RepairTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepairTenant,
+                    request_deserializer=oraclewa_dot_v1_dot_control__pb2.RepairTenantRequest.FromString,
+                    response_serializer=oraclewa_dot_v1_dot_control__pb2.RepairTenantResponse.SerializeToString,
+            ),
             'ListTenants': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenants,
                     request_deserializer=oraclewa_dot_v1_dot_control__pb2.ListTenantsRequest.FromString,
@@ -524,6 +543,33 @@ class Control:
             '/oraclewa.v1.Control/RemoveTenant',
             oraclewa_dot_v1_dot_control__pb2.RemoveTenantRequest.SerializeToString,
             oraclewa_dot_v1_dot_control__pb2.RemoveTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepairTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oraclewa.v1.Control/RepairTenant',
+            oraclewa_dot_v1_dot_control__pb2.RepairTenantRequest.SerializeToString,
+            oraclewa_dot_v1_dot_control__pb2.RepairTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,41 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 http_log = logging.getLogger("oraclewad.services.http")
 
+MAX_LOGGED_PATH = 200       # characters of a request path that reach the access log
+
+
+class AccessLogLimiter:
+    """A token bucket for access lines: `burst` lines at once, then `rate` per second. What it
+    holds back is counted and reported in the next line that passes, so a flood of requests
+    (scanners, long paths) cannot rotate the useful history out of the logs."""
+
+    def __init__(self, rate: float = 50.0, burst: float = 200.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = burst
+        self.updated = clock()
+        self.held_back = 0          # since the last line that passed
+        self.suppressed_total = 0
+
+    def allow(self) -> int | None:
+        """None: drop this line. Else the number of lines dropped before it (usually 0)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            self.held_back += 1
+            self.suppressed_total += 1
+            return None
+        self.tokens -= 1
+        dropped, self.held_back = self.held_back, 0
+        return dropped
+
+
+def loggable_path(path: str) -> str:
+    if len(path) <= MAX_LOGGED_PATH:
+        return path
+    return f"{path[:MAX_LOGGED_PATH]}...(+{len(path) - MAX_LOGGED_PATH} chars)"
+
 
 class HttpMetrics:
     """ASGI middleware: counts and times requests by route template (never the raw path, which
@@ -46,6 +81,9 @@ class HttpMetrics:
         self.latency = Histogram("oraclewa_http_request_duration_seconds", "Time to serve a request",
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge("oraclewa_http_requests_in_flight", "Requests being served", registry=registry)
+        self.access_limit = AccessLogLimiter()
+        self.suppressed = Counter("oraclewa_http_access_log_suppressed",
+                                  "Access-log lines not written (rate limit)", registry=registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,12 +109,20 @@ class HttpMetrics:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             self.requests.labels(route, method, str(status)).inc()
             self.latency.labels(route, str(status)).observe(elapsed)
-            client = scope.get("client")
-            http_log.info("request", extra={
-                "method": method, "path": scope["path"],  # no query string: it can carry tokens
-                "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2),
-                "client": client[0] if client else None,
-            })
+            dropped = self.access_limit.allow()
+            if dropped is None:
+                self.suppressed.inc()
+            else:
+                client = scope.get("client")
+                fields = {
+                    # no query string: it can carry tokens; the path capped: it comes from anyone
+                    "method": method, "path": loggable_path(scope["path"]),
+                    "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2),
+                    "client": str(client[0])[:64] if client else None,
+                }
+                if dropped:
+                    fields["suppressed_before"] = dropped   # lines the rate limit held back
+                http_log.info("request", extra=fields)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

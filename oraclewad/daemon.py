@@ -136,14 +136,18 @@ async def _watchdog(notifier: SystemdNotifier) -> None:
 
 async def _status_loop(notifier: SystemdNotifier, fleet: Fleet) -> None:
     """STATUS= follows state changes within a second (an unhealthy service shows in
-    `systemctl status` while it is unhealthy), at most one datagram per second."""
+    `systemctl status` while it is unhealthy), at most two datagrams per second."""
     last = ""
-    while True:
+    while True:  # one subscription for as long as it lasts: nothing is missed between wakeups
         async with fleet.supervisor.subscribe() as changes:
-            with trio.move_on_after(5):
-                await changes.receive()
-        await trio.sleep(1)     # coalesce a burst (a whole fleet starting) into one line
-        summary = fleet.summary()
-        if summary != last:
-            notifier.notify(f"STATUS={summary}")
-            last = summary
+            while True:
+                with trio.move_on_after(5):
+                    try:
+                        await changes.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        break   # dropped for falling behind: subscribe again
+                await trio.sleep(0.5)   # coalesce a burst (a whole fleet starting) into one line
+                summary = fleet.summary()
+                if summary != last:
+                    notifier.notify(f"STATUS={summary}")
+                    last = summary

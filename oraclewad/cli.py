@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # Once the daemon's own handlers are gone (the very end of a shutdown), a late SIGTERM or
     # SIGINT must not turn a clean exit 0 into a death by signal. (Children never inherit this:
     # they are spawned while the daemon's handlers are installed, which exec resets.)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # a late SIGHUP too
         signal.signal(signum, signal.SIG_IGN)
     try:
         trio.run(run_daemon, settings)

@@ -91,8 +91,12 @@ def main() -> None:
         b.log(f"starting oraclewad with {args.tenants} tenants ({count} children, {backend} servers)")
         t0 = time.monotonic()
         daemon.start(timeout=300)
-        rows = daemon.wait_all_ready(count, 300, what="children")
-        b.log(f"{len(rows)} children ready after {time.monotonic() - t0:.0f}s; one request to each")
+        # A loaded machine may not bring every child up: measure with those that are, and say so.
+        rows = daemon.wait_all_ready(count, 300, what="children", strict=False, stall=60)
+        ready = [r for r in rows if r.get("ready") and r.get("state") == "running"]
+        b.log(f"{len(ready)} of {count} children ready after {time.monotonic() - t0:.0f}s; "
+              "one request to each")
+        rows = ready
         with httpx.Client(timeout=10) as client:
             for r in rows:
                 if r.get("port"):
@@ -120,7 +124,8 @@ def main() -> None:
         b.log("stopping oraclewad")
         daemon.stop()
 
-    print(f"\n/metrics with {args.tenants} tenants ({count} children), {backend} PostgreSQL/Redis, "
+    print(f"\n/metrics with {args.tenants} tenants ({count} children, {len(rows)} running), "
+          f"{backend} PostgreSQL/Redis, "
           f"{os.cpu_count()} cores, {args.scrapes} scrapes each, child_timeout {args.child_timeout:g}s")
     print(line("text format", text_fig))
     print(line("OpenMetrics (Prometheus' choice)", om_fig))

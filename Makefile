@@ -1,6 +1,8 @@
 # The README's two commands: `make run` (daemon + example tenant, embedded Postgres/Redis)
 # and `make test`. Both create .venv and install into it first.
-PYTHON ?= python3
+# Debian's interpreter when there is one: tenant services run as users of their own, who must be
+# able to execute the interpreter, and a pyenv build under /root (mode 0700) is closed to them.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= oraclewad.toml

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 
@@ -39,3 +40,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, exclusive: bool 
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def ensure_crossable_dir(path: Path) -> None:
+    """A folder of ours that others may cross but not list (0711); refuses one that someone else
+    made (a planted folder or symlink under /tmp)."""
+    path.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError(f"{path} is not a folder of the daemon's user: remove it")
+    os.chmod(path, 0o711)

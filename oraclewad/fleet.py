@@ -58,8 +58,10 @@ from oraclewad.operations import (
 from oraclewad.provision import Provisioner
 from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecrets
 from oraclewad.scrape import ChildScraper, key_figures
+from oraclewad.secretfiles import read_secret_file
 from oraclewad.settings import Settings
 from oraclewad.supervisor import ProcessSpec, Supervisor
+from oraclewad.supervisor.process import can_switch_users
 from oraclewad.supervisor.status import UP
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
@@ -74,6 +76,7 @@ from oraclewad.tenants.store import (
     retired_at,
     retired_files,
 )
+from oraclewad.tenants.uids import UidBook, closed_to_others
 
 log = logging.getLogger("oraclewad.fleet")
 PROGRAMS = "programs"
@@ -84,6 +87,7 @@ SERVICES_PACKAGE = Path(__file__).parent / "services"
 SERVICE_CALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 SERVICE_CALL_PATH = re.compile(r"/[\x21-\x7e]{0,2047}")
 SERVICE_CALL_MAX_BYTES = 4 * 1024 * 1024 - 4096  # under gRPC's default message size
+log = logging.getLogger("oraclewad.fleet")
 
 
 def migrations_dir(service: str) -> Path:
@@ -118,6 +122,16 @@ class Fleet:
         self.scraper = ChildScraper(self.admin_socket, settings.metrics_child_timeout)
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
         self.shop_secrets = WebhookSecrets(settings.secrets_dir)
+        self.uids: dict[str, int] = {}
+        self.uid_book: UidBook | None = None
+        if settings.uid_range is not None:
+            if can_switch_users():
+                self.uid_book = UidBook(settings.state_dir / "uids.json", settings.uid_range)
+            else:
+                log.warning("tenants share the daemon's user (uid %d): without CAP_SETUID and "
+                            "CAP_SETGID it cannot give each tenant its own; run it from "
+                            "systemd/oraclewad.service (or as root) to separate them", os.getuid())
+        self._release_closed: dict[str, str | None] = {}
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
         self._reasserted: dict[str, float] = {}
@@ -140,6 +154,11 @@ class Fleet:
         problems = loaded.problems + port_problems
         runnable = {tid: t for tid, t in loaded.tenants.items()
                     if all(unit_name(tid, s.name) in ports for s in t.services)}
+        if self.uid_book is not None:
+            book = self.uid_book
+            self.uids, uid_problems = await trio.to_thread.run_sync(lambda: book.assign(runnable))
+            problems += uid_problems
+            runnable = {tid: t for tid, t in runnable.items() if tid in self.uids}
         for tid, tenant in list(runnable.items()):
             for key, check in (("release", self._release), ("evolution.api_key_file", self._evolution_key)):
                 try:
@@ -270,7 +289,25 @@ class Fleet:
             listen=(self.settings.bind_host, port), notify=True,
             config=json.dumps(config, sort_keys=True),
             log_dir=self.settings.log_dir / tenant.id / service, policy=svc.policy,
+            user=self._user(tenant, release),
+            private_tmp=self.settings.shared_dir / "tmp" / id_key(tenant.id),
             labels=(("release", release.version), ("port", str(port))))
+
+    def _user(self, tenant: Tenant, release: releases.Release) -> tuple[int, int] | None:
+        """The tenant's own uid/gid, or None (the daemon's) when its release is closed to it."""
+        uid = self.uids.get(tenant.id)
+        if uid is None:
+            return None
+        if release.version not in self._release_closed:
+            paths = [Path(release.python)]
+            if release.version == releases.BUNDLED:
+                paths.append(Path(__file__).parent)     # the package the bundled python imports
+            why = closed_to_others(paths)
+            self._release_closed[release.version] = why
+            if why is not None:
+                log.warning("release %s cannot be read by tenant users (%s): its tenants run as the "
+                            "daemon's user; make it readable (chmod o+rX) and restart", release.version, why)
+        return None if self._release_closed[release.version] else (uid, uid)
 
     def _release(self, tenant: Tenant) -> releases.Release:
         return releases.resolve(self.settings.releases_dir, tenant.release or self.settings.default_release)
@@ -292,10 +329,11 @@ class Fleet:
         if path is None:
             return ""
         try:
-            return path.read_text().strip()
-        except OSError as e:
-            raise FailedPrecondition(f"cannot read the Evolution API key file {path}: {e.strerror}; "
-                                     "create it (mode 0600) or fix evolution.api_key_file") from None
+            return read_secret_file(path, state_dir=self.settings.state_dir,
+                                    own=[self._secret_path(tenant.id, "evolution.key")])
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise FailedPrecondition(f"the Evolution API key file: {why}") from None
 
     def _publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
         self.events.publish(EventView(ts=time.time(), tenant=tenant, service=service, kind=kind,
@@ -472,6 +510,8 @@ class Fleet:
             path.unlink()
             lines.append(f"deleted secret {path.name}")
         lines += [f"freed {line}" for line in self.book.forget(tenant_id)]
+        if self.uid_book is not None and self.uid_book.forget(tenant_id):
+            lines.append("freed the tenant's uid")
         logs = self.settings.log_dir / tenant_id
         if logs.is_dir():
             await trio.to_thread.run_sync(shutil.rmtree, logs)

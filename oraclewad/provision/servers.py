@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from oraclewad.errors import InvalidArgument
+from oraclewad.files import ensure_crossable_dir
 from oraclewad.provision.embedded import EmbeddedPostgres, EmbeddedRedis
 from oraclewad.provision.keeper import EmbeddedServer, Guard, ServerKeeper
 from oraclewad.settings import Settings
@@ -122,7 +123,9 @@ class Servers:
         emb_redis: EmbeddedRedis | None = None
         try:
             if settings.postgres.dsn is None:
-                emb_pg = EmbeddedPostgres(settings.state_dir / "postgres")
+                ensure_crossable_dir(settings.shared_dir)
+                emb_pg = EmbeddedPostgres(settings.state_dir / "postgres", settings.shared_dir / "pg",
+                                          state_dir=settings.state_dir)
                 emb_pg.start()
                 dsn = emb_pg.admin_dsn
             else:
@@ -134,7 +137,9 @@ class Servers:
                     raise InvalidArgument("[postgres] dsn is not a valid libpq connection string or URL",
                                           field="postgres.dsn") from None
             if settings.redis.url is None:
-                emb_redis = EmbeddedRedis(settings.state_dir / "redis", settings.secrets_dir)
+                ensure_crossable_dir(settings.shared_dir)
+                emb_redis = EmbeddedRedis(settings.state_dir / "redis", settings.secrets_dir,
+                                          settings.shared_dir / "redis", settings.redis.maxmemory)
                 emb_redis.start()
                 rp = RedisParams(url=emb_redis.url, username=emb_redis.username, password=emb_redis.password)
             else:

@@ -11,7 +11,9 @@ import sys
 import trio
 
 from oraclewad.errors import OracleError, Problem
+from oraclewad.secretfiles import secret_file_problem
 from oraclewad.settings import DEFAULT_CONFIG_PATHS, Settings, find_config, load_settings
+from oraclewad.tenants.ids import id_key
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.ports import PortBook, ephemeral_overlap
 
@@ -23,13 +25,39 @@ EPILOG = """examples:
 
 
 def check(settings: Settings) -> list[Problem]:
-    """Every problem of the config's tenants, ports included; writes nothing."""
+    """Every problem of the config's tenants, ports and secret files included; writes nothing."""
     book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
     loaded = load_tenants(settings.tenants_dir, settings.policy, book.tenants(),
                           follow_symlinks=settings.tenant_symlinks)
     reserved = [p.port for p in settings.programs if p.port]
     _, port_problems = book.assign(loaded.tenants, reserved, persist=False)
-    return loaded.problems + port_problems
+    problems = loaded.problems + port_problems
+    for tenant in loaded.tenants.values():
+        key_file = tenant.evolution.api_key_file
+        own = settings.secrets_dir / f"{id_key(tenant.id)}.evolution.key"
+        if key_file is not None and (why := secret_file_problem(
+                key_file, state_dir=settings.state_dir, own=[own])) is not None:
+            problems.append(Problem(str(tenant.source), "evolution.api_key_file", why))
+    return problems
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What is allowed but unsafe: ports, tenant users, servers open to a rogue tenant."""
+    found = []
+    if (warning := ephemeral_overlap(settings.port_range)) is not None:
+        found.append(f"{settings.path}: {warning}")
+    from oraclewad.provision.audit import open_server_warnings
+    from oraclewad.provision.servers import RedisParams
+
+    redis = None
+    if settings.redis.url:
+        try:
+            redis = RedisParams.from_url(settings.redis.url, settings.redis.ca_file,
+                                         settings.redis.cert_file, settings.redis.key_file)
+        except OracleError:
+            redis = None
+    found += open_server_warnings(settings, settings.postgres.dsn, redis)
+    return found
 
 
 def _version() -> str:
@@ -70,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if args.command == "run" else 1
     if args.command == "check":
         problems = check(settings)
-        if (warning := ephemeral_overlap(settings.port_range)) is not None:
-            print(f"warning: {settings.path}: {warning}", file=sys.stderr)
+        for warning in warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:

@@ -16,7 +16,8 @@ from oraclewad.fleet import Fleet
 from oraclewad.metrics import serve_metrics
 from oraclewad.operations import EventView
 from oraclewad.pidfile import PidFile
-from oraclewad.provision import Provisioner, open_servers
+from oraclewad.provision import Provisioner, Servers, open_servers
+from oraclewad.provision.audit import open_server_warnings
 from oraclewad.sdnotify import SystemdNotifier
 from oraclewad.settings import Settings
 from oraclewad.supervisor import Supervisor
@@ -61,6 +62,8 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
         with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
             notifier.notify("STATUS=starting data servers")
             async with open_servers(settings) as servers, trio.open_nursery() as nursery:
+                for warning in await trio.to_thread.run_sync(server_warnings, settings, servers):
+                    log.warning("%s", warning)
                 supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs,
                                         max_parallel_starts=settings.max_parallel_starts)
                 await nursery.start(supervisor.run)
@@ -124,6 +127,13 @@ async def _reload(fleet: Fleet) -> None:
     for problem in view.problems:
         log.error("config problem (tenant skipped): %s", problem)
     log.info("reloaded: %s", view.describe())
+
+
+def server_warnings(settings: Settings, servers: Servers) -> list[str]:
+    """Open doors on the external servers (the embedded ones are ours, configured shut)."""
+    return open_server_warnings(
+        settings, None if servers.embedded_postgres else servers.postgres_dsn,
+        None if servers.embedded_redis else servers.redis)
 
 
 async def _watchdog(notifier: SystemdNotifier) -> None:

@@ -169,6 +169,7 @@ class Fleet:
                     break
         old = self.tenants
         self.tenants, self.ports, self.problems = runnable, ports, problems
+        self.provisioner.role_count = sum(len(t.services) for t in runnable.values())
         for problem in problems:
             self._publish("", "", "problem", message=str(problem))
 

@@ -60,6 +60,7 @@ class PostgresSettings:
     """dsn None means: run the embedded server under state_dir."""
 
     dsn: str | None = None
+    connection_limit: int = 0           # per tenant role; 0: a share of max_connections
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ def load_settings(path: Path) -> Settings:
     lg.finish()
 
     pg = root.sub("postgres")
-    postgres = PostgresSettings(dsn=pg.get("dsn", str) or None)
+    postgres = PostgresSettings(dsn=pg.get("dsn", str) or None,
+                                connection_limit=pg.get("connection_limit", int, 0, check=non_negative))
     pg.finish()
 
     rd = root.sub("redis")

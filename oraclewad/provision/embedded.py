@@ -179,6 +179,7 @@ class EmbeddedPostgres:
             # and a fresh initdb holds trust-for-all.
             self._write_auth_files()
             self._reload_auth()
+            self._close_shared_databases()
             if self._apply_server_settings():
                 # Only after the first initdb (or when SERVER_SETTINGS change): needs a restart.
                 self.stop()
@@ -263,6 +264,16 @@ class EmbeddedPostgres:
                                                                               sql.Literal(value)))
                     changed = True
         return changed
+
+    def _close_shared_databases(self) -> None:
+        """Tenant roles may connect to their own database only, even where pg_hba would let them
+        try others: PUBLIC keeps no CONNECT on the server's own databases (we own this server)."""
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname IN "
+                                        "('postgres', 'template1') AND "
+                                        "has_database_privilege('public', datname, 'CONNECT')").fetchall():
+                conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(name)))
 
     def _reload_auth(self) -> None:
         # First start: initdb left trust for everyone, which still lets us in to reload;

@@ -60,6 +60,10 @@ _ACL_DENY = ["-@admin", "-@dangerous", "-@scripting", "-scan", "-randomkey", "-p
              "-select", "+select|0", "-move", "-copy"]
 # Redis 7 only (6.2 knows neither FUNCTION nor subcommand removal): functions and the script
 # cache are shared by every user, so one tenant must not flush or kill what another runs.
+# Connections a default per-role limit leaves for the daemon (provisioning, health checks, admin).
+DAEMON_RESERVE = 10
+# No tenant role gets fewer: a pool of 4, a migration and a health check must fit.
+MIN_CONNECTION_LIMIT = 8
 _ACL_DENY_7 = ["-function", "-script|flush", "-script|kill"]
 
 
@@ -116,6 +120,7 @@ class Provisioner:
         self._locks: dict[str, trio.Lock] = {}
         self._cache: dict[str, dict[str, ServiceSecrets]] = {}
         self._redis_major: int | None = None
+        self.role_count = 0      # tenant roles the fleet runs (Fleet sets it): sizes the default limit
 
     # ---------------------------------------------------------------- public API
 
@@ -410,9 +415,27 @@ class Provisioner:
                 if row is not None:
                     conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
 
+    def connection_limit(self, conn: psycopg.Connection) -> int:
+        """[postgres] connection_limit, or by default an equal share of max_connections between
+        the fleet's roles, after the superuser reserve and DAEMON_RESERVE for the daemon."""
+        if self.settings.postgres.connection_limit:
+            return self.settings.postgres.connection_limit
+        row = conn.execute("SELECT current_setting('max_connections')::int, "
+                           "current_setting('superuser_reserved_connections')::int").fetchone()
+        total, reserved = (row[0], row[1]) if row else (100, 3)
+        share = (total - reserved - DAEMON_RESERVE) // max(1, self.role_count)
+        return max(MIN_CONNECTION_LIMIT, share)
+
     def _ensure_role(self, conn: psycopg.Connection, s: ServiceSecrets, superuser: bool) -> None:
         name = sql.Identifier(s.role)
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (s.role,)).fetchone()
+        # Every pass: a tenant may have changed its own settings (PostgreSQL allows any role to),
+        # and the share shrinks as tenants are added. CONNECTION LIMIT it cannot change itself.
+        limit = self.connection_limit(conn)
+        exists = conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (s.role,)).fetchone()
+        if exists:
+            if exists[0] != limit:
+                conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(name, sql.Literal(limit)))
+            conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(name))
         if exists and superuser:
             row = conn.execute("SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s",
                                (s.role,)).fetchone()
@@ -423,7 +446,8 @@ class Provisioner:
         password = sql.Literal(verifier.decode())
         if not exists:
             try:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(name, password))
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT CONNECTION LIMIT {} PASSWORD {}").format(
+                    name, sql.Literal(limit), password))
                 return
             except pgerrors.DuplicateObject:
                 pass  # created meanwhile by another provisioner: fall through to ALTER

@@ -446,7 +446,7 @@ class Provisioner:
         password = sql.Literal(verifier.decode())
         if not exists:
             try:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT CONNECTION LIMIT {} PASSWORD {}").format(
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT {} PASSWORD {}").format(
                     name, sql.Literal(limit), password))
                 return
             except pgerrors.DuplicateObject:

@@ -72,6 +72,8 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                     servers.keeper.on_change = partial(_server_event, fleet)
                     nursery.start_soon(servers.keeper.run)
                 nursery.start_soon(fleet.forward_supervisor_events)
+                if settings.usage_interval:
+                    nursery.start_soon(fleet.sample_usage_forever, settings.usage_interval)
                 registry = CollectorRegistry()      # daemon-wide metrics kept by the control plane
                 await nursery.start(partial(serve_control, settings, fleet, registry=registry))
                 ready = trio.Event()                # /readyz: first start done, not stopping

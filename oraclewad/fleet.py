@@ -55,7 +55,7 @@ from oraclewad.operations import (
     TenantView,
     WebhookSecretsView,
 )
-from oraclewad.provision import Provisioner
+from oraclewad.provision import Provisioner, usage
 from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecrets
 from oraclewad.scrape import ChildScraper, key_figures
 from oraclewad.secretfiles import read_secret_file
@@ -132,6 +132,7 @@ class Fleet:
                             "CAP_SETGID it cannot give each tenant its own; run it from "
                             "systemd/oraclewad.service (or as root) to separate them", os.getuid())
         self._release_closed: dict[str, str | None] = {}
+        self.redis_usage: dict[str, usage.Usage] = {}
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
         self._reasserted: dict[str, float] = {}
@@ -339,6 +340,17 @@ class Fleet:
     def _publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
         self.events.publish(EventView(ts=time.time(), tenant=tenant, service=service, kind=kind,
                                       state=state, message=message))
+
+    async def sample_usage_forever(self, interval: float) -> None:
+        """Every `interval` seconds: each tenant's Redis keys and bytes (for /metrics)."""
+        while True:
+            prefixes = {tid: f"{id_key(tid)}:" for tid in self.tenants}
+            try:
+                self.redis_usage = await trio.to_thread.run_sync(
+                    usage.sample, self.provisioner.servers.redis, prefixes)
+            except Exception as e:  # a Redis outage: keep the last figures, say so once per sample
+                log.info("Redis usage sample failed: %s", type(e).__name__)
+            await trio.sleep(interval)
 
     async def forward_supervisor_events(self) -> None:
         """Supervisor state changes become fleet events (run as a daemon task)."""
@@ -858,7 +870,8 @@ class Fleet:
             free, size = float(disk.f_bavail * disk.f_frsize), float(disk.f_blocks * disk.f_frsize)
         return DaemonFigures(tenants=tenants, config_problems=len(self.problems),
                              provisioning_failures=self.provisioning_failures,
-                             log_disk_free_bytes=free, log_disk_size_bytes=size)
+                             log_disk_free_bytes=free, log_disk_size_bytes=size,
+                             redis_usage={t: (u.keys, u.bytes) for t, u in self.redis_usage.items()})
 
     def metrics_token(self, tenant_id: str) -> str | None:
         path = self._tenant(tenant_id).metrics_token_file

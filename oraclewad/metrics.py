@@ -134,6 +134,16 @@ def daemon_families(figures: DaemonFigures, timeout: float) -> Iterator[Metric]:
                                 value=figures.log_disk_free_bytes)
         yield GaugeMetricFamily("oraclewa_log_disk_size_bytes", "Size of the filesystem of log_dir",
                                 value=figures.log_disk_size_bytes)
+    keys = GaugeMetricFamily("oraclewa_tenant_redis_keys", "Keys under the tenant's Redis prefixes",
+                             labels=["tenant"])
+    memory = GaugeMetricFamily("oraclewa_tenant_redis_memory_bytes",
+                               "Bytes Redis uses for the tenant's keys (MEMORY USAGE, sampled)",
+                               labels=["tenant"])
+    for tenant, (count, size) in sorted(figures.redis_usage.items()):
+        keys.add_metric([tenant], float(count))
+        memory.add_metric([tenant], float(size))
+    yield keys
+    yield memory
     yield GaugeMetricFamily("oraclewa_child_scrape_timeout_seconds",
                             "How long a scrape waits for each child ([metrics] child_timeout)", value=timeout)
 

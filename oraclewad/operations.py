@@ -101,6 +101,8 @@ class DaemonFigures:
     provisioning_failures: int          # failed or unavailable provisioning attempts since start
     log_disk_free_bytes: float | None = None    # the filesystem of log_dir (for a "disk filling" alert)
     log_disk_size_bytes: float | None = None
+    # tenant -> (keys, bytes) in the shared Redis, from the last sample ([metrics] usage_interval)
+    redis_usage: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

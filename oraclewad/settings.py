@@ -128,6 +128,7 @@ class Settings:
     metrics_child_timeout: float = 1.0  # per child, when /metrics reads the children's own metrics
     releases: ReleaseSettings = field(default_factory=ReleaseSettings)
     uid_range: tuple[int, int] | None = DEFAULT_UID_RANGE   # None: tenants run as the daemon's user
+    usage_interval: float = 30.0        # seconds between samples of each tenant's Redis use; 0 = off
 
     @property
     def secrets_dir(self) -> Path:
@@ -263,6 +264,7 @@ def load_settings(path: Path) -> Settings:
                            check=lambda v: None if v == "" else _address(v)) or None
     child_timeout = m.get("child_timeout", float, 1.0,
                           check=lambda v: None if 0 < v <= 30 else "must be between 0 and 30 seconds")
+    usage_interval = m.get("usage_interval", (int, float), 30.0, check=non_negative)
     m.finish()
 
     programs = []
@@ -301,4 +303,5 @@ def load_settings(path: Path) -> Settings:
                     postgres=postgres, redis=redis, control=control, programs=tuple(programs),
                     max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks,
                     metrics_child_timeout=child_timeout, releases=release_settings,
-                    uid_range=(uid_range[0], uid_range[1]) if uid_range else None)
+                    uid_range=(uid_range[0], uid_range[1]) if uid_range else None,
+                    usage_interval=float(usage_interval))

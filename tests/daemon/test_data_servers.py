@@ -56,7 +56,8 @@ def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
 def own_postgres():  # type: ignore[no-untyped-def]
     """A PostgreSQL this test can stop and start, given to the daemon as an external server."""
     root = Path(tempfile.mkdtemp(prefix="owa-outage-"))
-    server = EmbeddedPostgres(root / "pg")
+    root.chmod(0o711)    # tenant users connect through root/sock, as to a server of the machine
+    server = EmbeddedPostgres(root / "pg", socket_dir=root / "sock")
     server.start()
     try:
         yield server

@@ -189,6 +189,7 @@ def test_a_tenant_child_reaches_nothing_of_another_tenant(two_tenants) -> None:
         # The machine's PostgreSQL trusts loopback and lets PUBLIC into `postgres`: the daemon
         # warns about both (see the check tests); on its embedded server both are refused.
         allowed |= {"pg b's role without password", "pg postgres db"}
+        assert "lets roles log in without a password (pg_hba.conf `trust`)" in daemon.stderr()
     for name, (outcome, detail) in result.items():
         if name in allowed:
             assert outcome == "ok", (name, detail)

@@ -10,12 +10,15 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
 
 from oraclewad.settings import load_settings
-from tests.harness import unique_id, wait_for, write_tenant
+from tests.harness import free_port_base, unique_id, wait_for, write_tenant
+
+METRICS_PORT = free_port_base() + 175
 
 
 @pytest.fixture
@@ -23,7 +26,8 @@ def embedded_pair(make_daemon) -> Iterator[tuple]:  # type: ignore[type-arg]
     root = Path(tempfile.mkdtemp(prefix="owa-limits-"))  # pgserver's user must traverse it
     try:
         daemon = make_daemon(root, backend="embedded",
-                             extra='[postgres]\nconnection_limit = 12\n[redis]\nmaxmemory = "64mb"\n')
+                             extra='[postgres]\nconnection_limit = 12\n[redis]\nmaxmemory = "64mb"\n'
+                                   f'[metrics]\nlisten = "127.0.0.1:{METRICS_PORT}"\nusage_interval = 0.5\n')
         a, b = unique_id("a"), unique_id("b")
         write_tenant(root, a)
         write_tenant(root, b)
@@ -83,3 +87,25 @@ def test_a_large_value_or_a_script_cannot_fail_another_tenants_redis_calls(embed
                        ).config_get("maxmemory*")
     assert info["maxmemory"] == str(64 * 1024 * 1024) and info["maxmemory-policy"] == "noeviction"
     assert healthy(daemon, a) and healthy(daemon, b)
+
+
+def test_each_tenants_redis_keys_and_memory_are_metrics(embedded_pair) -> None:
+    daemon, a, _ = embedded_pair
+    wait_for(lambda: healthy(daemon, a), timeout=90, what="a healthy")
+    sock = str(load_settings(daemon.config).shared_dir / "redis" / "redis.sock")
+    sa = secrets(daemon, a)
+    ra = redis.Redis(unix_socket_path=sock, username=sa["redis_username"], password=sa["redis_password"])
+    for i in range(50):
+        ra.set(f"{sa['key_prefix']}k{i}", b"x" * 10_000)
+
+    def figures() -> dict[str, float] | None:
+        body = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+        found = {}
+        for line in body.splitlines():
+            for name in ("oraclewa_tenant_redis_keys", "oraclewa_tenant_redis_memory_bytes"):
+                if line.startswith(f'{name}{{tenant="{a}"}}'):
+                    found[name] = float(line.split()[-1])
+        return found if found.get("oraclewa_tenant_redis_keys", 0) >= 50 else None
+
+    found = wait_for(figures, timeout=30, what="usage metrics")
+    assert found["oraclewa_tenant_redis_memory_bytes"] >= 50 * 10_000

@@ -42,19 +42,27 @@ async def test_open_servers_embedded_lifecycle(state_base: Path) -> None:
     async with open_servers(settings) as servers:
         pg, rd = servers.embedded_postgres, servers.embedded_redis
         assert pg is not None and rd is not None
-        # PostgreSQL: unix socket only, our pg_hba rules.
-        assert servers.postgres_address == f"{state / 'postgres'}/.s.PGSQL.5432"
+        # PostgreSQL: unix socket only, in the one folder tenant users may cross (not list), our
+        # pg_hba rules; the state folder stays closed even though pgserver opened it.
+        shared = settings.shared_dir
+        assert servers.postgres_address == f"{shared / 'pg'}/.s.PGSQL.5432"
         assert Path(servers.postgres_address).is_socket()
+        assert mode(shared) == 0o711 and mode(shared / "pg") == 0o711
+        assert mode(state) == 0o750
         with psycopg.connect(servers.postgres_dsn) as conn:
             assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
             assert conn.execute("SHOW max_connections").fetchone() == ("500",)
-            assert conn.execute("SHOW unix_socket_permissions").fetchone() == ("0700",)
+            assert conn.execute("SHOW unix_socket_permissions").fetchone() == ("0777",)
+            assert not conn.execute("SELECT has_database_privilege('public', 'postgres', 'CONNECT') OR "
+                                    "has_database_privilege('public', 'template1', 'CONNECT')").fetchone()[0]
             rules = conn.execute("SELECT database, user_name, auth_method FROM pg_hba_file_rules "
                                  "ORDER BY line_number").fetchall()
         assert rules == [(["all"], ["postgres"], "peer"), (["sameuser"], ["all"], "scram-sha-256"),
-                     (["/^[a-z0-9_]+_shared$"], ["all"], "scram-sha-256")]
-        # Redis: unix socket in a private dir, default user off, admin password in a 0600 file.
-        assert servers.redis.url == f"unix://{state / 'redis' / 'redis.sock'}"
+                         (["/^[a-z0-9_]+_shared$"], ["all"], "scram-sha-256")]
+        # Redis: unix socket beside PostgreSQL's (the ACL passwords are the gate), default user
+        # off, admin password in a 0600 file.
+        assert servers.redis.url == f"unix://{shared / 'redis' / 'redis.sock'}"
+        assert mode(shared / "redis") == 0o711
         assert mode(state / "redis") == 0o700 and mode(state / "secrets") == 0o700
         assert mode(state / "secrets" / "embedded-redis.secret") == 0o600
         with pytest.raises(redis.AuthenticationError):
@@ -78,7 +86,7 @@ async def test_open_servers_embedded_lifecycle(state_base: Path) -> None:
         with psycopg.connect(frag["postgres"]["dsn"]) as conn:
             conn.execute("SELECT 1")
         # A daemon that crashed left Redis running: the next one adopts it.
-        again = EmbeddedRedis(state / "redis", state / "secrets")
+        again = EmbeddedRedis(state / "redis", state / "secrets", settings.shared_dir / "redis")
         again.start()
         assert again._running_pid() == servers.embedded_redis._running_pid()
         await Provisioner(settings, servers).purge("Persist")

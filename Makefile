@@ -23,8 +23,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run
 
 # The dev config runs the Evolution sandbox as a host program; it and the example tenant
-# share this generated key (0600), made before the daemon reads the tenant file.
-SANDBOX_KEY := var/state/secrets/sandbox-evolution.key
+# share this generated key (0600), made before the daemon reads the tenant file; outside
+# var/state, where a tenant may not point a key file (it holds every tenant's secrets).
+SANDBOX_KEY := var/keys/sandbox-evolution.key
 
 $(SANDBOX_KEY):
 	mkdir -p -m 0700 $(dir $@)

@@ -35,8 +35,9 @@ def check(settings: Settings) -> list[Problem]:
     for tenant in loaded.tenants.values():
         key_file = tenant.evolution.api_key_file
         own = settings.secrets_dir / f"{id_key(tenant.id)}.evolution.key"
-        if key_file is not None and (why := secret_file_problem(
-                key_file, state_dir=settings.state_dir, own=[own])) is not None:
+        if key_file is None or not os.path.lexists(key_file):
+            continue    # not made yet (`make run` makes the sandbox's): warnings() says so
+        if (why := secret_file_problem(key_file, state_dir=settings.state_dir, own=[own])) is not None:
             problems.append(Problem(str(tenant.source), "evolution.api_key_file", why))
     return problems
 
@@ -57,6 +58,12 @@ def warnings(settings: Settings) -> list[str]:
         except OracleError:
             redis = None
     found += open_server_warnings(settings, settings.postgres.dsn, redis)
+    for tenant in load_tenants(settings.tenants_dir, settings.policy,
+                               follow_symlinks=settings.tenant_symlinks).tenants.values():
+        key_file = tenant.evolution.api_key_file
+        if key_file is not None and not os.path.lexists(key_file):
+            found.append(f"{tenant.source}: evolution.api_key_file: {key_file} does not exist yet; "
+                         "the tenant will not start until it does (mode 0600)")
     return found
 
 

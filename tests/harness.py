@@ -219,7 +219,7 @@ def copy_example(root: Path, sandbox_url: str, sandbox_key: str) -> None:
     text = (REPO / "tenants.d" / "imperio.toml").read_text()
     text = text.replace('"http://127.0.0.1:8085"', f'"{sandbox_url}"')
     (root / "tenants.d" / "imperio.toml").write_text(text)
-    key = root / "state" / "secrets" / "sandbox-evolution.key"   # tenants.d/../state, as under var/
+    key = root / "keys" / "sandbox-evolution.key"   # tenants.d/../keys, as under var/
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_text(sandbox_key + "\n")
     key.chmod(0o600)

@@ -140,8 +140,10 @@ def ensure_private_tmp(path: Path, user: tuple[int, int] | None) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{path} is not a folder: remove it")
     if (st.st_uid, st.st_gid) != (uid, gid):
+        # chmod while it is still ours: a daemon with CAP_CHOWN but not CAP_FOWNER could not
+        # after. What the tenant later does to its own folder's mode is its own affair.
+        os.chmod(path, 0o700)
         os.chown(path, uid, gid, follow_symlinks=False)
-    os.chmod(path, 0o700)
 
 
 def bind_admin(path: Path) -> socket.socket:

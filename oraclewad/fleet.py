@@ -304,6 +304,8 @@ class Fleet:
             paths = [Path(release.python)]
             if release.version == releases.BUNDLED:
                 paths.append(Path(__file__).parent)     # the package the bundled python imports
+            elif release.path is not None:
+                paths.append(release.path)
             why = closed_to_others(paths)
             self._release_closed[release.version] = why
             if why is not None:

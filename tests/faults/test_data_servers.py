@@ -91,12 +91,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def redis_admin(root: Path):  # type: ignore[no-untyped-def]
+def redis_admin(daemon):  # type: ignore[no-untyped-def]
     import redis
 
     from oraclewad.provision.embedded import EmbeddedRedis
+    from oraclewad.settings import load_settings
 
-    server = EmbeddedRedis(root / "state" / "redis", root / "state" / "secrets")
+    settings = load_settings(daemon.config)  # the socket lives in the daemon's shared_dir, not the state
+    server = EmbeddedRedis(settings.state_dir / "redis", settings.secrets_dir, settings.shared_dir / "redis")
     password = server.password_file.read_text().strip()
     return redis.Redis(unix_socket_path=str(server.socket_path), username="oraclewad", password=password)
 
@@ -112,7 +114,7 @@ def test_a_dead_or_frozen_embedded_server_is_restarted_and_services_recover(
     daemon.start()
     before = wait_for(lambda: ready_pids(daemon, [a, b]), timeout=60, what="both tenants ready")
     if server == "redis":
-        redis_admin(embedded_root).set("faults:kept", "yes")
+        redis_admin(daemon).set("faults:kept", "yes")
         time.sleep(1.5)  # appendfsync everysec
     pid_of = redis_pid if server == "redis" else postmaster_pid
     victim = pid_of(embedded_root)
@@ -126,7 +128,7 @@ def test_a_dead_or_frozen_embedded_server_is_restarted_and_services_recover(
     after = wait_for(lambda: ready_pids(daemon, [a, b]), timeout=60, what="ready again")
     assert after == before  # the services themselves never restarted
     if server == "redis":
-        assert redis_admin(embedded_root).get("faults:kept") == b"yes"
+        assert redis_admin(daemon).get("faults:kept") == b"yes"
     lines = daemon.ctl("--json", "events", "-n", "500").stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert any(e.get("service") == f"embedded {server}" for e in events), events
@@ -154,7 +156,7 @@ def test_embedded_servers_die_with_a_killed_daemon_and_the_next_one_finds_the_da
     write_tenant(daemon.root, a)
     daemon.start()
     wait_for(lambda: ready_pids(daemon, [a]), timeout=60, what="tenant ready")
-    redis_admin(embedded_root).set("faults:kept", "yes")
+    redis_admin(daemon).set("faults:kept", "yes")
     time.sleep(1.5)
     servers = [postmaster_pid(embedded_root), redis_pid(embedded_root)]
     daemon.signal(signal.SIGKILL)
@@ -166,5 +168,5 @@ def test_embedded_servers_die_with_a_killed_daemon_and_the_next_one_finds_the_da
     assert time.monotonic() - killed_at < 6
     daemon.start()
     wait_for(lambda: ready_pids(daemon, [a]), timeout=60, what="tenant ready after the restart")
-    assert redis_admin(embedded_root).get("faults:kept") == b"yes"
+    assert redis_admin(daemon).get("faults:kept") == b"yes"
     assert [r for r in daemon.ctl_json("health", a) if r["status"] == "ok"]

@@ -238,23 +238,55 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
     r = _Reader(values)
     warnings: list[str] = []
     notes: list[str] = []
+    tid = _tenant_id(r, tenant_id, notes)
+    kind, services = _services(r)
+    extra: dict[str, Any] = _ports(r, kind, services, notes)
+    warnings += _database_warnings(r, tid, services)
+    if antiban := _antiban(r):
+        extra = {"antiban": antiban, **extra}
+    url = r.text("EVOLUTION_API_URL") or ""
+    if url and not url.startswith(("http://", "https://")):
+        r._bad("EVOLUTION_API_URL", "an http:// or https:// URL")
+    instances = [i.strip() for i in (r.text("EVOLUTION_INSTANCES") or "").split(",") if i.strip()]
+    if (single := r.text("EVOLUTION_INSTANCE_NAME")) and single not in instances:
+        instances.append(single)
+    # An instance belongs to one service: a broadcast-only client's numbers are broadcast's, any
+    # other's go to recovery (order reminders are the numbers worth protecting).
+    owner = "broadcast" if services == ("broadcast",) else "recovery"
+    if instances and owner == "recovery" and "broadcast" in services:
+        notes.append("EVOLUTION_INSTANCES became [recovery] instances: move the numbers that send "
+                     "campaigns to [broadcast] instances (an instance belongs to one service)")
+    _leftover_keys(values, source, warnings, notes)
+    if r.problems:
+        raise EnvFileError(r.problems)
+    return Conversion(tenant_id=tid, name=r.text("CLIENT_NAME") or tid, services=services, evolution_url=url,
+                      evolution_api_key=r.text("EVOLUTION_API_KEY") or "",
+                      instances=tuple(instances) if owner == "recovery" else (),
+                      broadcast_instances=tuple(instances) if owner == "broadcast" else (),
+                      extra=extra, warnings=warnings, notes=notes)
 
+
+def _tenant_id(r: _Reader, tenant_id: str | None, notes: list[str]) -> str:
     tid = tenant_id or r.text("CLIENT_ID")
     if not tid:
         r.problems.append("CLIENT_ID: missing; set it in the file or pass --id")
-        tid = ""
-    elif tenant_id and r.text("CLIENT_ID") and r.text("CLIENT_ID") != tenant_id:
+        return ""
+    if tenant_id and r.text("CLIENT_ID") and r.text("CLIENT_ID") != tenant_id:
         notes.append(f"using --id {tenant_id} instead of CLIENT_ID={r.text('CLIENT_ID')}")
+    return tid
 
+
+def _services(r: _Reader) -> tuple[str, tuple[str, ...]]:
     kind = (r.text("SERVICE_TYPE") or "all").lower()
     if kind == "all":
-        services: tuple[str, ...] = SERVICES
-    elif kind in SERVICES:
-        services = (kind,)
-    else:
-        r._bad("SERVICE_TYPE", "all, recovery or broadcast")
-        services = SERVICES
+        return kind, SERVICES
+    if kind in SERVICES:
+        return kind, (kind,)
+    r._bad("SERVICE_TYPE", "all, recovery or broadcast")
+    return kind, SERVICES
 
+
+def _ports(r: _Reader, kind: str, services: tuple[str, ...], notes: list[str]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     for service in SERVICES:
         port = r.integer(f"{service.upper()}_PORT", 1, 65535)
@@ -264,7 +296,11 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
             extra[service] = {"port": port}
         else:
             notes.append(f"{service.upper()}_PORT ignored: SERVICE_TYPE={kind} runs no {service} service")
+    return extra
 
+
+def _database_warnings(r: _Reader, tid: str, services: tuple[str, ...]) -> list[str]:
+    warnings = []
     for service in services:
         key = f"{service.upper()}_DB_NAME"
         old = r.text(key)
@@ -273,7 +309,10 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
             warnings.append(f"{key}={old} differs from {derived}, the database the daemon creates: "
                             f"data stays in the old database; migrate it with `pg_dump -Fc -d {old} | "
                             f"pg_restore --no-owner -d {derived}` once the tenant is provisioned")
+    return warnings
 
+
+def _antiban(r: _Reader) -> dict[str, Any]:
     antiban: dict[str, Any] = {}
     if strategy := r.text("ANTIBAN_STRATEGY"):
         antiban["strategy"] = strategy
@@ -302,22 +341,10 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
         hours["timezone"] = tz
     if hours:
         antiban["working_hours"] = hours
-    if antiban:
-        extra = {"antiban": antiban, **extra}
+    return antiban
 
-    url = r.text("EVOLUTION_API_URL") or ""
-    if url and not url.startswith(("http://", "https://")):
-        r._bad("EVOLUTION_API_URL", "an http:// or https:// URL")
-    instances = [i.strip() for i in (r.text("EVOLUTION_INSTANCES") or "").split(",") if i.strip()]
-    if (single := r.text("EVOLUTION_INSTANCE_NAME")) and single not in instances:
-        instances.append(single)
-    # An instance belongs to one service: a broadcast-only client's numbers are broadcast's, any
-    # other's go to recovery (order reminders are the numbers worth protecting).
-    owner = "broadcast" if services == ("broadcast",) else "recovery"
-    if instances and owner == "recovery" and "broadcast" in services:
-        notes.append("EVOLUTION_INSTANCES became [recovery] instances: move the numbers that send "
-                     "campaigns to [broadcast] instances (an instance belongs to one service)")
 
+def _leftover_keys(values: dict[str, str], source: str, warnings: list[str], notes: list[str]) -> None:
     for key in values:
         if key in CORE_KEYS:
             continue
@@ -325,11 +352,3 @@ def convert(values: dict[str, str], *, tenant_id: str | None = None, source: str
             notes.append(f"{key} ignored: {IGNORED_KEYS[key]}")
         else:
             warnings.append(f"unknown key {key} in {source}: not imported")
-
-    if r.problems:
-        raise EnvFileError(r.problems)
-    return Conversion(tenant_id=tid, name=r.text("CLIENT_NAME") or tid, services=services, evolution_url=url,
-                      evolution_api_key=r.text("EVOLUTION_API_KEY") or "",
-                      instances=tuple(instances) if owner == "recovery" else (),
-                      broadcast_instances=tuple(instances) if owner == "broadcast" else (),
-                      extra=extra, warnings=warnings, notes=notes)

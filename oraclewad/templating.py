@@ -85,42 +85,12 @@ def _parse_seq(text: str, pos: int, *, nested: bool) -> tuple[tuple[Part, ...], 
         if ch == "\\" and pos + 1 < len(text) and text[pos + 1] in "{}|\\":
             buf.append(text[pos + 1])
             pos += 2
-        elif text.startswith("{{", pos):
-            end = text.find("}}", pos + 2)
-            if end < 0:
-                raise TemplateError(f"variable opened with {{{{ at character {pos + 1} "
-                                    "is never closed with }}")
-            name = text[pos + 2:end].strip()
-            if name not in VARIABLES:
-                known = ", ".join(VARIABLES)
-                raise TemplateError(f"unknown variable {{{{{name}}}}} at character {pos + 1}: "
-                                    f"use one of {known}")
-            if buf:
-                parts.append("".join(buf))
-                buf = []
-            parts.append(_Var(name))
-            pos = end + 2
         elif ch == "{":
             if buf:
                 parts.append("".join(buf))
                 buf = []
-            start = pos
-            choices: list[tuple[Part, ...]] = []
-            pos += 1
-            while True:
-                choice, pos = _parse_seq(text, pos, nested=True)
-                choices.append(choice)
-                if pos >= len(text):
-                    raise TemplateError(f"choice opened with {{ at character {start + 1} "
-                                        "is never closed with }")
-                if text[pos] == "}":
-                    pos += 1
-                    break
-                pos += 1  # '|'
-            if len(choices) < 2:
-                raise TemplateError(f"choice at character {start + 1} has one option: separate options "
-                                    "with | as in {Olá|Oi}, or write a variable as {{first_name}}")
-            parts.append(_Spin(tuple(choices)))
+            part, pos = _parse_var(text, pos) if text.startswith("{{", pos) else _parse_choice(text, pos)
+            parts.append(part)
         elif ch in "|}":
             if nested:
                 break
@@ -132,6 +102,41 @@ def _parse_seq(text: str, pos: int, *, nested: bool) -> tuple[tuple[Part, ...], 
     if buf:
         parts.append("".join(buf))
     return tuple(parts), pos
+
+def _parse_var(text: str, pos: int) -> tuple[Part, int]:
+    """`{{name}}` at pos."""
+    end = text.find("}}", pos + 2)
+    if end < 0:
+        raise TemplateError(f"variable opened with {{{{ at character {pos + 1} "
+                            "is never closed with }}")
+    name = text[pos + 2:end].strip()
+    if name not in VARIABLES:
+        known = ", ".join(VARIABLES)
+        raise TemplateError(f"unknown variable {{{{{name}}}}} at character {pos + 1}: "
+                            f"use one of {known}")
+    return _Var(name), end + 2
+
+
+def _parse_choice(text: str, pos: int) -> tuple[Part, int]:
+    """`{a|b|...}` at pos."""
+    start = pos
+    choices: list[tuple[Part, ...]] = []
+    pos += 1
+    while True:
+        choice, pos = _parse_seq(text, pos, nested=True)
+        choices.append(choice)
+        if pos >= len(text):
+            raise TemplateError(f"choice opened with {{ at character {start + 1} "
+                                "is never closed with }")
+        if text[pos] == "}":
+            pos += 1
+            break
+        pos += 1  # '|'
+    if len(choices) < 2:
+        raise TemplateError(f"choice at character {start + 1} has one option: separate options "
+                            "with | as in {Olá|Oi}, or write a variable as {{first_name}}")
+    return _Spin(tuple(choices)), pos
+
 
 
 def _render(parts: tuple[Part, ...], variables: dict[str, str], rng: random.Random) -> str:

@@ -158,7 +158,8 @@ def _read_fd(value: str) -> tuple[str, str]:
         raise ConfigError(f"OWA_CONFIG_FD: fd {fd} is not UTF-8 text") from None
 
 
-def parse(raw: Mapping[str, Any], service: str, env: Mapping[str, str], *, path: str = "<config>",
+# One check per key, in the order the docs list them; growing with each new key.
+def parse(raw: Mapping[str, Any], service: str, env: Mapping[str, str], *, path: str = "<config>",  # noqa: C901
           need_port: bool = True) -> ServiceConfig:
     r = _Reader()
     tenant = r.get(raw, "", "tenant", str, required="OWA_TENANT" not in env) or env.get("OWA_TENANT", "")

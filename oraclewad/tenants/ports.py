@@ -58,24 +58,7 @@ class PortBook:
         taken: dict[int, str] = {}
         ports: dict[str, int] = {}
         rejected: set[str] = set()
-        for tenant in tenants.values():
-            for svc in tenant.services:
-                unit = unit_name(tenant.id, svc.name)
-                if svc.port is None:
-                    continue
-                owner, held = taken.get(svc.port), ""
-                if owner is None and svc.port in owners:
-                    owner = owners[svc.port]
-                    held = (" (running)" if bound.get(owner) == svc.port else
-                            f" (remembered in {self.path.name})" if owner in self.remembered else "")
-                if owner is not None and owner != unit:
-                    problems.append(Problem(str(tenant.source), f"{svc.name}.port",
-                                            f"port {svc.port} belongs to {owner}{held}: "
-                                            "pick another or remove the key to have one allocated"))
-                    rejected.add(tenant.id)
-                else:
-                    taken[svc.port] = unit
-                    ports[unit] = svc.port
+        self._take_explicit(tenants, owners, bound, taken, ports, rejected, problems)
         for port, unit in owners.items():
             taken.setdefault(port, unit)
         changed = False
@@ -108,6 +91,29 @@ class PortBook:
             for svc in tenants[tenant_id].services:
                 ports.pop(unit_name(tenant_id, svc.name), None)
         return ports, problems
+
+    def _take_explicit(self, tenants: Mapping[str, Tenant], owners: Mapping[int, str],
+                       bound: Mapping[str, int], taken: dict[int, str], ports: dict[str, int],
+                       rejected: set[str], problems: list[Problem]) -> None:
+        """Ports the tenant files name: taken, or a Problem when another service owns them."""
+        for tenant in tenants.values():
+            for svc in tenant.services:
+                unit = unit_name(tenant.id, svc.name)
+                if svc.port is None:
+                    continue
+                owner, held = taken.get(svc.port), ""
+                if owner is None and svc.port in owners:
+                    owner = owners[svc.port]
+                    held = (" (running)" if bound.get(owner) == svc.port else
+                            f" (remembered in {self.path.name})" if owner in self.remembered else "")
+                if owner is not None and owner != unit:
+                    problems.append(Problem(str(tenant.source), f"{svc.name}.port",
+                                            f"port {svc.port} belongs to {owner}{held}: "
+                                            "pick another or remove the key to have one allocated"))
+                    rejected.add(tenant.id)
+                else:
+                    taken[svc.port] = unit
+                    ports[unit] = svc.port
 
     def _allocate(self, taken: Mapping[int, str], bound: Mapping[str, int]) -> int | None:
         held = set(bound.values())

@@ -74,3 +74,46 @@ def parse_notify(data: bytes) -> dict[str, str]:
 def listen_fd_names(names: list[str]) -> dict[str, int]:
     """LISTEN_FDNAMES entries -> fd numbers."""
     return {name: LISTEN_FDS_START + i for i, name in enumerate(names)}
+
+
+# ---- fork mode: the template process (oraclewad/services/template.py) ---------------------------
+# A per-release template imports the service stack once, freezes the GC and forks a child per
+# request on a SOCK_SEQPACKET socket (fd 3 of the template). One JSON object per datagram:
+#   template -> daemon, once:  {"ready": true, "pid": P, "preloaded": [...], "seconds": S}
+#   daemon -> template:        {"argv": [...], "env": {...}, "cwd": str|null, "user": [uid, gid]|null,
+#                               "daemon": daemon_pid} + SCM_RIGHTS [stdout, stderr, gate, fd3, fd4...]
+#   template -> daemon:        {"pid": child_pid} or {"error": "why"}
+# The child is a grandchild of the template (double fork): it is re-parented to the daemon (a
+# child subreaper) at once, so its exit is the daemon's to reap and a template crash spares it.
+# It waits for one byte on `gate` (the daemon has registered its pid), then sets its death signal.
+TEMPLATE_MODULE = "oraclewad.services.template"
+TEMPLATE_FD = 3
+EX_TEMPLATE = 125        # the forked child could not set itself up (the reason is on stderr)
+
+# Interpreter options that take a separate argument.
+_PY_OPTS_WITH_ARG = frozenset({"-X", "-W", "--check-hash-based-pycs"})
+
+
+def parse_python_argv(argv: list[str] | tuple[str, ...]) -> tuple[list[str], str, str, list[str]]:
+    """[python, opts..., -m mod | script, args...] -> (opts, "module"|"script", target, args).
+    ValueError when argv is not that shape (-c, stdin, a non-python program)."""
+    opts: list[str] = []
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "-m" and i + 1 < len(argv):
+            return opts, "module", argv[i + 1], list(argv[i + 2:])
+        if a.startswith("-m") and len(a) > 2:
+            return opts, "module", a[2:], list(argv[i + 1:])
+        if a in _PY_OPTS_WITH_ARG:
+            opts += argv[i:i + 2]
+            i += 2
+            continue
+        if a == "-c" or a.startswith("-c") or a == "-" or a == "--":
+            raise ValueError("runs code from -c or stdin, not a module or script")
+        if a.startswith("-"):
+            opts.append(a)
+            i += 1
+            continue
+        return opts, "script", a, list(argv[i + 1:])
+    raise ValueError("names no module (-m) or script")

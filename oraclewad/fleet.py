@@ -960,8 +960,11 @@ def plural(n: int, word: str) -> str:
 
 
 def _message(snap: Any) -> str:
-    """What the operator should read about a service: a running one's last exit is history."""
-    return snap.message or ("" if snap.state == "running" else snap.last_exit)
+    """What the operator should read about a service: a running one's last exit is history; a
+    spawn = "fork" service that had to be exec'd says why."""
+    text = snap.message or ("" if snap.state == "running" else snap.last_exit)
+    note = getattr(snap, "spawn_note", "")
+    return f"{text}; {note}" if text and note else (text or note)
 
 
 TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")

@@ -31,11 +31,19 @@ class Policy:
     start_timeout: float = 30.0
     watchdog_timeout: float = 30.0
     stop_grace: float = 10.0
+    # "fork": forked from a warm template of the release (oraclewad/supervisor/forking.py);
+    # "exec": a fresh interpreter. Fork falls back to exec when the template cannot start.
+    spawn: str = "exec"
 
     def overridden(self, reader: TableReader) -> Policy:
         """This policy with any keys the table sets (the caller reports unknown keys)."""
         changes: dict[str, Any] = {}
         for f in fields(self):
+            if f.name == "spawn":
+                mode = reader.get("spawn", str, check=_spawn_mode)
+                if mode is not None:
+                    changes["spawn"] = mode
+                continue
             kind = int if f.name == "breaker_restarts" else float
             check = non_negative if f.name in ("backoff_jitter", "watchdog_timeout") else positive
             value = reader.get(f.name, kind, check=check)
@@ -47,6 +55,13 @@ class Policy:
         if result.backoff_max < result.backoff_initial:
             reader.fail("backoff_max", "must be at least backoff_initial")
         return result
+
+
+SPAWN_MODES = ("fork", "exec")
+
+
+def _spawn_mode(value: str) -> str | None:
+    return None if value in SPAWN_MODES else 'must be "fork" or "exec"'
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class SpawnError(Exception):
 class Child:
     """A spawned process and its process group (pgid == pid: it leads its own session)."""
 
-    def __init__(self, pid: int, pidfd: int, stdout: int, stderr: int) -> None:
+    def __init__(self, pid: int, pidfd: int, stdout: int, stderr: int, *, gate: int | None = None,
+                 spawn: str = "exec") -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.stdout = stdout        # read ends; the log pumps take ownership
@@ -46,6 +47,16 @@ class Child:
         self.exited = trio.Event()
         self.output_done = trio.Event()
         self._open_outputs = 2
+        self.spawn = spawn          # "exec" or "fork" (oraclewad/supervisor/forking.py)
+        self._gate = gate           # fork mode: the child waits for one byte here before it runs
+
+    def go(self) -> None:
+        """Let a forked child run (the caller has registered its pid); a no-op for exec'd ones."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            with contextlib.suppress(OSError):
+                os.write(gate, b"1")
+            os.close(gate)
 
     def signal_group(self, sig: int) -> None:
         """Signal every process in the child's group; a group already gone is not an error."""
@@ -75,6 +86,9 @@ class Child:
             status = -1     # someone else reaped it (a waitpid(-1) elsewhere): status lost
         finally:
             os.close(self.pidfd)
+            if self._gate is not None:
+                os.close(self._gate)
+                self._gate = None
         self.status = status
         self.exited.set()
         return status
@@ -171,6 +185,13 @@ def _check_program(argv0: str, env: Mapping[str, str], cwd: Path | None) -> None
         raise SpawnError(f"{path} is not an executable file")
 
 
+def check_start(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None) -> None:
+    """SpawnError, in words, for what would make a start fail at once (both spawn modes)."""
+    _check_program(argv[0], env, cwd)
+    if cwd is not None and not Path(cwd).is_dir():
+        raise SpawnError(f"working directory {cwd} does not exist")
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None,
           listen_fd: int | None = None, pass_fds: Sequence[int] = (),
           user: tuple[int, int] | None = None) -> Child:
@@ -183,9 +204,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = Non
         pass_fds = (listen_fd, *pass_fds)
     if not os.access(SETPRIV, os.X_OK):
         raise SpawnError(f"{SETPRIV} is missing: install util-linux (setpriv ties children to the daemon)")
-    _check_program(argv[0], env, cwd)
-    if cwd is not None and not Path(cwd).is_dir():
-        raise SpawnError(f"working directory {cwd} does not exist")
+    check_start(argv, env, cwd)
     to_close: list[int] = []    # the parent's copies of what the child gets
     keep: list[int] = []        # the read ends, ours unless the spawn fails
     try:

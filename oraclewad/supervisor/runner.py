@@ -32,6 +32,7 @@ import trio
 from oraclewad import contract
 from oraclewad.settings import LogSettings, Policy
 from oraclewad.supervisor.backoff import Backoff
+from oraclewad.supervisor.forking import ForkUnavailable, Templates
 from oraclewad.supervisor.listeners import BindError, Listeners
 from oraclewad.supervisor.logsink import Compressor, Line, LogSink, LogWatchers, pump
 from oraclewad.supervisor.notify import NotifyServer
@@ -100,6 +101,7 @@ class Context:
     rng: random.Random
     emit: Callable[[ServiceEvent], None]
     runner_done: Callable[[Runner], None]
+    templates: Templates
     # A spawn blocks the loop for about a millisecond (the vfork waits for setpriv's exec); taking
     # turns puts a scheduling round, and so an I/O poll, between two spawns of a mass start.
     spawn_turn: trio.Lock = field(default_factory=trio.Lock)
@@ -204,6 +206,7 @@ class Runner:
         self._slot = 0                  # which admin socket / config file the current process uses
         self._candidate: Candidate | None = None
         self._handover: Candidate | None = None
+        self.spawn_note = ""            # why a spawn = "fork" service was exec'd, if it was
 
     # ---- read side ---------------------------------------------------------------------------
 
@@ -235,7 +238,8 @@ class Runner:
             labels=self.spec.labels, degraded=self.backoff.tripped,
             restart_reasons=tuple(sorted(self.reasons.items())), exit_code=self.exit_code,
             start_seconds=self.start_seconds if alive else None,
-            log_bytes=self._sink.bytes_written if self._sink is not None else 0)
+            log_bytes=self._sink.bytes_written if self._sink is not None else 0,
+            spawn=child.spawn if alive and child else "", spawn_note=self.spawn_note)
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -370,8 +374,7 @@ class Runner:
                 owned: list[int] = []   # our copies of what only the child keeps
                 try:
                     env, fds = self._prepare(spec, listen, owned)
-                    child = spawn(spec.argv, env, cwd=spec.cwd or spec.private_tmp, pass_fds=fds,
-                                  user=spec.user)
+                    child = await self._spawn(spec, env, fds)
                 finally:
                     for fd in owned:
                         os.close(fd)
@@ -394,6 +397,7 @@ class Runner:
         self.ctx.children.add(child.pid)
         self.ctx.notify.register(child.pid, partial(self._on_notify, child),
                                  uid=spec.user[0] if spec.user else None)
+        child.go()
         assert self._nursery is not None
         sink = self._sink_for(spec.log_dir)
         handlers: tuple[tuple[int, Callable[[list[Line]], None]], ...] = (
@@ -593,6 +597,22 @@ class Runner:
         env.update(spec.env)
         return env, fds
 
+    async def _spawn(self, spec: ProcessSpec, env: dict[str, str], fds: list[int]) -> Child:
+        """Fork from the release's template when the policy says so and it can; else exec.
+        Why a fork-mode service runs exec'd is kept in spawn_note (shown by status)."""
+        cwd = spec.cwd or spec.private_tmp
+        if spec.policy.spawn == "fork":
+            try:
+                child = await self.ctx.templates.fork(spec.argv, env, cwd, spec.user, fds)
+            except ForkUnavailable as e:
+                self.spawn_note = f"spawn=exec: {e}"
+            else:
+                self.spawn_note = ""
+                return child
+        else:
+            self.spawn_note = ""
+        return spawn(spec.argv, env, cwd=cwd, pass_fds=fds, user=spec.user)
+
     def forget_files(self) -> None:
         """The service is gone: its admin socket files go too."""
         for slot in (0, 1):
@@ -630,7 +650,7 @@ class Runner:
             owned: list[int] = []
             try:
                 env, fds = self._prepare(spec, listen, owned, slot)
-                child = spawn(spec.argv, env, cwd=spec.cwd or spec.private_tmp, pass_fds=fds, user=spec.user)
+                child = await self._spawn(spec, env, fds)
             except (SpawnError, OSError) as e:
                 raise SwapAborted(f"cannot start the new process: {e}") from None
             finally:
@@ -644,6 +664,7 @@ class Runner:
         self.ctx.children.add(child.pid)
         self.ctx.notify.register(child.pid, partial(self._on_candidate_notify, cand),
                                  uid=spec.user[0] if spec.user else None)
+        child.go()
         sink = self._sink_for(spec.log_dir)
         for fd, handle in ((child.stdout, sink.stdout_lines), (child.stderr, sink.stderr_lines)):
             self._nursery.start_soon(self._pump, child, fd, sink.acquire(), handle)

@@ -38,6 +38,8 @@ class ServiceStatus:
     exit_code: int | None = None
     start_seconds: float | None = None
     log_bytes: int = 0
+    spawn: str = ""             # how the current process was started: "fork" | "exec" ("" without one)
+    spawn_note: str = ""        # spawn = "fork" but exec'd: why (the release's template cannot start)
 
 
 @dataclass(frozen=True)

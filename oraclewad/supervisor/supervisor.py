@@ -16,6 +16,7 @@ import trio
 from oraclewad.errors import NotFound, Unavailable
 from oraclewad.files import write_atomic
 from oraclewad.settings import LogSettings
+from oraclewad.supervisor.forking import Templates
 from oraclewad.supervisor.listeners import Listeners
 from oraclewad.supervisor.logsink import Compressor, LogWatchers
 from oraclewad.supervisor.notify import NotifyServer, abstract_name
@@ -66,8 +67,9 @@ class Supervisor:
 
     def __init__(self, run_dir: Path, state_dir: Path, logs: LogSettings, *,
                  rng: random.Random | None = None, reap_grace: float = 10.0,
-                 max_parallel_starts: int = 0) -> None:
-        """max_parallel_starts: services allowed between spawn and READY=1 at once (0: 4 per core)."""
+                 max_parallel_starts: int = 0, template_preload: Iterable[str] | None = None) -> None:
+        """max_parallel_starts: services allowed between spawn and READY=1 at once (0: 4 per core).
+        template_preload: what fork-mode templates import (None: the service stack)."""
         self.run_dir = Path(run_dir)
         self.state_dir = Path(state_dir)
         self.logs = logs
@@ -85,11 +87,14 @@ class Supervisor:
         self.log_watchers = LogWatchers()
         self.notify = NotifyServer(abstract_name(self.run_dir))
         self.reaper = Reaper(self._children.__contains__, grace=reap_grace)
+        base_env = minimal_env()
+        self.templates = Templates(base_env, self._children,
+                                   tuple(template_preload) if template_preload is not None else None)
         self._ctx = Context(run_dir=self.run_dir, logs=logs, compressor=self.compressor,
                             log_watchers=self.log_watchers,
                             listeners=self.listeners, notify=self.notify, children=self._children,
-                            base_env=minimal_env(), rng=rng or random.Random(), emit=self._emit,
-                            runner_done=self._runner_done,
+                            base_env=base_env, rng=rng or random.Random(), emit=self._emit,
+                            runner_done=self._runner_done, templates=self.templates,
                             start_slots=trio.Semaphore(max_parallel_starts or 4 * (os.cpu_count() or 1)))
 
     # ---- lifetime ----------------------------------------------------------------------------
@@ -111,6 +116,7 @@ class Supervisor:
                     limit = max((r.spec.policy.stop_grace for r in runners), default=0.0)
                     with trio.move_on_after(limit + SHUTDOWN_MARGIN):
                         await self.stop_all()
+                    await self.templates.stop()
                 core.cancel()
 
     async def _core(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
@@ -122,6 +128,7 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.reaper.run)
                     await nursery.start(self.notify.serve)
+                    await nursery.start(self.templates.run)
                     nursery.start_soon(self.compressor.run)
                     self._nursery = nursery
                     task_status.started()

@@ -116,6 +116,7 @@ def main() -> None:  # noqa: C901 (one flag per misbehaviour the supervisor test
     p.add_argument("--log-sample", action="store_true")
     p.add_argument("--log-bytes", type=int, default=0)
     p.add_argument("--long-line", type=int, default=0)
+    p.add_argument("--print-env", action="store_true")
     args = p.parse_args()
 
     status = {"pid": os.getpid()}
@@ -141,6 +142,9 @@ def main() -> None:  # noqa: C901 (one flag per misbehaviour the supervisor test
         _server = threading.Thread(target=serve, args=(sock,), daemon=True)
         _server.start()
 
+    if args.print_env:
+        # What it runs with (fork mode: /proc/<pid>/environ still shows the template's).
+        out({"level": "info", "msg": "environment", "env": dict(os.environ)})
     if args.log_sample:
         for record in (
             {"level": "info", "channel": "webhook", "msg": "order received", "order": 17},

@@ -73,11 +73,17 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(params=["exec", "fork"])
+def spawn_mode(request: pytest.FixtureRequest) -> str:
+    """Every supervisor test runs with exec'd children and with children forked from a template."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_spec(root: Path) -> Callable[..., ProcessSpec]:
+def make_spec(root: Path, spawn_mode: str) -> Callable[..., ProcessSpec]:
     def make(name: str, *flags: str, **fields: Any) -> ProcessSpec:
         group, _, _ = name.partition("/")
-        fields.setdefault("policy", FAST)
+        fields["policy"] = replace(fields.get("policy", FAST), spawn=spawn_mode)
         fields.setdefault("admin_socket", False)
         return ProcessSpec(name=name, group=group, argv=child_argv(*flags),
                            log_dir=root / "logs" / name, **fields)
@@ -89,6 +95,8 @@ def make_supervisor(root: Path, nursery: trio.Nursery) -> Callable[..., Any]:
     async def make(logs: LogSettings | None = None, **kwargs: Any) -> Supervisor:
         kwargs.setdefault("rng", random.Random(7))
         kwargs.setdefault("reap_grace", 0.3)
+        # The test child is stdlib only: a template that imports nothing starts in milliseconds.
+        kwargs.setdefault("template_preload", ())
         sup = Supervisor(root / "run", root / "state", logs or LogSettings(), **kwargs)
         await nursery.start(sup.run)
         return sup

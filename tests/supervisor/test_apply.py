@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import replace
@@ -62,12 +63,12 @@ async def test_apply_adds_and_removes_without_touching_the_rest(sup, make_spec, 
 
 
 async def test_child_environment_and_files(sup, make_spec, root):
-    spec = make_spec("acme/recovery", config='{"dsn": "x"}', admin_socket=True,
+    spec = make_spec("acme/recovery", "--print-env", config='{"dsn": "x"}', admin_socket=True,
                      listen=("127.0.0.1", 0), env=(("OWA_TENANT", "acme"),))
     sup.apply({spec.name: spec})
     status = await sup.wait_state(spec.name, "running", 10)
-    raw = Path(f"/proc/{status.pid}/environ").read_text()
-    environ = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+    line = (spec.log_dir / "combined.log").read_text().splitlines()[0]
+    environ = json.loads(line)["env"]
     assert environ["OWA_TENANT"] == "acme"
     # Everything arrives as a descriptor (oraclewad/contract.py): no path into our folders.
     assert "OWA_CONFIG" not in environ and "OWA_ADMIN_SOCKET" not in environ

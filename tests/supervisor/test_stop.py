@@ -85,16 +85,17 @@ from pathlib import Path
 
 import trio
 
-from oraclewad.settings import LogSettings
+from oraclewad.settings import LogSettings, Policy
 from oraclewad.supervisor import ProcessSpec, Supervisor
 
 
 async def main():
     root = Path(sys.argv[1])
-    sup = Supervisor(root / "run2", root / "state2", LogSettings())
+    sup = Supervisor(root / "run2", root / "state2", LogSettings(), template_preload=())
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
-        sup.apply({"t/x": ProcessSpec(name="t/x", group="t", argv=tuple(sys.argv[2:]), log_dir=root / "l")})
+        sup.apply({"t/x": ProcessSpec(name="t/x", group="t", argv=tuple(sys.argv[3:]), log_dir=root / "l",
+                                      policy=Policy(spawn=sys.argv[2]))})
         print((await sup.wait_state("t/x", "running", 10)).pid, flush=True)
         await trio.sleep_forever()
 
@@ -102,9 +103,10 @@ trio.run(main)
 """
 
 
-async def test_children_die_with_the_daemon(root):
+async def test_children_die_with_the_daemon(root, spawn_mode):
     # A daemon killed with SIGKILL runs no cleanup: the children's death signal does the job.
-    proc = await trio.lowlevel.open_process([sys.executable, "-c", DAEMON, str(root), *child_argv()],
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", DAEMON, str(root), spawn_mode,
+                                             *child_argv()],
                                             stdout=subprocess.PIPE)
     try:
         with trio.fail_after(10):

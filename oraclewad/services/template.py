@@ -1,0 +1,365 @@
+"""The fork-mode template: one per release, started and supervised by the daemon (spawn = "fork").
+
+    python -P -m oraclewad.services.template [MODULE ...]
+
+It imports the service stack (and any MODULE named), freezes the garbage collector, then waits on
+fd 3 (a SOCK_SEQPACKET socket to the daemon, see oraclewad/contract.py) for fork requests. Each
+child is a copy-on-write copy of the warm interpreter: it starts in milliseconds and shares the
+imported code and data with the template and its siblings (gc.freeze keeps the collector of a
+child from touching, and so copying, the template's objects).
+
+The template runs as the daemon's user and never runs tenant code itself. It forks only while it
+has no thread and no connection (checked before every fork: a forked thread-holding process can
+deadlock on a lock some other thread held). A child, in order:
+
+    setsid -> tells the template its pid -> (its parent exits: it is re-parented to the daemon,
+    a child subreaper) -> waits for the daemon's go on the gate fd (its pid is registered now) ->
+    PR_SET_PDEATHSIG(SIGKILL), checks its parent is the daemon -> fds 0-2 and 3.. in place,
+    every other fd closed -> signals and mask as a fresh interpreter has them -> drops to the
+    tenant's uid/gid (no supplementary groups, capabilities or new privileges) -> environment,
+    argv, working directory -> runs the module or script as __main__ (its own trio.run).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import fcntl
+import gc
+import importlib
+import io
+import json
+import os
+import runpy
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from oraclewad import contract
+
+# The stack every service imports; missing ones are skipped (an older or smaller release).
+PRELOAD = (
+    "trio", "hypercorn.trio", "starlette.applications", "httpx", "psycopg", "psycopg_pool",
+    "redis", "prometheus_client", "oraclewad.migrations", "oraclewad.services.runtime",
+    "oraclewad.services.recovery.app", "oraclewad.services.broadcast.app",
+)
+MAX_REQUEST = 1 << 20
+MAX_FDS = 64
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_SETPCAP = 8
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int = 0) -> None:
+    if _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _clear_caps() -> None:
+    """Empty effective, permitted and inheritable sets (capset, _LINUX_CAPABILITY_VERSION_3)."""
+    header = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid/gid with no supplementary groups, no capabilities (bounding set included when we
+    may drop it) and no_new_privs: what `setpriv` does for an exec'd child."""
+    if _effective_caps() & (1 << _CAP_SETPCAP):
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            _prctl(PR_CAPBSET_DROP, cap)
+    if os.getuid() == 0 or os.geteuid() == 0 or (uid, gid) != (os.getuid(), os.getgid()):
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    with contextlib.suppress(OSError):          # kernels before 4.3 have no ambient set
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    _clear_caps()
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid or os.getgroups():
+        raise OSError("the uid/gid switch did not take")
+
+
+PR_SET_MM = 35
+PR_SET_MM_ENV_START = 10
+PR_SET_MM_ENV_END = 11
+_environ_block: ctypes.Array[ctypes.c_char] | None = None     # kept alive: the kernel points at it
+
+
+def publish_environ(env: dict[str, str]) -> None:
+    """Point /proc/<pid>/environ at the child's own environment (it would show the template's).
+    Needs CAP_SYS_RESOURCE, so it is done before the privileges go; without it, nothing changes."""
+    global _environ_block
+    block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()) or b"\0"
+    _environ_block = ctypes.create_string_buffer(block, len(block))
+    start = ctypes.addressof(_environ_block)
+    end = start + len(block)
+    # The kernel checks start <= end after each of the two calls: move the side that keeps it so.
+    for order in ((PR_SET_MM_ENV_END, PR_SET_MM_ENV_START), (PR_SET_MM_ENV_START, PR_SET_MM_ENV_END)):
+        try:
+            for which in order:
+                if _libc.prctl(PR_SET_MM, which, ctypes.c_ulong(end if which == PR_SET_MM_ENV_END else start),
+                               ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl(PR_SET_MM)")
+            return
+        except OSError:
+            continue
+
+
+class Refused(Exception):
+    """The template cannot fork safely (a thread or a connection exists): it must be replaced."""
+
+
+def check_forkable(ctl_fd: int, passed: Sequence[int] = ()) -> None:
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1 or threading.active_count() != 1:
+        raise Refused(f"the template has {threads} threads: forking would copy their locks")
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd == ctl_fd or fd in passed:
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise Refused(f"the template holds a socket (fd {fd}): children would share it")
+
+
+class Job:
+    """What a freshly forked child runs once it has unwound out of the template's loop."""
+
+    def __init__(self, request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
+        self.request = request
+        self.fds = fds
+        self.ctl = ctl
+
+
+def _recv_request(ctl: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    fds = array.array("i")
+    msg, ancdata, flags, _ = ctl.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        return None                     # the daemon closed its end: we are done
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("request truncated")
+    return json.loads(msg), list(fds)
+
+
+def _reply(ctl: socket.socket, obj: dict[str, Any]) -> None:
+    ctl.send(json.dumps(obj).encode())
+
+
+def _fork(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> Job | int | None:
+    """Double fork. In the child: its Job. In the template: the child's pid (None if it died
+    before telling it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()                 # anything created since the last freeze, too
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        # The intermediate: fork the child and exit at once, so that it is re-parented.
+        try:
+            if os.fork() == 0:
+                os.close(r)
+                os.setsid()     # its own session and group (pgid == pid) before anyone signals it
+                os.write(w, struct.pack("i", os.getpid()))
+                os.close(w)
+                return Job(request, fds, ctl)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(w)
+    data = b""
+    try:
+        while len(data) < 4:
+            chunk = os.read(r, 4 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(r)
+        os.waitpid(middle, 0)
+    return struct.unpack("i", data)[0] if len(data) == 4 else None
+
+
+def serve(ctl: socket.socket) -> Job | None:
+    """Answer fork requests until the daemon hangs up (None). Returns a Job only in a child."""
+    while True:
+        got = _recv_request(ctl)
+        if got is None:
+            return None
+        request, fds = got
+        try:
+            check_forkable(ctl.fileno(), fds)
+            if len(fds) < 3:
+                raise ValueError("a request needs stdout, stderr and gate fds")
+            result = _fork(request, fds, ctl)
+        except Refused as e:
+            _reply(ctl, {"error": str(e), "fatal": True})
+            raise
+        except (OSError, ValueError) as e:
+            result = f"fork failed: {e}"
+        if isinstance(result, Job):
+            return result       # the child: leave the loop (and the template's stack) behind
+        for fd in fds:
+            os.close(fd)
+        if isinstance(result, int):
+            _reply(ctl, {"pid": result})
+        else:
+            _reply(ctl, {"error": result or "the child died before it reported its pid"})
+
+
+def _fresh_signals() -> None:
+    """Dispositions and mask as a new interpreter has them (an exec'd child gets the same)."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _place_fds(fds: list[int]) -> None:
+    """fds = [stdout, stderr, gate, pass...] -> 0 /dev/null, 1, 2, 3.. pass; close everything else."""
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    wanted = [devnull, fds[0], fds[1], *fds[3:]]
+    floor = max([*wanted, 2]) + 1
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in wanted]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+    os.closerange(len(high), 1 << 20)    # close_range(2): the template's fds and the copies above
+
+
+def _fresh_stdio() -> None:
+    # Unbuffered as with PYTHONUNBUFFERED=1: the daemon's log pipes must get every line at once.
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True, write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True, write_through=True)
+
+
+def become(job: Job) -> tuple[str, str, list[str], bool]:
+    """Set the child up (see the module docstring); returns what to run."""
+    req = job.request
+    daemon = int(req["daemon"])
+    gate = job.fds[2]
+    go = os.read(gate, 1)       # the daemon has registered our pid (or died: EOF)
+    if not go:
+        os._exit(contract.EX_TEMPLATE)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != daemon:
+        os._exit(contract.EX_TEMPLATE)  # the daemon died before the death signal was set
+    job.ctl.detach()                    # the fd is closed with the others; the object must not close a reuse
+    _place_fds(job.fds)
+    _fresh_signals()
+    _fresh_stdio()
+    gc.enable()
+    publish_environ(req["env"])
+    user = req.get("user")
+    if user is not None:
+        drop_privileges(int(user[0]), int(user[1]))
+    os.environ.clear()
+    os.environ.update(req["env"])
+    if req.get("cwd"):
+        os.chdir(req["cwd"])
+    opts, kind, target, args = contract.parse_python_argv(req["argv"])
+    isolated = any(o in ("-P", "-I") or (o[1:2] != "-" and ("P" in o or "I" in o)) for o in opts)
+    return kind, target, args, isolated
+
+
+def run_job(job: Job) -> None:
+    try:
+        kind, target, args, isolated = become(job)
+    except Exception as e:      # set-up failed: nothing of the tenant's ran
+        os.write(2, f"oraclewad template: cannot set up the child: {e}\n".encode())
+        os._exit(contract.EX_TEMPLATE)
+    if kind == "module":
+        sys.argv = [target, *args]
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = [target, *args]
+        if not isolated:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+        runpy.run_path(target, run_name="__main__")
+
+
+def preload(modules: list[str], *, default: bool = True) -> list[str]:
+    loaded = []
+    for name in dict.fromkeys([*(PRELOAD if default else ()), *modules]):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        loaded.append(name)
+    return loaded
+
+
+def main() -> None:
+    gc.disable()        # no collections (and so no freed holes in shared pages) until the freeze
+    started = time.monotonic()
+    ctl = socket.socket(fileno=contract.TEMPLATE_FD)
+    args = sys.argv[1:]
+    only = bool(args) and args[0] == "--only"      # just these modules, not the default stack
+    loaded = preload(args[1:] if only else args, default=not only)
+    gc.collect()
+    gc.freeze()
+    try:
+        check_forkable(ctl.fileno())
+    except Refused as e:
+        _reply(ctl, {"error": str(e), "fatal": True})
+        raise SystemExit(f"oraclewad template: {e}") from None
+    _reply(ctl, {"ready": True, "pid": os.getpid(), "preloaded": loaded,
+                 "seconds": round(time.monotonic() - started, 3)})
+    job = serve(ctl)
+    if job is None:
+        return
+    run_job(job)     # in a child only: the service, its exit code is ours
+
+
+if __name__ == "__main__":
+    main()

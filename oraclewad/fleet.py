@@ -7,24 +7,19 @@ Every change (a hand edit plus reload, `oraclectl tenant add`, `tenant remove`) 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import re
-import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
-from oraclewad import contract, releases
+from oraclewad import contract, health, releases, views
 from oraclewad.deploy import Deployer
 from oraclewad.errors import (
     AlreadyExists,
@@ -55,11 +50,13 @@ from oraclewad.operations import (
     TenantView,
     WebhookSecretsView,
 )
+from oraclewad.procstat import proc_figures
 from oraclewad.provision import Provisioner, usage
 from oraclewad.provision.webhook_secrets import WebhookCredentials, WebhookSecrets
+from oraclewad.provisioning import Provisioning, ProvisioningStates
 from oraclewad.scrape import ChildScraper, key_figures
-from oraclewad.secretfiles import read_secret_file
 from oraclewad.settings import Settings
+from oraclewad.specs import PROGRAMS, SpecBuilder
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.supervisor.process import can_switch_users
 from oraclewad.supervisor.status import UP
@@ -76,32 +73,12 @@ from oraclewad.tenants.store import (
     retired_at,
     retired_files,
 )
-from oraclewad.tenants.uids import UidBook, closed_to_others
+from oraclewad.tenants.uids import UidBook
 
 log = logging.getLogger("oraclewad.fleet")
-PROGRAMS = "programs"
 REASSERT_EVERY = 30.0      # seconds between two automatic re-provisionings of one tenant
 SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
-SERVICES_PACKAGE = Path(__file__).parent / "services"
-SERVICE_CALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-SERVICE_CALL_PATH = re.compile(r"/[\x21-\x7e]{0,2047}")
-SERVICE_CALL_MAX_BYTES = 4 * 1024 * 1024 - 4096  # under gRPC's default message size
-log = logging.getLogger("oraclewad.fleet")
-
-
-def migrations_dir(service: str) -> Path:
-    # Read as files, not imported: the daemon never imports the services it runs.
-    return SERVICES_PACKAGE / service / "migrations"
-
-
-@dataclass
-class _Provisioning:
-    """Where one tenant's databases and users stand."""
-
-    done: bool = False
-    status: str = "provisioning"
-    scope: trio.CancelScope | None = None
 
 
 class Fleet:
@@ -117,11 +94,11 @@ class Fleet:
         self.tenants: dict[str, Tenant] = {}
         self.ports: dict[str, int] = {}
         self.problems: list[Problem] = []
-        self.provisioning: dict[str, _Provisioning] = {}
-        self.provisioning_failures = 0      # attempts that failed or found a server unavailable
+        self.provisioned = ProvisioningStates(provisioner, nursery, self._provision_event, self._retried)
         self.scraper = ChildScraper(self.admin_socket, settings.metrics_child_timeout)
         self.book = PortBook(settings.state_dir / "ports.json", settings.port_range, settings.bind_host)
         self.shop_secrets = WebhookSecrets(settings.secrets_dir)
+        self.spec_builder = SpecBuilder(settings, provisioner, self.shop_secrets)
         self.uids: dict[str, int] = {}
         self.uid_book: UidBook | None = None
         if settings.uid_range is not None:
@@ -131,11 +108,15 @@ class Fleet:
                 log.warning("tenants share the daemon's user (uid %d): without CAP_SETUID and "
                             "CAP_SETGID it cannot give each tenant its own; run it from "
                             "systemd/oraclewad.service (or as root) to separate them", os.getuid())
-        self._release_closed: dict[str, str | None] = {}
         self.redis_usage: dict[str, usage.Usage] = {}
         self._lock = trio.Lock()
         self.deployer = Deployer(self)
         self._reasserted: dict[str, float] = {}
+
+    @property
+    def provisioning(self) -> dict[str, Provisioning]:
+        """Each tenant's provisioning state (deploy.py checks `.done` before a swap)."""
+        return self.provisioned.states
 
     # ---- reconciling ------------------------------------------------------------------------
 
@@ -161,7 +142,8 @@ class Fleet:
             problems += uid_problems
             runnable = {tid: t for tid, t in runnable.items() if tid in self.uids}
         for tid, tenant in list(runnable.items()):
-            for key, check in (("release", self._release), ("evolution.api_key_file", self._evolution_key)):
+            for key, check in (("release", self.spec_builder.release),
+                               ("evolution.api_key_file", self.spec_builder.evolution_key)):
                 try:
                     check(tenant)
                 except OracleError as e:
@@ -175,9 +157,7 @@ class Fleet:
             self._publish("", "", "problem", message=str(problem))
 
         for tid in set(old) - set(runnable):
-            state = self.provisioning.pop(tid, None)
-            if state and state.scope:
-                state.scope.cancel()
+            self.provisioned.forget(tid)
         # A tenant needs provisioning when it is new or its set of services grew.
         pending = [t for tid, t in runnable.items()
                    if tid not in self.provisioning or not self.provisioning[tid].done
@@ -185,10 +165,10 @@ class Fleet:
         # Every known tenant has a provisioning state before the next checkpoint: a call that
         # arrives while the first attempts run finds "provisioning", never a missing key.
         for tenant in pending:
-            self.provisioning.setdefault(tenant.id, _Provisioning())
+            self.provisioning.setdefault(tenant.id, Provisioning())
         async with trio.open_nursery() as first_attempts:
             for tenant in pending:
-                first_attempts.start_soon(self._first_provision, tenant)
+                first_attempts.start_soon(self.provisioned.first, tenant)
 
         changes = self.supervisor.apply(self._specs())
         view = ReloadView(added=tuple(sorted(set(runnable) - set(old))),
@@ -198,63 +178,18 @@ class Fleet:
         self._publish("", "", "reload", message=view.describe())
         return view
 
-    async def _first_provision(self, tenant: Tenant) -> None:
-        state = self.provisioning.setdefault(tenant.id, _Provisioning())
-        if state.scope is not None:
-            state.scope.cancel()
-        try:
-            await self._provision(tenant)
-        except Unavailable as e:
-            self.provisioning_failures += 1
-            state.status = f"UNAVAILABLE: {e}"
-            self._publish(tenant.id, "", "provision", message=state.status)
-            self.nursery.start_soon(self._retry_provision, tenant, state)
-        except OracleError as e:
-            self.provisioning_failures += 1
-            state.status = f"FAILED: {e}"
-            self._publish(tenant.id, "", "provision", message=state.status)
-        else:
-            state.done, state.status = True, "provisioned"
+    def _provision_event(self, tenant_id: str, message: str) -> None:
+        self._publish(tenant_id, "", "provision", message=message)
 
-    async def _provision(self, tenant: Tenant) -> None:
-        services = [s.name for s in tenant.services]
-        await self.provisioner.provision(tenant.id, services, {s: migrations_dir(s) for s in services})
-
-    async def _retry_provision(self, tenant: Tenant, state: _Provisioning) -> None:
-        delay = 1.0
-        with trio.CancelScope() as state.scope:
-            while True:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-                try:
-                    await self._provision(tenant)
-                except Unavailable as e:
-                    self.provisioning_failures += 1
-                    state.status = f"UNAVAILABLE: {e}"
-                    continue
-                except OracleError as e:
-                    self.provisioning_failures += 1
-                    state.status = f"FAILED: {e}"
-                    return
-                state.done, state.status = True, "provisioned"
-                self._publish(tenant.id, "", "provision", message="provisioned")
-                async with self._lock:
-                    if self.tenants.get(tenant.id) is tenant:
-                        self.supervisor.apply(self._specs())
-                return
+    async def _retried(self, tenant: Tenant) -> None:
+        async with self._lock:
+            if self.tenants.get(tenant.id) is tenant:
+                self.supervisor.apply(self._specs())
 
     def _specs(self) -> dict[str, ProcessSpec]:
-        specs: dict[str, ProcessSpec] = {}
-        for program in self.settings.programs:
-            name = unit_name(PROGRAMS, program.name)
-            specs[name] = ProcessSpec(
-                name=name, group=PROGRAMS, argv=program.command, env=program.env, cwd=program.cwd,
-                listen=(self.settings.bind_host, program.port) if program.port else None,
-                notify=program.notify, config=None, admin_socket=False,
-                log_dir=self.settings.log_dir / PROGRAMS / program.name, policy=program.policy,
-                labels=(("port", str(program.port)),) if program.port else ())
+        specs = self.spec_builder.programs()
         for tenant in self.tenants.values():
-            if not self.provisioning.get(tenant.id, _Provisioning()).done:
+            if not self.provisioned.done(tenant.id):
                 continue
             for svc in tenant.services:
                 spec = self._service_spec(tenant, svc.name)
@@ -262,82 +197,11 @@ class Fleet:
         return specs
 
     def _service_spec(self, tenant: Tenant, service: str) -> ProcessSpec:
-        svc = tenant.service(service)
-        assert svc is not None
-        name = unit_name(tenant.id, service)
-        port = self.ports[name]
-        release = self._release(tenant)
-        config: dict[str, Any] = {
-            "tenant": tenant.id, "service": service, "display_name": tenant.name,
-            "release": release.version,
-            "http": {"host": self.settings.bind_host, "port": port},
-            **self.shop_secrets.get(tenant.id).child_config(time.time()),
-            "evolution": {"url": tenant.evolution.url, "api_key": self._evolution_key(tenant),
-                          "api_version": tenant.evolution.api_version,
-                          # Where this service's instances post their events, and the key that
-                          # signs them (Evolution's headers.jwt_key): see docs/evolution.md.
-                          "webhook_url": f"{self.settings.public_url}:{port}/webhooks/evolution",
-                          "webhook_jwt_key": self._evolution_webhook_key(tenant.id, service)},
-            "instances": list(svc.instances),
-            "antiban": tenant.antiban, "templates": tenant.templates, "recovery": tenant.recovery,
-            **self.provisioner.child_config_fragment(tenant.id, service),
-        }
-        return ProcessSpec(
-            name=name, group=tenant.id,
-            # -P: the daemon's working directory (a source checkout, say) must not shadow the
-            # release's own package.
-            argv=(release.python, "-P", "-m", f"oraclewad.services.{service}"),
-            env=(("OWA_TENANT", tenant.id), ("OWA_SERVICE", service)),
-            listen=(self.settings.bind_host, port), notify=True,
-            config=json.dumps(config, sort_keys=True),
-            log_dir=self.settings.log_dir / tenant.id / service, policy=svc.policy,
-            user=self._user(tenant, release),
-            private_tmp=self.settings.shared_dir / "tmp" / id_key(tenant.id),
-            labels=(("release", release.version), ("port", str(port))))
-
-    def _user(self, tenant: Tenant, release: releases.Release) -> tuple[int, int] | None:
-        """The tenant's own uid/gid, or None (the daemon's) when its release is closed to it."""
-        uid = self.uids.get(tenant.id)
-        if uid is None:
-            return None
-        if release.version not in self._release_closed:
-            paths = [Path(release.python)]
-            if release.version == releases.BUNDLED:
-                paths.append(Path(__file__).parent)     # the package the bundled python imports
-            elif release.path is not None:
-                paths.append(release.path)
-            why = closed_to_others(paths)
-            self._release_closed[release.version] = why
-            if why is not None:
-                log.warning("release %s cannot be read by tenant users (%s): its tenants run as the "
-                            "daemon's user; make it readable (chmod o+rX) and restart", release.version, why)
-        return None if self._release_closed[release.version] else (uid, uid)
+        port = self.ports[unit_name(tenant.id, service)]
+        return self.spec_builder.service(tenant, service, port, self.uids.get(tenant.id))
 
     def _release(self, tenant: Tenant) -> releases.Release:
-        return releases.resolve(self.settings.releases_dir, tenant.release or self.settings.default_release)
-
-    def _secret_path(self, tenant_id: str, kind: str) -> Path:
-        return self.settings.secrets_dir / f"{id_key(tenant_id)}.{kind}"
-
-    def _evolution_webhook_key(self, tenant_id: str, service: str) -> str:
-        path = self._secret_path(tenant_id, f"{service}.evolution-webhook.key")
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            value = secrets.token_urlsafe(32)
-            write_atomic(path, value.encode() + b"\n", 0o600)
-            return value
-
-    def _evolution_key(self, tenant: Tenant) -> str:
-        path = tenant.evolution.api_key_file
-        if path is None:
-            return ""
-        try:
-            return read_secret_file(path, state_dir=self.settings.state_dir,
-                                    own=[self._secret_path(tenant.id, "evolution.key")])
-        except (OSError, ValueError) as e:
-            why = e.strerror if isinstance(e, OSError) else str(e)
-            raise FailedPrecondition(f"the Evolution API key file: {why}") from None
+        return self.spec_builder.release(tenant)
 
     def _publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
         self.events.publish(EventView(ts=time.time(), tenant=tenant, service=service, kind=kind,
@@ -381,7 +245,7 @@ class Fleet:
 
         async def reassert() -> None:
             try:
-                await self._provision(tenant)
+                await self.provisioned.provision(tenant)
             except OracleError as e:
                 log.warning("re-provisioning %s after exit %d failed: %s", tenant_id, code, e)
                 return
@@ -394,9 +258,7 @@ class Fleet:
     async def repair_tenant(self, tenant_id: str) -> list[str]:
         tenant = self._tenant(tenant_id)
         async with self._lock:
-            state = self.provisioning.setdefault(tenant.id, _Provisioning())
-            await self._provision(tenant)
-            state.done, state.status = True, "provisioned"
+            await self.provisioned.again(tenant)
             lines = [f"provisioned {', '.join(tenant.unit_names())}: databases, roles and passwords, "
                      "Redis users, migrations"]
             self.supervisor.apply(self._specs())
@@ -430,7 +292,7 @@ class Fleet:
                                     f"ignoring case: `oraclectl tenant restore {removed}` brings it back, "
                                     f"`oraclectl tenant purge {removed}` frees the id")
             if new.evolution_api_key:
-                key_file = self._secret_path(new.id, "evolution.key")
+                key_file = self.spec_builder.secret_path(new.id, "evolution.key")
                 write_atomic(key_file, new.evolution_api_key.encode() + b"\n", 0o600)
                 doc.setdefault("evolution", {})["api_key_file"] = str(key_file)
             create_tenant_file(tenants_dir, doc)
@@ -545,20 +407,20 @@ class Fleet:
 
     async def removed_tenants(self) -> list[RemovedView]:
         retired = retired_files(self.settings.tenants_dir)
-        views = []
+        removed = []
         for tid in sorted(self._removed_ids(), key=str.lower):
             kept: list[str] = []
             size = 0
             try:
                 for what, nbytes in await self.provisioner.kept(tid, SERVICES):
-                    kept.append(f"{what} {_size(nbytes)}" if nbytes else what)
+                    kept.append(f"{what} {views.size_text(nbytes)}" if nbytes else what)
                     size += nbytes
             except Unavailable as e:
                 kept.append(f"databases and Redis keys: unknown ({e})")
             logs = self.settings.log_dir / tid
             if logs.is_dir():
                 nbytes = sum(p.stat().st_size for p in logs.rglob("*") if p.is_file())
-                kept.append(f"logs {logs} {_size(nbytes)}")
+                kept.append(f"logs {logs} {views.size_text(nbytes)}")
                 size += nbytes
             secrets_files = sorted(p.name for p in self.settings.secrets_dir.glob(f"{id_key(tid)}.*"))
             if secrets_files:
@@ -571,8 +433,8 @@ class Fleet:
             files = retired.get(tid, [])
             if files:
                 kept.append(f"tenant file {files[-1]}")
-            views.append(RemovedView(tid, retired_at(files[-1]) if files else None, size, tuple(kept)))
-        return views
+            removed.append(RemovedView(tid, retired_at(files[-1]) if files else None, size, tuple(kept)))
+        return removed
 
     async def purge_tenant(self, tenant_id: str) -> list[str]:
         if (why := id_problem(tenant_id)) is not None:
@@ -614,15 +476,11 @@ class Fleet:
         return self._tenant_view(self._tenant(tenant_id), self.status(tenant_id))
 
     def _tenant_view(self, tenant: Tenant, states: list[ServiceView]) -> TenantView:
-        ports = {s.name: self.ports[unit_name(tenant.id, s.name)] for s in tenant.services}
-        recovery_port = ports.get("recovery")
-        webhook = f"{self.settings.public_url}:{recovery_port}/webhooks/orders" if recovery_port else ""
-        state = self.provisioning.get(tenant.id, _Provisioning())
-        return TenantView(
-            id=tenant.id, name=tenant.name, services=tuple(ports), release=self._release(tenant).version,
-            ports=ports, webhook_url=webhook,
+        return views.tenant_view(
+            tenant, states, self.ports, public_url=self.settings.public_url,
+            release=self.spec_builder.release_version(tenant),
             secrets_file=str(self.provisioner.secrets_path(tenant.id)),
-            source_file=str(tenant.source), provisioned=state.done, states=tuple(states))
+            provisioned=self.provisioned.done(tenant.id))
 
     MAX_SECRET_OVERLAP_S = 30 * 86400.0
 
@@ -644,14 +502,8 @@ class Fleet:
 
     def _secrets_view(self, tenant: Tenant, creds: WebhookCredentials) -> WebhookSecretsView:
         port = self.ports.get(unit_name(tenant.id, "recovery")) if tenant.service("recovery") else None
-        now = time.time()
-        return WebhookSecretsView(
-            tenant=tenant.id,
-            webhook_url=f"{self.settings.public_url}:{port}/webhooks/orders" if port else "",
-            secret=creds.current, static_token=creds.token,
-            static_token_enabled=bool(tenant.recovery.get("static_token")),
-            previous_until=tuple(until for _, _, until in creds.previous if until > now),
-            file=str(self.shop_secrets.path(tenant.id)))
+        return views.secrets_view(tenant, creds, port, public_url=self.settings.public_url,
+                                  file=str(self.shop_secrets.path(tenant.id)))
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self.tenants.get(tenant_id)
@@ -667,46 +519,9 @@ class Fleet:
     def status(self, tenant_id: str | None = None) -> list[ServiceView]:
         if tenant_id not in (None, PROGRAMS):
             self._tenant(tenant_id)  # NotFound for an unknown id
-        by_name = {s.name: s for s in self.supervisor.snapshot()}
-        views = []
-        for tid, tenant in sorted(self.tenants.items(), key=lambda kv: kv[0].lower()):
-            if tenant_id not in (None, tid):
-                continue
-            prov = self.provisioning.get(tid, _Provisioning())
-            release = self._release(tenant).version
-            for svc in tenant.services:
-                name = unit_name(tid, svc.name)
-                snap = by_name.get(name)
-                if snap is None:
-                    views.append(ServiceView(tid, svc.name, "unavailable" if not prov.done else "pending",
-                                             None, None, 0, False, self.ports.get(name), release,
-                                             prov.status))
-                    continue
-                # The release of the process serving now (each service swaps on its own).
-                running = dict(snap.labels).get("release", release)
-                views.append(ServiceView(tid, svc.name, snap.state, snap.pid, snap.uptime, snap.restarts,
-                                         snap.ready, self.ports.get(name), running, _message(snap)))
-        if tenant_id is None:
-            # A broken tenant file is skipped, not hidden: one row per file until it is fixed,
-            # its problems one per line.
-            by_file: dict[Path, list[str]] = {}
-            for problem in self.problems:
-                source = Path(problem.source)
-                if source.parent == self.settings.tenants_dir and source.stem not in self.tenants:
-                    by_file.setdefault(source, []).append(
-                        f"{problem.key}: {problem.message}" if problem.key else problem.message)
-            for source, lines in by_file.items():
-                views.append(ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
-                                         "\n".join(lines)))
-        if tenant_id in (None, PROGRAMS):
-            for snap in by_name.values():
-                if snap.group == PROGRAMS:
-                    labels = dict(snap.labels)
-                    views.append(ServiceView(PROGRAMS, snap.name.partition("/")[2], snap.state, snap.pid,
-                                             snap.uptime, snap.restarts, snap.ready,
-                                             int(labels["port"]) if "port" in labels else None, "",
-                                             _message(snap)))
-        return views
+        return views.service_views(self.tenants, self.ports, self.provisioning, self.supervisor.snapshot(),
+                                   self.problems, self.settings.tenants_dir,
+                                   self.spec_builder.release_version, tenant_id)
 
     def _names(self, tenant_id: str, service: str | None) -> list[str]:
         if tenant_id == PROGRAMS:
@@ -723,7 +538,7 @@ class Fleet:
 
     async def _each(self, verb: str, tenant_id: str, service: str | None) -> list[ServiceView]:
         names = self._names(tenant_id, service)
-        state = self.provisioning.get(tenant_id, _Provisioning())
+        state = self.provisioned.get(tenant_id)
         if tenant_id != PROGRAMS and not state.done:
             raise Unavailable(f"tenant {tenant_id!r} is not provisioned yet: {state.status}")
         async with trio.open_nursery() as nursery:
@@ -741,45 +556,21 @@ class Fleet:
         return await self._each("restart", tenant_id, service)
 
     async def health(self, tenant_id: str | None = None) -> list[HealthView]:
-        views = [v for v in self.status(tenant_id) if v.tenant != PROGRAMS]
+        services = [v for v in self.status(tenant_id) if v.tenant != PROGRAMS]
         results: dict[int, HealthView] = {}
 
         async def probe(i: int, view: ServiceView) -> None:
-            results[i] = await self._probe(view)
+            results[i] = await health.probe(view, self.admin_socket(view.tenant, view.service))
 
         async with trio.open_nursery() as nursery:
-            for i, view in enumerate(views):
+            for i, view in enumerate(services):
                 nursery.start_soon(probe, i, view)
-        return [results[i] for i in range(len(views))]
+        return [results[i] for i in range(len(services))]
 
     def admin_socket(self, tenant_id: str, service: str) -> str:
         # The serving process's: during and after a swap the two processes' sockets alternate.
         path = self.supervisor.admin_path(unit_name(tenant_id, service))
         return str(path or self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock")
-
-    async def _probe(self, view: ServiceView) -> HealthView:
-        if view.state == "unavailable":
-            return HealthView(view.tenant, view.service, "unavailable", detail=view.message)
-        if view.state in ("stopped", "stopping"):
-            return HealthView(view.tenant, view.service, "stopped", detail=view.state)
-        if not view.ready and view.state != "unhealthy":
-            return HealthView(view.tenant, view.service, "failing",
-                              detail=f"{view.state}{': ' + view.message if view.message else ''}")
-        # An unhealthy service still answers: its own checks say which part fails (and, for its
-        # instances, each one's state).
-        # verify=False: plain HTTP on a unix socket; the CA bundle would cost ~60 ms per probe.
-        socket_path = self.admin_socket(view.tenant, view.service)
-        transport = httpx.AsyncHTTPTransport(uds=socket_path, verify=False)
-        try:
-            async with httpx.AsyncClient(transport=transport, timeout=3.0, verify=False,
-                                         trust_env=False) as client:
-                response = await client.get("http://child/healthz")
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as e:
-            return HealthView(view.tenant, view.service, "failing",
-                              detail=f"health endpoint did not answer: {e.__class__.__name__}")
-        return HealthView(view.tenant, view.service, str(body.get("status", "failing")),
-                          checks=body.get("checks", {}), detail="")
 
     async def service_call(self, tenant_id: str, service: str, method: str, path: str, body_json: str,
                            timeout: float) -> ServiceCallView:
@@ -787,53 +578,29 @@ class Fleet:
         if tenant_id == PROGRAMS:
             raise InvalidArgument("host programs have no admin API", field="tenant")
         [name] = self._names(tenant_id, service)
-        method = method.upper() or "GET"
-        if method not in SERVICE_CALL_METHODS:
-            raise InvalidArgument(f"must be one of {', '.join(SERVICE_CALL_METHODS)}", field="method")
-        if not SERVICE_CALL_PATH.fullmatch(path):
-            raise InvalidArgument("must be an absolute path such as /instances (no spaces, at most 2048 "
-                                  "characters)", field="path")
-        if len(body_json) > SERVICE_CALL_MAX_BYTES:
-            raise InvalidArgument(f"is larger than {SERVICE_CALL_MAX_BYTES} bytes", field="body_json")
+        method = health.check_call(method, path, body_json)
         [view] = [v for v in self.status(tenant_id) if v.service == service]
-        # Unhealthy services answer too: pairing an instance is how one that cannot send heals.
-        if not view.ready and view.state != "unhealthy":
-            raise Unavailable(f"{name} is {view.state}{': ' + view.message if view.message else ''}; "
-                              f"`oraclectl status {tenant_id}` shows why")
-        transport = httpx.AsyncHTTPTransport(uds=str(self.admin_socket(tenant_id, service)))
-        headers = {"content-type": "application/json"} if body_json else {}
-        try:
-            async with httpx.AsyncClient(transport=transport, timeout=timeout) as client, \
-                    client.stream(method, f"http://{service}{path}", content=body_json.encode() or None,
-                                  headers=headers) as response:
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > SERVICE_CALL_MAX_BYTES:
-                        raise Unavailable(f"{name} answered more than {SERVICE_CALL_MAX_BYTES} bytes")
-                    chunks.append(chunk)
-        except httpx.TimeoutException:
-            raise Unavailable(f"{name} did not answer {method} {path} within {timeout:g}s") from None
-        except httpx.HTTPError as e:
-            raise Unavailable(f"{name}'s admin socket did not answer: {e.__class__.__name__}") from None
-        return ServiceCallView(response.status_code, b"".join(chunks).decode("utf-8", "replace"))
+        if (why := health.unanswerable(view)) is not None:
+            raise Unavailable(f"{name} is {why}; `oraclectl status {tenant_id}` shows why")
+        return await health.call(name, self.admin_socket(tenant_id, service), service, method, path,
+                                 body_json, timeout)
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
         snaps = {s.name: s for s in self.supervisor.snapshot()}
-        views = [v for v in self.status(tenant_id) if v.state != "invalid"]
-        scraped = await self.scraper.scrape([(v.tenant, v.service) for v in views
+        services = [v for v in self.status(tenant_id) if v.state != "invalid"]
+        scraped = await self.scraper.scrape([(v.tenant, v.service) for v in services
                                              if v.pid and v.state in UP and v.tenant != PROGRAMS])
         if tenant_id is None:
-            await self.scraper.forget_others((v.tenant, v.service) for v in views)
+            await self.scraper.forget_others((v.tenant, v.service) for v in services)
 
         def read() -> list[Mapping[str, float]]:
             # /proc of 200 children and parsing their metrics: off the event loop.
             self.scraper.parse(scraped.values())
-            return [_proc_figures(v.pid) if v.pid else {} for v in views]
+            return [proc_figures(v.pid) if v.pid else {} for v in services]
 
         procs = await trio.to_thread.run_sync(read)
         result = []
-        for view, proc in zip(views, procs, strict=True):
+        for view, proc in zip(services, procs, strict=True):
             key = (view.tenant, view.service)
             figures: dict[str, float] = {"restarts": float(view.restarts), "ready": float(view.ready),
                                          "uptime_s": float(view.uptime_s or 0.0), **proc}
@@ -859,19 +626,13 @@ class Fleet:
         return result
 
     def daemon_figures(self) -> DaemonFigures:
-        services: dict[str, list[ServiceView]] = {}
-        for view in self.status():
-            if view.tenant != PROGRAMS:
-                services.setdefault(view.tenant, []).append(view)
-        tenants = dict.fromkeys(TENANT_STATES, 0)
-        for views in services.values():
-            tenants[_tenant_state(views)] += 1
+        tenants = views.tenant_counts(self.status())
         free = size = None
         with contextlib.suppress(OSError):
             disk = os.statvfs(self.settings.log_dir)
             free, size = float(disk.f_bavail * disk.f_frsize), float(disk.f_blocks * disk.f_frsize)
         return DaemonFigures(tenants=tenants, config_problems=len(self.problems),
-                             provisioning_failures=self.provisioning_failures,
+                             provisioning_failures=self.provisioned.failures,
                              log_disk_free_bytes=free, log_disk_size_bytes=size,
                              redis_usage={t: (u.keys, u.bytes) for t, u in self.redis_usage.items()})
 
@@ -935,74 +696,4 @@ class Fleet:
 
     def summary(self) -> str:
         """`2 tenants: 3 running, 1 starting; 1 config problem` (STATUS= and the daemon log)."""
-        counts: dict[str, int] = {}
-        unhealthy: list[ServiceView] = []
-        for view in self.status():
-            if view.state == "invalid":   # invalid files are counted as config problems
-                continue
-            counts[view.state] = counts.get(view.state, 0) + 1
-            if view.state == "unhealthy":
-                unhealthy.append(view)
-        parts = [f"{n} {state}" for state, n in sorted(counts.items())]
-        text = f"{plural(len(self.tenants), 'tenant')}: " + (", ".join(parts) or "no services") + (
-            f"; {plural(len(self.problems), 'config problem')}" if self.problems else "")
-        if unhealthy:
-            # Which check fails is what an operator reading `systemctl status` needs first.
-            first = unhealthy[0]
-            text += f"; unhealthy: {first.tenant}/{first.service} ({first.message[:120]})"
-            if len(unhealthy) > 1:
-                text += f" and {len(unhealthy) - 1} more"
-        return text
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _message(snap: Any) -> str:
-    """What the operator should read about a service: a running one's last exit is history; a
-    spawn = "fork" service that had to be exec'd says why."""
-    text = snap.message or ("" if snap.state == "running" else snap.last_exit)
-    note = getattr(snap, "spawn_note", "")
-    return f"{text}; {note}" if text and note else (text or note)
-
-
-TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")
-
-
-def _tenant_state(views: list[ServiceView]) -> str:
-    states = {v.state for v in views}
-    if "invalid" in states:
-        return "invalid"
-    if states & {"unavailable", "pending"}:
-        return "provisioning"
-    if all(v.state == "running" and v.ready for v in views):
-        return "ok"
-    if states <= {"stopped", "stopping"}:
-        return "stopped"
-    return "degraded"
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""
-
-
-def _proc_figures(pid: int) -> Mapping[str, float]:
-    """RSS, PSS and CPU seconds of a child from /proc (it may be gone by the time we look)."""
-    figures: dict[str, float] = {}
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        figures["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
-        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        figures["rss_bytes"] = float(rss_pages * os.sysconf("SC_PAGE_SIZE"))
-        # PSS shares each shared page among its users: the honest "what this child costs".
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                figures["pss_bytes"] = float(int(line.split()[1]) * 1024)
-                break
-    return figures
+        return views.summary(self.status(), len(self.tenants), len(self.problems))

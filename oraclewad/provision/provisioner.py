@@ -175,15 +175,20 @@ class Provisioner:
                                    migrations_dirs: Mapping[str, Path], *,
                                    on_status: StatusCallback | None = None,
                                    initial_delay: float = 1.0, max_delay: float = 60.0,
-                                   jitter: float = 0.2) -> dict[str, list[int]]:
+                                   jitter: float = 0.2, wait_first: bool = False) -> dict[str, list[int]]:
         """provision(), retried with exponential backoff (+-jitter) while a server is Unavailable.
 
         on_status gets "UNAVAILABLE: <reason>" before each wait and "OK" once provisioned, so the
         daemon can show it in status/health. Other errors are raised at once (retrying would not
-        help). Cancel the surrounding scope to give up.
+        help). Cancel the surrounding scope to give up. wait_first: the caller's own attempt just
+        failed, so the first one here comes after a wait too. Jitter keeps a fleet that lost its
+        server from coming back all in the same instant.
         """
         services = list(services)
         delay = initial_delay
+        if wait_first:
+            await trio.sleep(delay * random.uniform(1 - jitter, 1 + jitter))
+            delay = min(delay * 2, max_delay)
         while True:
             try:
                 result = await self.provision(tenant_id, services, migrations_dirs)

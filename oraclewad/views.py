@@ -158,5 +158,5 @@ def _message(snap: ServiceStatus) -> str:
     """What the operator should read about a service: a running one's last exit is history; a
     spawn = "fork" service that had to be exec'd says why."""
     text = snap.message or ("" if snap.state == "running" else snap.last_exit)
-    note = getattr(snap, "spawn_note", "")
+    note = snap.spawn_note
     return f"{text}; {note}" if text and note else (text or note)

@@ -365,10 +365,20 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until `pid` has exited and is reaped.
+
+    A daemonized postmaster is an orphan the daemon (a subreaper) reaps after a grace period;
+    until then its zombie makes a new postmaster's `kill(pid, 0)` succeed, and the new one
+    refuses to start over the old lock file. So reap it here, or wait for whoever does.
+    """
     deadline = time.monotonic() + timeout
     while _alive(pid):
         if time.monotonic() > deadline:
             return False
+        time.sleep(0.02)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     return True
 

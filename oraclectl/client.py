@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 
 INSTALLED_SOCKET = "/run/oraclewa/oraclewad.sock"
@@ -204,6 +205,35 @@ class Client:
                                               metadata=self.metadata)
         except grpc.RpcError as e:
             raise self._failure(e) from None
+
+    # ---- the list answers, every page read (each page is far under the 4 MiB message limit) ----
+
+    def _pages(self, method: str, request: Any, field: str, timeout: float | None) -> list[Any]:
+        items: list[Any] = []
+        while True:
+            response = self.call(method, request, timeout=timeout)
+            items += getattr(response, field)
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
+
+    def list_tenants(self, *, timeout: float | None = None) -> list[pb.Tenant]:
+        return self._pages("ListTenants", pb.ListTenantsRequest(), "tenants", timeout)
+
+    def removed_tenants(self, *, timeout: float | None = None) -> list[pb.RemovedTenant]:
+        return self._pages("ListRemovedTenants", pb.ListRemovedTenantsRequest(), "tenants", timeout)
+
+    def status(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceState]:
+        return self._pages("Status", pb.StatusRequest(tenant=tenant), "services", timeout)
+
+    def health(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceHealth]:
+        return self._pages("Health", pb.HealthRequest(tenant=tenant), "services", timeout)
+
+    def metrics(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceMetrics]:
+        return self._pages("Metrics", pb.MetricsRequest(tenant=tenant), "services", timeout)
+
+    def history(self, tenant: str, *, timeout: float | None = None) -> list[pb.HistoryEntry]:
+        return self._pages("History", pb.HistoryRequest(tenant=tenant), "entries", timeout)
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         call = getattr(self.stub, method)(request, metadata=self.metadata)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -35,6 +35,7 @@ from oraclectl.envimport import SECRET_PLACEHOLDER, EnvFileError, convert, parse
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+T = TypeVar("T")
 SERVICE_CHOICES = ("all", "recovery", "broadcast")
 
 
@@ -90,6 +91,19 @@ class Ctx:
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         with self.client() as client:
             return client.call(method, request, timeout=timeout)
+
+    def using(self, ask: Callable[[Client], T]) -> T:
+        """One typed question on a client of its own (`ctx.using(lambda c: c.status(tenant))`)."""
+        with self.client() as client:
+            return ask(client)
+
+    def show(self, items: Sequence[Any], table: Callable[[list[Any]], str]) -> int:
+        """`--json`: the messages as a JSON list; otherwise the table."""
+        if self.json:
+            self.out(render.dumps([render.to_dict(item) for item in items]))
+        else:
+            self.out(table(list(items)))
+        return OK
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -185,19 +199,9 @@ def cmd_tenant_repair(ctx: Ctx) -> int:
 
 def cmd_tenant_list(ctx: Ctx) -> int:
     if ctx.args.removed:
-        removed = ctx.call("ListRemovedTenants", pb.ListRemovedTenantsRequest(),
-                           timeout=max(ctx.args.timeout, 30))
-        if ctx.json:
-            ctx.out(render.dumps([render.to_dict(t) for t in removed.tenants]))
-        else:
-            ctx.out(render.removed_table(list(removed.tenants)))
-        return OK
-    response = ctx.call("ListTenants", pb.ListTenantsRequest())
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(t) for t in response.tenants]))
-    else:
-        ctx.out(render.tenants_table(list(response.tenants)))
-    return OK
+        removed = ctx.using(lambda c: c.removed_tenants(timeout=max(ctx.args.timeout, 30)))
+        return ctx.show(removed, render.removed_table)
+    return ctx.show(ctx.using(lambda c: c.list_tenants()), render.tenants_table)
 
 
 def _confirm_purge(ctx: Ctx, tenant_id: str) -> bool:
@@ -283,30 +287,26 @@ def cmd_tenant_import_env(ctx: Ctx) -> int:
 
 
 def _services(ctx: Ctx, response: Any) -> int:
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
-    else:
-        ctx.out(render.services_table(list(response.services)))
-    return OK
+    return ctx.show(response.services, render.services_table)
 
 
 def cmd_status(ctx: Ctx) -> int:
     a = ctx.args
     if a.watch is None:
-        return _services(ctx, ctx.call("Status", pb.StatusRequest(tenant=a.id or "")))
+        return ctx.show(ctx.using(lambda c: c.status(a.id or "")), render.services_table)
     if a.watch <= 0:
         raise UsageError("--watch takes a positive number of seconds")
     tty = ctx.stdout.isatty()
     try:
         while True:   # like `watch oraclectl status`: the screen redrawn in place on a terminal
-            response = ctx.call("Status", pb.StatusRequest(tenant=a.id or ""))
+            services = ctx.using(lambda c: c.status(a.id or ""))
             if ctx.json:
-                ctx.out(render.json_line([render.to_dict(s) for s in response.services]))
+                ctx.out(render.json_line([render.to_dict(s) for s in services]))
             else:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 head = f"every {a.watch:g}s: oraclectl status {a.id or ''}".rstrip() + f"    {stamp}"
                 ctx.stdout.write(("\x1b[H\x1b[2J" if tty else "") + head + "\n\n")
-                ctx.out(render.services_table(list(response.services)) + ("" if tty else "\n"))
+                ctx.out(render.services_table(services) + ("" if tty else "\n"))
             time.sleep(a.watch)
     except KeyboardInterrupt:
         return OK
@@ -315,24 +315,19 @@ def cmd_status(ctx: Ctx) -> int:
 def cmd_health(ctx: Ctx) -> int:
     """Exit 1 when any service is unhealthy (for cron, monit): anything but ok, or stopped on purpose."""
     tenant = ctx.args.id or ""
-    response = ctx.call("Health", pb.HealthRequest(tenant=tenant))
+    services = ctx.using(lambda c: c.health(tenant))
     if ctx.json:
-        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
+        ctx.out(render.dumps([render.to_dict(s) for s in services]))
     else:
-        states = ctx.call("Status", pb.StatusRequest(tenant=tenant)).services
-        ctx.out(render.health_report(list(response.services), list(states)))
-        if lines := render.instance_lines(list(response.services)):
+        states = ctx.using(lambda c: c.status(tenant))
+        ctx.out(render.health_report(services, states))
+        if lines := render.instance_lines(services):
             ctx.out("\ninstances:\n" + "\n".join(lines))
-    return OK if all(s.status in ("ok", "stopped") for s in response.services) else FAILED
+    return OK if all(s.status in ("ok", "stopped") for s in services) else FAILED
 
 
 def cmd_metrics(ctx: Ctx) -> int:
-    response = ctx.call("Metrics", pb.MetricsRequest(tenant=ctx.args.id or ""))
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(s) for s in response.services]))
-    else:
-        ctx.out(render.metrics_table(list(response.services)))
-    return OK
+    return ctx.show(ctx.using(lambda c: c.metrics(ctx.args.id or "")), render.metrics_table)
 
 
 def cmd_top(ctx: Ctx) -> int:
@@ -349,9 +344,7 @@ def cmd_top(ctx: Ctx) -> int:
     tenant = a.id or ""
     with ctx.client() as client:
         def fetch() -> tuple[list[Any], list[Any]]:
-            states = client.call("Status", pb.StatusRequest(tenant=tenant), timeout=5).services
-            figures = client.call("Metrics", pb.MetricsRequest(tenant=tenant), timeout=5).services
-            return list(states), list(figures)
+            return client.status(tenant, timeout=5), client.metrics(tenant, timeout=5)
 
         fetch()     # an unreachable daemon or unknown tenant is reported before the screen clears
         return run_top(fetch, a.interval, a.sort)
@@ -368,7 +361,7 @@ def _verb(method: str) -> Callable[[Ctx], int]:
             request = pb.ServiceRequest(tenant=a.id, service=a.service or "")
             return _services(ctx, ctx.call(method, request, timeout=max(a.timeout, 60)))
         # Every tenant, one call each (a tenant that refuses is reported; the others go on).
-        tenants = sorted({s.tenant for s in ctx.call("Status", pb.StatusRequest()).services
+        tenants = sorted({s.tenant for s in ctx.using(lambda c: c.status())
                           if s.service and s.state != "invalid" and s.tenant != "programs"}, key=str.lower)
         states, failed = [], 0
         for tenant in tenants:
@@ -437,14 +430,14 @@ def cmd_rollback(ctx: Ctx) -> int:
 
 
 def cmd_history(ctx: Ctx) -> int:
-    response = ctx.call("History", pb.HistoryRequest(tenant=ctx.args.id))
+    entries = ctx.using(lambda c: c.history(ctx.args.id))
     if ctx.json:
-        ctx.out(render.dumps([render.to_dict(e) for e in response.entries]))
+        ctx.out(render.dumps([render.to_dict(e) for e in entries]))
     else:
         rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.service, e.action,
                  e.from_version, e.to_version, e.result, f"{e.duration_s:.1f}s", "yes" if e.stable else "no",
                  e.reason or "-")
-                for e in response.entries]
+                for e in entries]
         heads = ("WHEN", "SERVICE", "ACTION", "FROM", "TO", "RESULT", "TOOK", "STABLE", "REASON")
         ctx.out(render.table(heads, rows) if rows else "no history")
     return OK

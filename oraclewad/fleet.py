@@ -153,8 +153,9 @@ class Fleet:
         old = self.tenants
         self.tenants, self.ports, self.problems = runnable, ports, problems
         self.provisioner.role_count = sum(len(t.services) for t in runnable.values())
-        for problem in problems:
-            self._publish("", "", "problem", message=str(problem))
+        reported = views.reported_problems(problems)
+        for line in reported:
+            self._publish("", "", "problem", message=line)
 
         for tid in set(old) - set(runnable):
             self.provisioned.forget(tid)
@@ -174,7 +175,7 @@ class Fleet:
         view = ReloadView(added=tuple(sorted(set(runnable) - set(old))),
                           removed=tuple(sorted(set(old) - set(runnable))),
                           restarted=tuple(changes.restarted), unchanged=tuple(changes.unchanged),
-                          problems=tuple(str(p) for p in problems))
+                          problems=reported)
         self._publish("", "", "reload", message=view.describe())
         return view
 

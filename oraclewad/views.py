@@ -20,6 +20,9 @@ from oraclewad.tenants.ids import unit_name
 from oraclewad.tenants.model import Tenant
 
 TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")
+PROBLEMS_PER_FILE = 20      # shown per invalid file; `oraclewad check` lists every one
+PROBLEM_CHARS = 500         # a problem line longer than this is cut (a 200 KB key, say)
+MAX_REPORTED = 200          # problem lines a reload reports in all
 
 
 def service_views(tenants: Mapping[str, Tenant], ports: Mapping[str, int],
@@ -68,8 +71,31 @@ def invalid_views(problems: Sequence[Problem], tenants_dir: Path,
         if source.parent == tenants_dir and source.stem not in tenants:
             by_file.setdefault(source, []).append(
                 f"{problem.key}: {problem.message}" if problem.key else problem.message)
-    return [ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "", "\n".join(lines))
+    return [ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
+                        "\n".join(_first_lines(lines, PROBLEMS_PER_FILE)))
             for source, lines in by_file.items()]
+
+
+def reported_problems(problems: Sequence[Problem]) -> tuple[str, ...]:
+    """The problems a reload reports (its answer, events, the daemon log): the first few of each
+    file, at most MAX_REPORTED in all, each line cut short. A 256 KiB file of unknown keys has
+    20000 problems; all of them would make answers larger than the control plane may send."""
+    by_file: dict[str, list[str]] = {}
+    for problem in problems:
+        by_file.setdefault(problem.source, []).append(str(problem))
+    lines = [line for each in by_file.values() for line in _first_lines(each, PROBLEMS_PER_FILE)]
+    if len(lines) > MAX_REPORTED:
+        lines = [*lines[:MAX_REPORTED],
+                 f"... and {len(lines) - MAX_REPORTED} more lines about {len(by_file)} files in all "
+                 "(`oraclectl status` shows each invalid file, `oraclewad check` every problem)"]
+    return tuple(lines)
+
+
+def _first_lines(lines: Sequence[str], most: int) -> list[str]:
+    cut = [line if len(line) <= PROBLEM_CHARS else line[:PROBLEM_CHARS - 3] + "..." for line in lines[:most]]
+    if len(lines) > most:
+        cut.append(f"... and {len(lines) - most} more problems (`oraclewad check` lists them all)")
+    return cut
 
 
 def tenant_view(tenant: Tenant, states: Sequence[ServiceView], ports: Mapping[str, int], *,

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
+from oraclewad.control.paging import page
 from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Pipe, Streams
 from oraclewad.errors import FailedPrecondition, NotFound
 from oraclewad.operations import (
@@ -141,6 +142,11 @@ def _batches(lines: list[str], max_bytes: int = 256 * 1024) -> Iterator[list[str
         yield batch
 
 
+def _service_keys(views: Any) -> list[str]:
+    """Page keys of per-service rows (an invalid file's row has no service: its file stem)."""
+    return [f"{v.tenant}/{v.service}" for v in views]
+
+
 def _required(value: str, field: str) -> str:
     if not value:
         raise invalid(field, "is required")
@@ -195,7 +201,8 @@ class ControlServicer(pb_grpc.ControlServicer):
             if v.removed_at is not None:
                 msg.removed_at = v.removed_at
             out.append(msg)
-        return pb.ListRemovedTenantsResponse(tenants=out)
+        items, token = page(out, [v.id for v in views], request.page_size, request.page_token)
+        return pb.ListRemovedTenantsResponse(tenants=items, next_page_token=token)
 
     @rpc
     def PurgeTenant(self, request: pb.PurgeTenantRequest,
@@ -214,7 +221,9 @@ class ControlServicer(pb_grpc.ControlServicer):
     def ListTenants(self, request: pb.ListTenantsRequest,
                     context: grpc.ServicerContext) -> pb.ListTenantsResponse:
         views = self.bridge.run_sync(self.ops.list_tenants)
-        return pb.ListTenantsResponse(tenants=[tenant_message(v) for v in views])
+        items, token = page([tenant_message(v) for v in views], [v.id for v in views],
+                            request.page_size, request.page_token)
+        return pb.ListTenantsResponse(tenants=items, next_page_token=token)
 
     @rpc
     def GetTenant(self, request: pb.GetTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
@@ -225,12 +234,16 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         views = self.bridge.run_sync(self.ops.status, request.tenant or None)
-        return pb.StatusResponse(services=[service_state(v) for v in views])
+        items, token = page([service_state(v) for v in views], _service_keys(views),
+                            request.page_size, request.page_token)
+        return pb.StatusResponse(services=items, next_page_token=token)
 
     @rpc
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         views = self.bridge.run(self.ops.health, request.tenant or None, deadline=context.time_remaining())
-        return pb.HealthResponse(services=[health_message(v) for v in views])
+        items, token = page([health_message(v) for v in views], _service_keys(views),
+                            request.page_size, request.page_token)
+        return pb.HealthResponse(services=items, next_page_token=token)
 
     def _verb(self, verb: str, request: pb.ServiceRequest) -> pb.StatusResponse:
         fn = getattr(self.ops, verb)
@@ -280,7 +293,9 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.MetricsResponse:
         views = self.bridge.run(self.ops.metrics, request.tenant or None, deadline=context.time_remaining())
-        return pb.MetricsResponse(services=[metrics_message(v) for v in views])
+        items, token = page([metrics_message(v) for v in views], _service_keys(views),
+                            request.page_size, request.page_token)
+        return pb.MetricsResponse(services=items, next_page_token=token)
 
     # ---- releases ----
 
@@ -346,10 +361,12 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryResponse:
         entries = self.bridge.run_sync(self.ops.history, _required(request.tenant, "tenant"))
-        return pb.HistoryResponse(entries=[
+        items, token = page([
             pb.HistoryEntry(ts=e.ts, action=e.action, from_version=e.from_version, to_version=e.to_version,
                             result=e.result, service=e.service, reason=e.reason, duration_s=e.duration_s,
-                            stable=e.stable) for e in entries])
+                            stable=e.stable) for e in entries],
+            [f"{e.ts!r} {e.service}" for e in entries], request.page_size, request.page_token)
+        return pb.HistoryResponse(entries=items, next_page_token=token)
 
     @rpc
     def ListReleases(self, request: pb.ListReleasesRequest,

@@ -10,6 +10,10 @@ only for faults the real daemon cannot produce on demand; exactly these tests us
 - test_control.py::test_a_slow_event_watcher_is_dropped_without_blocking_the_daemon: floods the event
   feed (`publish`, thousands of 8 KB events in a second) faster than a watcher reads. The real daemon
   publishes an event per service state change, far too few to fill a watcher's queue and window.
+- test_control.py::test_a_fleet_of_thousands_of_tenants_lists_in_pages: `tenant list` with 2000
+  tenants whose every field is as long as the daemon allows (`list_tenants`: about 18 MB in all). A
+  real daemon would run 4000 child processes for that; the paging under test is the control
+  plane's and oraclectl's, which the double serves unchanged.
 - test_control.py::test_a_stalled_log_follower_is_dropped: needs the control server's stall timeout
   at 1 s (`fast_limits`); the real daemon's is fixed at 30 s (ControlLimits has no config key), too
   slow for the suite. The double only hands out the log file path (`log_file`, `watch_log`).
@@ -35,7 +39,7 @@ from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control import ControlLimits, serve_control
 from oraclewad.errors import NotFound
 from oraclewad.events import EventHub
-from oraclewad.operations import EventView, MetricsView
+from oraclewad.operations import EventView, MetricsView, TenantView
 from oraclewad.settings import Settings, load_settings
 
 
@@ -46,6 +50,10 @@ class FaultyOps:
         self.settings = settings
         self.events = EventHub()  # the daemon's own fan-out
         self.raise_in_metrics: Exception | None = None
+        self.tenants: list[TenantView] = []
+
+    def list_tenants(self) -> list[TenantView]:
+        return list(self.tenants)
 
     def publish(self, tenant: str, service: str, kind: str, state: str = "", message: str = "") -> None:
         self.events.publish(EventView(time.time(), tenant, service, kind, state, message))

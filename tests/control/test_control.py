@@ -28,10 +28,12 @@ import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from oraclectl.client import Client, Target
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
 from oraclewad.control.auth import load_or_create_token
 from oraclewad.control.streams import LogTail
+from oraclewad.operations import ServiceView, TenantView
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor.logsink import Compressor, LogWatchers, RotatingFile
 from tests.control.double import Harness
@@ -556,3 +558,44 @@ async def test_log_tail_loses_nothing_when_files_rotate_several_times_between_re
     tail.close()
     writer.close()
     assert [json.loads(line)["msg"] for line in got] == [f"line {i:03d}" for i in range(100)]
+
+
+def _long_tenant(n: int) -> TenantView:
+    """A tenant with every field as long as the daemon lets it be (name 120 characters, a child's
+    STATUS= line up to the 4096-byte notify datagram)."""
+    tid = f"t{n:05d}" + "x" * 58
+    states = tuple(ServiceView(tid, s, "running", 10_000 + n, 1.0, 0, True, 20_000 + n, "bundled",
+                               "m" * 4000) for s in ("recovery", "broadcast"))
+    return TenantView(id=tid, name="N" * 120, services=("recovery", "broadcast"), release="bundled",
+                      ports={"recovery": 20_000 + n, "broadcast": 30_000 + n},
+                      webhook_url=f"http://127.0.0.1:{20_000 + n}/webhooks/orders",
+                      secrets_file="/var/lib/oraclewad/secrets/" + "s" * 150, source_file="/etc/" + "f" * 200,
+                      provisioned=True, states=states)
+
+
+async def test_a_fleet_of_thousands_of_tenants_lists_in_pages(control: Harness) -> None:
+    # DOUBLE: 2000 tenants (about 18 MB of answer) without 4000 child processes; see double.py.
+    control.ops.tenants = [_long_tenant(n) for n in range(2000)]
+    first = await control.call("ListTenants", pb.ListTenantsRequest())
+    limit = 4 * 1024 * 1024
+    assert first.next_page_token and 0 < len(first.tenants) < 2000 and first.ByteSize() < limit
+
+    def listed() -> list[pb.Tenant]:
+        with Client(Target(socket=str(control.socket))) as client:
+            return client.list_tenants()
+
+    tenants = await trio.to_thread.run_sync(listed)
+    assert [t.id for t in tenants] == [v.id for v in control.ops.tenants]
+    assert tenants[-1].name == "N" * 120 and tenants[-1].states[1].message == "m" * 4000
+
+    # page_size pages by count; a tenant removed between two pages does not shift the next one.
+    small = await control.call("ListTenants", pb.ListTenantsRequest(page_size=3))
+    assert [t.id for t in small.tenants] == [v.id for v in control.ops.tenants[:3]]
+    del control.ops.tenants[1]
+    request = pb.ListTenantsRequest(page_size=3, page_token=small.next_page_token)
+    after = await control.call("ListTenants", request)
+    assert [t.id for t in after.tenants] == [v.id for v in control.ops.tenants[2:5]]
+
+    with pytest.raises(grpc.RpcError) as bad:
+        await control.call("ListTenants", pb.ListTenantsRequest(page_token="not-ours"))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bad.value.details()

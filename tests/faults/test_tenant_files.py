@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,31 @@ def test_requests_with_oversized_strings_are_invalid_argument(make_daemon) -> No
     assert ready_pids(daemon, [good]) == before
     assert daemon.proc.poll() is None
 
+
+
+def test_answers_about_thousands_of_invalid_files_stay_under_the_message_limit(make_daemon) -> None:
+    """1500 invalid files of 20 long-but-legal problems each (about 9 MB of status rows) and one
+    with 20000: reload, status and health answer in full, in pages each under gRPC's 4 MiB."""
+    daemon = make_daemon()
+    tenants_dir = daemon.root / "tenants.d"
+    tenants_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1500):
+        keys = "".join(f"{'k' * 230}{i:02d} = 1\n" for i in range(20))
+        (tenants_dir / f"bad{n:04d}.toml").write_text(f'id = "bad{n:04d}"\n{keys}')
+    many = "".join(f"k{i:06d} = 1\n" for i in range(20000))
+    (tenants_dir / "many.toml").write_text(f'id = "many"\n{many}')
+    daemon.start()
+
+    reload = daemon.ctl("--json", "reload", check=False, timeout=120)
+    assert reload.returncode == 1, reload.stderr    # problems found: the operator's to fix
+    problems = json.loads(reload.stdout)["problems"]
+    assert 0 < len(problems) <= 201 and "more lines about 1501 files" in problems[-1]
+    rows = {r["tenant"]: r for r in daemon.ctl_json("status") if r["state"] == "invalid"}
+    assert set(rows) == {f"bad{n:04d}" for n in range(1500)} | {"many"}
+    assert rows["bad1499"]["message"].count("unknown key") == 20
+    lines = rows["many"]["message"].splitlines()
+    assert len(lines) == 21 and "19980 more problems" in lines[-1] and "oraclewad check" in lines[-1]
+    result = daemon.ctl("status", timeout=120)
+    assert "bad1499" in result.stdout and "RESOURCE_EXHAUSTED" not in result.stderr
+    health = daemon.ctl("--json", "health", check=False, timeout=120)
+    assert health.returncode == 1 and len(json.loads(health.stdout)) == 1501, health.stderr

@@ -123,8 +123,12 @@ class RemoveTenantResponse(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListRemovedTenantsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RemovedTenant(_message.Message):
     __slots__ = ("id", "removed_at", "size_bytes", "kept")
@@ -139,10 +143,12 @@ class RemovedTenant(_message.Message):
     def __init__(self, id: _Optional[str] = ..., removed_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., kept: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListRemovedTenantsResponse(_message.Message):
-    __slots__ = ("tenants",)
+    __slots__ = ("tenants", "next_page_token")
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenants: _containers.RepeatedCompositeFieldContainer[RemovedTenant]
-    def __init__(self, tenants: _Optional[_Iterable[_Union[RemovedTenant, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tenants: _Optional[_Iterable[_Union[RemovedTenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class PurgeTenantRequest(_message.Message):
     __slots__ = ("id",)
@@ -161,14 +167,20 @@ class RestoreTenantRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class ListTenantsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTenantsResponse(_message.Message):
-    __slots__ = ("tenants",)
+    __slots__ = ("tenants", "next_page_token")
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
-    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTenantRequest(_message.Message):
     __slots__ = ("id",)
@@ -177,22 +189,32 @@ class GetTenantRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "page_size", "page_token")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "next_page_token")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceState]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "page_size", "page_token")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ServiceHealth(_message.Message):
     __slots__ = ("tenant", "service", "status", "checks", "detail")
@@ -209,10 +231,12 @@ class ServiceHealth(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., status: _Optional[str] = ..., checks: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "next_page_token")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceHealth]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceHealth, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceHealth, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ServiceRequest(_message.Message):
     __slots__ = ("tenant", "service")
@@ -293,10 +317,14 @@ class DeployProgress(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., phase: _Optional[str] = ..., elapsed_s: _Optional[float] = ..., health: _Optional[str] = ..., message: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "page_size", "page_token")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("ts", "action", "from_version", "to_version", "result", "service", "reason", "duration_s", "stable")
@@ -321,10 +349,12 @@ class HistoryEntry(_message.Message):
     def __init__(self, ts: _Optional[float] = ..., action: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., result: _Optional[str] = ..., service: _Optional[str] = ..., reason: _Optional[str] = ..., duration_s: _Optional[float] = ..., stable: _Optional[bool] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListReleasesRequest(_message.Message):
     __slots__ = ()
@@ -382,10 +412,14 @@ class ListReleasesResponse(_message.Message):
     def __init__(self, releases: _Optional[_Iterable[_Union[Release, _Mapping]]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "page_size", "page_token")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ServiceMetrics(_message.Message):
     __slots__ = ("tenant", "service", "figures")
@@ -405,10 +439,12 @@ class ServiceMetrics(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., figures: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricsResponse(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "next_page_token")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceMetrics]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceMetrics, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class TailLogsRequest(_message.Message):
     __slots__ = ("tenant", "service", "channel", "lines", "follow", "level", "since")

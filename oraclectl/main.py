@@ -587,19 +587,56 @@ def cmd_instances(ctx: Ctx) -> int:
     words = ctx.args.words
     if words[0] == "connect" and len(words) == 3:
         return _connect(ctx, words[1], words[2])
+    if words[0] == "attest" and len(words) == 3:
+        return _attest(ctx, words[1], words[2])
     if len(words) != 1:
-        raise UsageError("use `oraclectl instances ID` or `oraclectl instances connect ID INSTANCE`")
+        raise UsageError("use `oraclectl instances ID`, `oraclectl instances connect ID INSTANCE` or "
+                         "`oraclectl instances attest ID INSTANCE --network 4g --groups 3 --recharge DATE`")
     tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=words[0]))
     rows, problems = _instances_of(ctx, tenant)
     if ctx.json:
         ctx.out(render.dumps({"tenant": tenant.id, "instances": rows, "problems": problems}))
     else:
-        ctx.out(render.table(("INSTANCE", "SERVICE", "STATE", "SENDS", "DETAIL"),
-                             [(r["name"], r["service"], r["state"], "yes" if r.get("can_send") else "no",
-                               r.get("detail", "")) for r in rows]) if rows else "no instances")
+        ctx.out(render.table(("INSTANCE", "SERVICE", "STATE", "STAGE", "CAP", "SENT", "NEXT SLOT", "WHY NOT"),
+                             [_instance_row(r) for r in rows]) if rows else "no instances")
         for problem in problems:
             ctx.err(f"oraclectl: {problem}")
     return FAILED if problems else OK
+
+
+def _instance_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """The anti-ban columns (stage, today's cap, sent today, next slot, why not) when the service has them."""
+    ab = r.get("antiban") or {}
+    slot = ab.get("next_slot")
+    when = "-" if slot is None else ("now" if ab.get("eligible") else
+                                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(slot)))
+    why = ab.get("why_not") or ("" if ab.get("eligible") else r.get("detail", ""))
+    return (r["name"], r["service"], r["state"], str(ab.get("stage", "-")),
+            "-" if ab.get("cap") is None else str(ab["cap"]), str(ab.get("sent_today", "-")), when, why)
+
+
+def _attest(ctx: Ctx, tenant_id: str, instance: str) -> int:
+    a = ctx.args
+    body = {k: v for k, v in (("network", a.network), ("groups", a.groups), ("recharge", a.recharge))
+            if v is not None}
+    if not body:
+        raise UsageError("attest needs at least one of --network 4g|proxy, --groups N, --recharge YYYY-MM-DD")
+    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=tenant_id))
+    rows, problems = _instances_of(ctx, tenant)
+    owner = next((r["service"] for r in rows if r["name"] == instance), None)
+    if owner is None:
+        where = "; ".join(problems) if problems else f"not listed in {tenant.source_file}"
+        ctx.err(f"oraclectl: {instance!r} is not an instance of {tenant_id}: {where}")
+        return FAILED
+    status, answer = _service_call(ctx, tenant_id, owner, "POST",
+                                   f"/instances/{quote(instance, safe='')}/attest", body)
+    if status != 200:
+        ctx.err(f"oraclectl: {owner}: {_service_error(answer, status)}")
+        return FAILED
+    ctx.out(render.dumps(answer) if ctx.json else
+            f"{instance} ({owner}): attested network={answer.get('network')} groups={answer.get('groups')} "
+            f"recharge={answer.get('recharge')}")
+    return OK
 
 
 def _connect(ctx: Ctx, tenant_id: str, instance: str) -> int:
@@ -1017,8 +1054,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "  oraclectl instances imperio\n"
                 "  oraclectl instances connect imperio imperio-1          QR code, waits until open\n"
                 "  oraclectl instances connect imperio imperio-1 --number 5511999999999"
-                "   also a pairing code")
-    p.add_argument("words", nargs="+", metavar="ID | connect ID INSTANCE")
+                "   also a pairing code\n"
+                "  oraclectl instances attest imperio imperio-2 --network 4g --groups 3 "
+                "--recharge 2026-11-20")
+    p.add_argument("words", nargs="+", metavar="ID | connect ID INSTANCE | attest ID INSTANCE")
+    p.add_argument("--network", choices=("4g", "proxy"), help="attest: how the phone reaches the internet")
+    p.add_argument("--groups", type=int, metavar="N", help="attest: WhatsApp groups the number joined")
+    p.add_argument("--recharge", metavar="YYYY-MM-DD", help="attest: the day of the last monthly recharge")
     p.add_argument("--number", metavar="DIGITS",
                    help="the instance's phone number with country code: Evolution also gives a pairing code")
     p.add_argument("--wait", type=float, default=300.0, metavar="S",

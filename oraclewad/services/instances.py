@@ -65,6 +65,8 @@ class InstanceStates:
         self.poll_interval = poll_interval
         self.clock = clock
         self.states = {name: InstanceState(name) for name in names}
+        # The anti-ban engine's view (stage, cap, next slot, why not), merged into GET /instances.
+        self.details: Callable[[], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._can_send: Gauge | None = None
         if registry is not None:
             # Instance names come from the tenant file (bounded), never from outside.
@@ -207,8 +209,14 @@ def admin_routes(ctx: ServiceContext) -> list[Route]:
                            f"in [{ctx.service}] instances in the tenant file and reload")
         return name
 
+    async def details() -> dict[str, dict[str, Any]]:
+        return await states.details() if states.details is not None else {}
+
     async def list_all(request: Request) -> Response:
-        return JSONResponse({"service": ctx.service, "instances": states.snapshot()})
+        extra = await details()
+        return JSONResponse({"service": ctx.service, "instances": [
+            {**row, **({"antiban": extra[row["name"]]} if row["name"] in extra else {})}
+            for row in states.snapshot()]})
 
     async def one(request: Request) -> Response:
         try:
@@ -217,8 +225,10 @@ def admin_routes(ctx: ServiceContext) -> list[Route]:
             return _error(404, str(e))
         if request.query_params.get("refresh"):
             await states.refresh(name)
+        extra = await details()
         return JSONResponse({"service": ctx.service, **asdict(states.states[name]),
-                             "can_send": states.can_send(name)})
+                             "can_send": states.can_send(name),
+                             **({"antiban": extra[name]} if name in extra else {})})
 
     async def connect(request: Request) -> Response:
         try:

@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oraclewad import recovery_plan
+from oraclewad import antiban_plan, recovery_plan
 from oraclewad.errors import Problem
 from oraclewad.settings import Policy
 from oraclewad.tenants.ids import SERVICES, id_problem
 from oraclewad.tenants.ids import unit_name as _unit_name
 from oraclewad.tenants.schema import TENANT
-from oraclewad.tomlcheck import TableReader, check_keys, port_number, positive
+from oraclewad.tomlcheck import TableReader, check_keys, port_number
 
-ANTIBAN_STRATEGIES = ("conti_chips", "conservative", "moderate", "aggressive")
 # Limits on what a tenant file (or `tenant add`) may carry: status lines, logs and control
 # answers repeat these strings, so none may be huge or carry terminal control characters.
 MAX_NAME = 120
@@ -93,21 +92,11 @@ def _services(value: Any, reader: TableReader) -> tuple[str, ...]:
 
 
 def _antiban(reader: TableReader) -> dict[str, Any]:
-    strategy = reader.get("strategy", str, "conti_chips")
-    if strategy not in ANTIBAN_STRATEGIES:
-        reader.fail("strategy", f"unknown strategy {strategy!r}: use one of {', '.join(ANTIBAN_STRATEGIES)}")
-    for name in ("delay_min", "delay_max", "pause_min", "pause_max"):
-        reader.get(name, float, check=positive)
-    reader.get("batch_size", int, check=positive)
-    for name in ("delay_min", "pause_min"):
-        low, high = reader.table.get(name), reader.table.get(name.replace("min", "max"))
-        if isinstance(low, int | float) and isinstance(high, int | float) and low > high:
-            reader.fail(name, f"must not exceed {name.replace('min', 'max')}")
-    # Warm-up and working hours are shaped by the anti-ban issue; their keys are declared in
-    # schema.py, their values pass through to the service.
-    for name in ("warmup", "working_hours"):
-        reader.sub(name)
-    return dict(reader.table)
+    # Values are checked by the leaf module the engine shares; unknown keys by check_keys (schema.py).
+    plan, problems = antiban_plan.parse(reader.table, prefix=reader.prefix)
+    for key, message in problems:
+        reader.problems.append(Problem(reader.source, key, message))
+    return plan
 
 
 def string_problems(doc: dict[str, Any], source: str) -> list[Problem]:

@@ -9,10 +9,16 @@ model.py checks types); `NAMES` is a table whose keys the operator chooses (temp
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
-from oraclewad import recovery_plan
+from oraclewad import antiban_plan, recovery_plan
 from oraclewad.settings import Policy
 from oraclewad.tomlcheck import KEY, NAMES, Schema
+
+
+def _keys(tree: dict[str, Any]) -> Schema:
+    return {k: _keys(v) if isinstance(v, dict) else KEY for k, v in tree.items()}
+
 
 POLICY: Schema = {f.name: KEY for f in fields(Policy)}
 
@@ -37,16 +43,8 @@ TENANT: Schema = {
         "instances": KEY,  # moved to [recovery]/[broadcast] instances: model.py says so
         "api_version": KEY,
     },
-    "antiban": {
-        "strategy": KEY,
-        "delay_min": KEY,
-        "delay_max": KEY,
-        "pause_min": KEY,
-        "pause_max": KEY,
-        "batch_size": KEY,
-        "warmup": {stage: {"min": KEY, "max": KEY} for stage in ("day1", "day2", "day3", "mature")},
-        "working_hours": {"start": KEY, "end": KEY, "timezone": KEY},
-    },
+    # Every [antiban] key: oraclewad/antiban_plan.py holds the defaults and validates the values.
+    "antiban": _keys(antiban_plan.schema_keys()),
     "templates": NAMES,
     "metrics": {"token_file": KEY},
 }

@@ -40,13 +40,13 @@ def pg_admin() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def make_database(admin: str) -> str:
+def make_database(admin: str, folder: Path = MIGRATIONS) -> str:
     name = "owa_rec_" + secrets.token_hex(6)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
     with psycopg.connect(dsn) as conn:
-        migrations.apply(conn, migrations.discover(MIGRATIONS))
+        migrations.apply(conn, migrations.discover(folder))
     return dsn
 
 

@@ -208,7 +208,7 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
 
     out = daemon.ctl("release", "install", str(REPO), "--version", "v9.0.0", "--share-packages",
                      timeout=300).stdout
-    assert "installed release 9.0.0" in out and "recovery 1-2" in out
+    assert "installed release 9.0.0" in out and "recovery 1-3" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
     assert listed["9.0.0"]["schema"] == {"recovery": 2, "broadcast": 1}
     assert Path(listed["9.0.0"]["python"]).exists()

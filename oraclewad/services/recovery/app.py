@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oraclewad import recovery_plan
+from oraclewad.services.antiban import Engine, Rules
+from oraclewad.services.antiban import service as antiban_service
 from oraclewad.services.recovery import payload, store
 from oraclewad.services.recovery.events import EvolutionEvents
 from oraclewad.services.recovery.metrics import RecoveryMetrics
-from oraclewad.services.recovery.pacer import SimplePacer
 from oraclewad.services.recovery.sender import Sender, Settings
 from oraclewad.services.recovery.shopauth import Secret, ShopAuth, Unauthorized
 from oraclewad.services.runtime import ServiceContext
@@ -59,17 +60,19 @@ class RecoveryService:
         self.events = EvolutionEvents(db=self.db, suppression=self.suppression, metrics=self.metrics,
                                       clock=clock, poke=self.poke, log=self.log)
         self.sender: Sender | None = None
+        self.antiban: Engine | None = None
         client, instances = getattr(ctx, "evolution", None), getattr(ctx, "instances", None)
         if client is not None and instances is not None and ctx.pg is not None:
             client.timeout = plan["send_timeout"]
             names = list(getattr(instances, "states", None) or ctx.config.get("instances") or [])
 
-            def make_pacer(counts: dict[str, int], last: dict[str, float]) -> SimplePacer:
-                return SimplePacer(names, instances, min_gap=plan["min_gap"], daily_cap=plan["daily_cap"],
-                                   time_zone=plan["time_zone"], sent_today=counts, last_sends=last)
-
-            self.sender = Sender(db=self.db, client=client, make_pacer=make_pacer,
-                                 settings=Settings.from_plan(plan, plan["send_timeout"]),
+            rules = Rules.for_service("recovery", ctx.config.get("antiban"), recovery=plan,
+                                      send_timeout=plan["send_timeout"])
+            self.antiban = Engine(service="recovery", names=names, rules=rules, instances=instances,
+                                  log=ctx.log("antiban"), registry=ctx.metrics)
+            self.sender = Sender(db=self.db, client=client, engine=self.antiban,
+                                 settings=Settings.from_plan(plan, plan["send_timeout"],
+                                                             int(rules.delay_max * 1000)),
                                  suppression=self.suppression, metrics=self.metrics, clock=clock,
                                  log=ctx.log("recovery"), errors=self.errors)
 
@@ -231,11 +234,16 @@ def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) ->
     if getattr(ctx, "instances", None) is not None:
         from oraclewad.services.instances import events_route
 
-        routes.append(events_route(ctx, service.events))
+        on_event = service.events
+        if service.antiban is not None:
+            on_event = antiban_service.upsert_handler(service.antiban, service.db, clock, then=service.events)
+        routes.append(events_route(ctx, on_event))
     else:
         routes.append(Route("/webhooks/evolution", _unauthenticated, methods=["POST"]))
     if service.sender is not None:
         ctx.start_soon(service.sender.run)
+    if service.antiban is not None:
+        antiban_service.attach(ctx, service.antiban, service.db, clock)
     ctx.start_soon(_close_at_exit, service.suppression)
     if hasattr(ctx, "admin_routes"):
         ctx.admin_routes.append(Route("/recovery/report", service.report, methods=["GET"]))

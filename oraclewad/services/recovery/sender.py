@@ -1,4 +1,4 @@
-"""The outbox sender: claims due messages, gets an instance from the pacer, sends, records.
+"""The outbox sender: claims due messages, gets an instance from the anti-ban engine, sends, records.
 
 A claim is one transaction (`FOR UPDATE SKIP LOCKED`): expired steps are dropped with the reason,
 later steps outside the send window wait for it, opted-out numbers are suppressed (when the
@@ -7,6 +7,9 @@ instance before any byte goes to Evolution. After the send the outcome is record
 dies in between leaves the row `sending`, and the sweep turns it `uncertain` once no live sender
 can still be waiting for Evolution's answer. `uncertain` is never resent: a later messages.update
 for the number on that instance resolves it (store.apply_ack).
+
+The engine's reservation is made in the claim's transaction, so a claim and its slot commit or
+roll back together; the slot's `delay_ms` (the per-instance gap) goes to Evolution as `delay`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import trio
 from psycopg_pool import PoolTimeout
 
 from oraclewad import recovery_plan
+from oraclewad.services.antiban import Engine, Lease, Skip, Wait
 from oraclewad.services.recovery import store
 from oraclewad.services.recovery.metrics import RecoveryMetrics
-from oraclewad.services.recovery.pacer import Lease, Pacer
 from oraclewad.services.suppression import SuppressionList
 
 BATCH = 20
@@ -38,21 +41,23 @@ RETRY_RECORD = 1.0
 
 @dataclass(frozen=True)
 class Settings:
-    typing_delay_ms: int
+    max_delay_ms: int        # the longest gap the engine plays as Evolution's delay
     send_timeout: float
     opt_out_scope: str
     time_zone: str
     window: tuple[int, int]
 
     @classmethod
-    def from_plan(cls, plan: dict[str, Any], send_timeout: float) -> Settings:
-        return cls(plan["typing_delay_ms"], send_timeout, plan["opt_out_scope"], plan["time_zone"],
+    def from_plan(cls, plan: dict[str, Any], send_timeout: float,
+                  max_delay_ms: int | None = None) -> Settings:
+        return cls(plan["typing_delay_ms"] if max_delay_ms is None else max_delay_ms, send_timeout,
+                   plan["opt_out_scope"], plan["time_zone"],
                    recovery_plan.window_minutes(plan))
 
     @property
     def stale_after(self) -> float:
         """A `sending` row older than this has no live sender waiting for its answer."""
-        return self.send_timeout + self.typing_delay_ms / 1000 + 5.0
+        return self.send_timeout + self.max_delay_ms / 1000 + 5.0
 
 
 def in_window(now: float, zone: str, window: tuple[int, int]) -> tuple[bool, float]:
@@ -70,13 +75,13 @@ def in_window(now: float, zone: str, window: tuple[int, int]) -> tuple[bool, flo
 
 
 class Sender:
-    def __init__(self, *, db: Callable[..., Any], client: Any, make_pacer: Callable[..., Pacer],
-                 settings: Settings, suppression: SuppressionList, metrics: RecoveryMetrics,
+    def __init__(self, *, db: Callable[..., Any], client: Any, engine: Engine, settings: Settings,
+                 suppression: SuppressionList, metrics: RecoveryMetrics,
                  clock: Callable[[], float], log: Any, errors: Any) -> None:
         self.db = db
         self.client = client
-        self.make_pacer = make_pacer
-        self.pacer: Pacer | None = None
+        self.engine = engine
+        self.next_slot: float | None = None   # when the engine said an instance frees up
         self.settings = settings
         self.suppression = suppression
         self.metrics = metrics
@@ -93,10 +98,10 @@ class Sender:
         self._wakeup.set()
 
     async def run(self) -> None:
-        while self.pacer is None:
+        while True:
             try:
-                start = day_start(self.clock(), self.settings.time_zone)
-                self.pacer = self.make_pacer(*await self.db(_pacer_state, start))
+                await self.db(self.engine.ensure)
+                break
             except (psycopg.Error, PoolTimeout):
                 await trio.sleep(1.0)
         next_sweep = 0.0
@@ -106,6 +111,7 @@ class Sender:
                 try:
                     if now >= next_sweep:
                         await self._sweep(now)
+                        await self.db(self.engine.observe, now)
                         next_sweep = now + SWEEP_EVERY
                     if await self._claim_and_send(sending, now):
                         continue
@@ -117,7 +123,7 @@ class Sender:
                     continue
                 wait = IDLE_WAIT
                 if next_due is not None:
-                    free = self.pacer.next_free(now)
+                    free = self.next_slot
                     wake_at = max(next_due, free) if free is not None else now + IDLE_WAIT
                     wait = min(IDLE_WAIT, max(wake_at - now, 0.001))
                 with trio.move_on_after(wait):
@@ -134,28 +140,14 @@ class Sender:
         self.figures = (depth, age)
 
     async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> int:
-        assert self.pacer is not None
-        leases: list[Lease] = []
-        while len(leases) < BATCH and (lease := self.pacer.acquire(now)) is not None:
-            leases.append(lease)
-        try:
-            claimed, unused = await self.db(self._claim, leases, now)
-        except BaseException:
-            for lease in leases:
-                self.pacer.cancel(lease)
-            raise
-        for lease in unused:
-            self.pacer.cancel(lease)
+        claimed = await self.db(self._claim, now)
         for msg, lease in claimed:
             nursery.start_soon(self._send, msg, lease)
         return len(claimed)
 
-    def _claim(self, conn: psycopg.Connection, leases: list[Lease],
-               now: float) -> tuple[list[tuple[store.Claimed, Lease]], list[Lease]]:
-        assert self.pacer is not None
+    def _claim(self, conn: psycopg.Connection, now: float) -> list[tuple[store.Claimed, Lease]]:
         s = self.settings
         claimed: list[tuple[store.Claimed, Lease]] = []
-        free = list(leases)
         with conn.transaction():
             # Drops and postponements happen even with no instance free, so they are not held up.
             due = store.due_messages(conn, now, BATCH)
@@ -177,14 +169,18 @@ class Sender:
                 for msg in [m for m in sendable if m.phone in blocked]:
                     store.set_status(conn, msg.id, "suppressed", "the customer opted out", now)
                     sendable.remove(msg)
+            self.next_slot = now
             for msg in sendable:
-                if not free:
+                got = self.engine.reserve(conn, now, text=msg.body, phone=msg.phone)
+                if isinstance(got, Skip):
+                    store.set_status(conn, msg.id, "invalid", got.reason, now)
+                    continue
+                if isinstance(got, Wait):
+                    self.next_slot = got.until
+                    self.waiting_reason = got.reason
                     break
-                lease = free.pop(0)
-                claimed.append((store.claim(conn, msg, lease.instance, self.worker, now), lease))
-            if sendable and not leases:
-                self.waiting_reason = self.pacer.why_not(now)
-        return claimed, free
+                claimed.append((store.claim(conn, msg, got.instance, self.worker, now), got))
+        return claimed
 
     async def _send(self, msg: store.Claimed, lease: Lease) -> None:
         from oraclewad.services.evolution import EvolutionError, FailureKind
@@ -193,14 +189,13 @@ class Sender:
         error: EvolutionError | None = None
         sent = None
         try:
-            sent = await self.client.send_text(msg.instance, msg.phone, msg.body,
-                                               delay_ms=self.settings.typing_delay_ms)
+            sent = await self.client.send_text(msg.instance, msg.phone, msg.body, delay_ms=lease.delay_ms)
         except EvolutionError as exc:
             error = exc
-        finally:
-            assert self.pacer is not None
-            self.pacer.release(lease, error)
         elapsed = time.perf_counter() - started
+        await self._record(self.engine.release, lease, error, self.clock(),
+                           sent.message_id if sent is not None else None)
+        self.poke()   # the instance is free again
         self.metrics.send_latency.labels("ok" if error is None else str(error.kind)).observe(elapsed)
         now = self.clock()
         if sent is not None:
@@ -239,16 +234,6 @@ class Sender:
                 self.errors.error("cannot record a send outcome yet, retrying",
                                   extra={"error": type(exc).__name__})
                 await trio.sleep(RETRY_RECORD)
-
-
-def _pacer_state(conn: psycopg.Connection, day_start: float) -> tuple[dict[str, int], dict[str, float]]:
-    """Today's sends per instance and each one's last send: a restart must not reset the caps."""
-    return store.sent_today(conn, day_start), store.last_sends(conn)
-
-
-def day_start(now: float, zone: str) -> float:
-    local = datetime.fromtimestamp(now, ZoneInfo(zone))
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
 def _outbox_figures(conn: psycopg.Connection, now: float) -> tuple[dict[str, int], int, float]:

@@ -1,0 +1,500 @@
+"""The Conti Chips anti-ban engine: which instance may send now, with which gap, and why not.
+
+Every call takes a psycopg connection and does its work in the caller's transaction: the
+reservation locks the service's instance rows (`SELECT ... FOR UPDATE`, in name order), decides,
+and writes the slot, so two processes of one service never share a slot, exceed a cap or
+shorten a gap, and a claim done in the same transaction commits or rolls back with it.
+
+The gap between two sends of an instance is the `delay` of the send itself (Evolution shows
+"composing" that long, then sends): a reservation at t lands at t + delay, and the instance's
+next reservation is not before that landing (one lease per instance), so two landings are always
+at least `delay_min` apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from oraclewad.services.antiban import forecast as _forecast
+from oraclewad.services.antiban.rules import (
+    DAY,
+    FAILURE_RATIO,
+    FAILURE_WINDOW,
+    Calendar,
+    Rules,
+    cap_for,
+    gap_ms,
+    pause_s,
+)
+
+STAGE_NAMES = {0: "standby", 1: "day1", 2: "day2", 3: "day3", 4: "mature"}
+_COLUMNS = ("instance", "seed", "seq", "first_open_at", "warm_day", "manual_count", "batch_count",
+            "free_at", "last_send_at", "last_drop_at", "lease_token", "lease_lands_at", "lease_until",
+            "out_reason", "attest_network", "attest_groups", "attest_recharge", "attested_at")
+
+
+class InstanceView(Protocol):
+    """What the engine needs of services/instances.InstanceStates."""
+
+    states: dict[str, Any]     # name -> object with .state, .detail, .can_send
+
+    def note_send(self, name: str, error: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Lease:
+    instance: str
+    token: str
+    delay_ms: int          # pass to send_text(delay_ms=...): the gap, played as "composing"
+    at: float              # reserved at
+    lands_at: float        # at + delay: when the message goes out
+    phone: str | None = None
+    _undo: tuple[Any, int] = (None, 0)     # (free_at, batch_count) before the reservation
+
+
+@dataclass(frozen=True)
+class Wait:
+    until: float | None    # None: nothing changes by waiting (no instance can become eligible alone)
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+
+
+@dataclass
+class Status:
+    """One instance, as the engine sees it at `now`."""
+
+    instance: str
+    state: str
+    stage: int                 # 0 before warm-up (standby, manual messages), 1..4 (4: mature)
+    cap: int | None
+    sent: int
+    next_slot: float | None    # the earliest moment it may send (None: not by waiting)
+    eligible: bool             # may send now
+    why: str                   # why it may not ("" when eligible)
+    seed: int = 0
+    seq: int = 0
+    batch_count: int = 0
+    free_at: float | None = None
+    warm_day: date | None = None
+    last_send_at: float | None = None
+    waiting: bool = True       # False: excluded until something outside the engine changes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def public(self, service: str) -> dict[str, Any]:
+        return {"instance": self.instance, "service": service, "state": self.state,
+                "stage": STAGE_NAMES[self.stage], "cap": self.cap, "sent_today": self.sent,
+                "next_slot": self.next_slot, "eligible": self.eligible, "why_not": self.why, **self.extra}
+
+
+def _ts(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _unix(v: datetime | None) -> float | None:
+    return None if v is None else v.timestamp()
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
+
+
+class Engine:
+    def __init__(self, *, service: str, names: Iterable[str], rules: Rules, instances: InstanceView,
+                 log: logging.Logger | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.names = sorted(names)
+        self.rules = rules
+        self.cal = Calendar(rules)
+        self.instances = instances
+        self.log = log or logging.getLogger("oraclewad.services.antiban")
+        self._last_wait = ""
+        self._seen_state: dict[str, str] = {}
+        self._gauges: dict[str, Gauge] = {}
+        self._events: Counter | None = None
+        if registry is not None:
+            for key, doc in (("stage", "warm-up stage: 0 standby/manual, 1-3 day1-3, 4 mature"),
+                             ("cap", "today's cap (messages)"), ("sent_today", "messages sent today"),
+                             ("eligible", "1 when the instance may send now")):
+                self._gauges[key] = Gauge(f"oraclewa_antiban_{key}", doc, ["instance"], registry=registry)
+            self._gauges["state"] = Gauge("oraclewa_antiban_state", "1 for the instance's current state",
+                                          ["instance", "state"], registry=registry)
+            self._events = Counter("oraclewa_antiban_events", "anti-ban events (standby started, "
+                                   "left rotation, paused, dropped a stage, number invalid...)",
+                                   ["instance", "event"], registry=registry)
+
+    # ---- events and metrics ------------------------------------------------------------------
+
+    def _event(self, instance: str, event: str, message: str, **extra: Any) -> None:
+        self.log.warning(message, extra={"instance": instance, "event": event, **extra})
+        if self._events is not None:
+            self._events.labels(instance, event).inc()
+
+    def _metrics(self, statuses: list[Status]) -> None:
+        if not self._gauges:
+            return
+        for s in statuses:
+            self._gauges["stage"].labels(s.instance).set(s.stage)
+            self._gauges["cap"].labels(s.instance).set(s.cap or 0)
+            self._gauges["sent_today"].labels(s.instance).set(s.sent)
+            self._gauges["eligible"].labels(s.instance).set(1 if s.eligible else 0)
+            previous = self._seen_state.get(s.instance)
+            if previous and previous != s.state:
+                self._gauges["state"].labels(s.instance, previous).set(0)
+            self._gauges["state"].labels(s.instance, s.state).set(1)
+
+    # ---- rows --------------------------------------------------------------------------------
+
+    def ensure(self, conn: psycopg.Connection) -> None:
+        """A row (with its own random seed) for every instance of the service."""
+        conn.execute("INSERT INTO antiban_instances (instance, seed) SELECT n, s FROM unnest(%s::text[], "
+                     "%s::bigint[]) AS t(n, s) ON CONFLICT DO NOTHING",
+                     (self.names, [secrets.randbits(62) for _ in self.names]))
+
+    def _rows(self, conn: psycopg.Connection, lock: bool = True) -> list[dict[str, Any]]:
+        sql = (f"SELECT {', '.join(_COLUMNS)} FROM antiban_instances WHERE instance = ANY(%s) "
+               "ORDER BY instance" + (" FOR UPDATE" if lock else ""))
+        rows = [dict(zip(_COLUMNS, r, strict=True)) for r in conn.execute(sql, (self.names,)).fetchall()]
+        if len(rows) < len(self.names):
+            self.ensure(conn)
+            rows = [dict(zip(_COLUMNS, r, strict=True)) for r in conn.execute(sql, (self.names,)).fetchall()]
+        return rows
+
+    def _days(self, conn: psycopg.Connection, day: date) -> dict[str, tuple[int, int, int]]:
+        rows = conn.execute("SELECT instance, stage, cap, sent FROM antiban_days WHERE day = %s "
+                            "AND instance = ANY(%s)", (day, self.names)).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def _update(self, conn: psycopg.Connection, name: str, **values: Any) -> None:
+        sets = ", ".join(f"{k} = %({k})s" for k in values)
+        conn.execute(f"UPDATE antiban_instances SET {sets} WHERE instance = %(_name)s",
+                     {**values, "_name": name})
+
+    # ---- assessment --------------------------------------------------------------------------
+
+    def _stage(self, warm_day: date | None, today: date) -> int:
+        if warm_day is None or today < warm_day:
+            return 0
+        return min((today - warm_day).days + 1, 4)
+
+    def _assess(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
+                now: float, digest: bytes | None) -> Status:
+        r = self.rules
+        name = row["instance"]
+        st = self.instances.states.get(name)
+        state = getattr(st, "state", "unknown")
+        today = self.cal.day(now)
+        s = Status(name, state, 0, None, 0, None, False, "", seed=row["seed"], seq=row["seq"],
+                   batch_count=row["batch_count"], free_at=_unix(row["free_at"]), warm_day=row["warm_day"],
+                   last_send_at=_unix(row["last_send_at"]))
+        s.extra = {"manual_messages": row["manual_count"],
+                   "attested": None if row["attested_at"] is None else {
+                       "network": row["attest_network"], "groups": row["attest_groups"],
+                       "recharge": row["attest_recharge"].isoformat() if row["attest_recharge"] else None}}
+        previous = self._seen_state.get(name)
+        self._seen_state[name] = state
+        if state == "open" and previous not in (None, "open") and row["out_reason"]:
+            # Back online after leaving rotation on its failure rate: a fresh start.
+            self._update(conn, name, out_reason=None)
+            row["out_reason"] = None
+            self.log.info("instance back in rotation (open again)", extra={"instance": name})
+        if state == "open" and row["first_open_at"] is None:
+            warm = self.cal.day(now + r.standby)
+            self._update(conn, name, first_open_at=_ts(now), warm_day=warm)
+            row["first_open_at"], row["warm_day"] = _ts(now), warm
+            s.warm_day = warm
+            if r.standby:
+                self._event(name, "standby_started", "first seen open: standby begins",
+                            until=now + r.standby)
+        if st is not None and state != previous and previous is not None and not st.can_send:
+            self._event(name, "paused" if getattr(st, "in_rotation", True) else "left_rotation",
+                        f"instance {state}: {getattr(st, 'detail', '')}", state=state)
+        # Cap and stage first, so `oraclectl instances` shows them whatever blocks the instance.
+        stage = 4 if r.warmup is None else self._stage(row["warm_day"], today)
+        first_open = _unix(row["first_open_at"])
+        if r.warmup is not None and r.idle and stage >= 1 and first_open is not None:
+            # Idle since the last send, the last drop-back or the end of standby, whichever is latest.
+            last = max(x for x in (_unix(row["last_send_at"]), _unix(row["last_drop_at"]),
+                                   first_open + r.standby) if x is not None)
+            if now - last > r.idle:
+                new = max(stage - 1, 1)
+                warm = today - timedelta(days=new - 1)
+                self._update(conn, name, warm_day=warm, last_drop_at=_ts(now))
+                row["warm_day"], row["last_drop_at"] = warm, _ts(now)
+                s.warm_day = warm
+                self._event(name, "stage_dropped", f"idle over {r.idle / 3600:g} h: back one warm-up stage",
+                            stage_from=STAGE_NAMES[stage], stage_to=STAGE_NAMES[new])
+                if name in days and days[name][2] == 0:
+                    cap = cap_for(r, row["seed"], today, new)
+                    conn.execute("UPDATE antiban_days SET stage = %s, cap = %s WHERE instance = %s "
+                                 "AND day = %s", (new, cap, name, today))
+                    days[name] = (new, cap, 0)
+                stage = new
+        s.stage = stage
+        if stage >= 1:
+            if name not in days:
+                cap = cap_for(r, row["seed"], today, stage)
+                conn.execute("INSERT INTO antiban_days (instance, day, stage, cap) VALUES (%s, %s, %s, %s) "
+                             "ON CONFLICT DO NOTHING", (name, today, stage, cap))
+                got = conn.execute("SELECT stage, cap, sent FROM antiban_days WHERE instance = %s "
+                                   "AND day = %s", (name, today)).fetchone()
+                days[name] = (got[0], got[1], got[2]) if got else (stage, cap, 0)
+            _, s.cap, s.sent = days[name]
+
+        def no(why: str, until: float | None = None, waiting: bool = True) -> Status:
+            s.why, s.next_slot, s.waiting = why, until, waiting and until is not None
+            return s
+
+        if st is None or not st.can_send:
+            return no(f"{state}: {getattr(st, 'detail', 'unknown instance')}", waiting=False)
+        if row["out_reason"]:
+            return no(f"out of rotation: {row['out_reason']} (back when it reconnects)", waiting=False)
+        if r.require_attestation and row["attested_at"] is None:
+            return no(f"needs an attestation: oraclectl instances attest TENANT {name} --network 4g "
+                      "--groups 3 --recharge YYYY-MM-DD", waiting=False)
+        recharge = row["attest_recharge"]
+        if recharge is not None and (today - recharge).days > r.recharge_days:
+            return no(f"the recharge of {recharge.isoformat()} is over {r.recharge_days} days old: recharge "
+                      "and attest again", waiting=False)
+        assert first_open is not None
+        if now < first_open + r.standby:
+            return no(f"standby until {self._when(first_open + r.standby)} (24 h after first open)",
+                      first_open + r.standby)
+        if r.warmup is not None and stage == 0:
+            assert row["warm_day"] is not None
+            start = self.cal.day_start(row["warm_day"])
+            return no(f"warm-up starts {self._when(start)}", start)
+        if row["manual_count"] < r.manual_messages:
+            return no(f"waiting for {r.manual_messages - row['manual_count']} more manual message(s) "
+                      "sent from the phone before automation", waiting=False)
+        if s.cap is not None and s.sent >= s.cap:
+            return no(f"today's cap {s.cap} reached ({STAGE_NAMES[stage]})",
+                      self.cal.open_at(self.cal.next_day(now)))
+        if row["lease_token"] is not None:
+            if _unix(row["lease_until"]) > now:
+                return no(f"sending (lands at {self._when(_unix(row['lease_lands_at']))})",
+                          max(_unix(row["lease_lands_at"]), now))
+            self._update(conn, name, lease_token=None, lease_lands_at=None, lease_until=None)
+            self._event(name, "lease_expired",
+                        "a send was never released (its process died?): instance freed")
+        if s.free_at is not None and s.free_at > now:
+            kind = "batch pause" if row["batch_count"] == 0 and row["seq"] else "gap"
+            return no(f"{kind} until {self._when(s.free_at)}", s.free_at)
+        delay = gap_ms(r, row["seed"], row["seq"] + 1) / 1000
+        opens = self.cal.open_at(now, now + delay)
+        if opens > now:
+            assert r.hours is not None
+            (a, b) = r.hours
+            return no(f"outside business hours ({a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d} "
+                      f"{r.zone}): opens {self._when(opens)}", opens)
+        if digest is not None and r.text_limit:
+            got = conn.execute("SELECT count(*), min(reserved_at) FROM antiban_sends WHERE instance = %s "
+                               "AND text_hash = %s AND reserved_at > %s",
+                               (name, digest, _ts(now - 3600))).fetchone()
+            if got and got[0] >= r.text_limit:
+                return no(f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
+                          got[1].timestamp() + 3600)
+        s.eligible = True
+        s.next_slot = now
+        return s
+
+    def _when(self, t: float | None) -> str:
+        return "-" if t is None else self.cal.local(t).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    def statuses(self, conn: psycopg.Connection, now: float, digest: bytes | None = None) -> list[Status]:
+        rows = self._rows(conn)
+        days = self._days(conn, self.cal.day(now))
+        return [self._assess(conn, row, days, now, digest) for row in rows]
+
+    # ---- the sender's calls ------------------------------------------------------------------
+
+    def reserve(self, conn: psycopg.Connection, now: float, *, text: str | None = None,
+                phone: str | None = None) -> Lease | Wait | Skip:
+        """A slot on the best eligible instance now, a Wait (until when, why) or a Skip."""
+        with conn.transaction():
+            if phone is not None and conn.execute("SELECT 1 FROM antiban_invalid_numbers WHERE phone = %s",
+                                                  (phone,)).fetchone():
+                self.log.info("skip: the number answered exists:false before (never tried again)",
+                              extra={"phone_suffix": phone[-4:]})
+                return Skip("the number is not on WhatsApp (remembered; never tried again)")
+            digest = text_hash(text) if text is not None else None
+            statuses = self.statuses(conn, now, digest)
+            self._metrics(statuses)
+            ready = [s for s in statuses if s.eligible]
+            if not ready:
+                return self._wait(statuses)
+            # Most remaining quota first, then least recently used, then name (stable).
+            best = min(ready, key=lambda s: (-((s.cap or 0) - s.sent), s.last_send_at or float("-inf"),
+                                             s.instance))
+            return self._take(conn, best, now, digest, phone)
+
+    def _wait(self, statuses: list[Status]) -> Wait:
+        times = [s.next_slot for s in statuses if s.waiting and s.next_slot is not None]
+        if not statuses:
+            reason = f"no instances listed for {self.service}"
+        else:
+            reason = "; ".join(f"{s.instance}: {s.why}" for s in statuses)
+        until = min(times) if times else None
+        if reason != self._last_wait:
+            self._last_wait = reason
+            self.log.info("wait", extra={"until": until, "reason": reason})
+        return Wait(until, reason)
+
+    def _take(self, conn: psycopg.Connection, s: Status, now: float, digest: bytes | None,
+              phone: str | None) -> Lease:
+        r = self.rules
+        seq = s.seq + 1
+        delay = gap_ms(r, s.seed, seq)
+        lands = now + delay / 1000
+        batch = s.batch_count + 1
+        free = lands
+        if r.batch_size and batch >= r.batch_size:
+            batch = 0
+            free = lands + pause_s(r, s.seed, seq)
+        free = max(free, now + r.min_gap)
+        token = uuid.uuid4().hex
+        self._update(conn, s.instance, seq=seq, batch_count=batch, free_at=_ts(free), lease_token=token,
+                     lease_lands_at=_ts(lands), lease_until=_ts(lands + r.lease_for))
+        if s.cap is not None:
+            conn.execute("UPDATE antiban_days SET sent = sent + 1 WHERE instance = %s AND day = %s",
+                         (s.instance, self.cal.day(now)))
+        conn.execute("INSERT INTO antiban_sends (instance, token, text_hash, reserved_at, lands_at) "
+                     "VALUES (%s, %s, %s, %s, %s)", (s.instance, token, digest, _ts(now), _ts(lands)))
+        self._last_wait = ""
+        self.log.info("send now", extra={
+            "instance": s.instance, "delay_ms": delay, "lands_at": lands,
+            "reason": f"most remaining quota ({(s.cap or 0) - s.sent} of {s.cap} left today, "
+                      f"{STAGE_NAMES[s.stage]}), least recently used"
+                      + (f"; batch pause after this one until {self._when(free)}"
+                         if batch == 0 and r.batch_size else "")})
+        return Lease(s.instance, token, delay, now, lands, phone, (_ts(s.free_at), s.batch_count))
+
+    def cancel(self, conn: psycopg.Connection, lease: Lease) -> None:
+        """Undo a reservation nothing was sent for (outside a transaction that rolled back)."""
+        with conn.transaction():
+            cur = conn.execute("UPDATE antiban_instances SET lease_token = NULL, lease_lands_at = NULL, "
+                               "lease_until = NULL, free_at = %s, batch_count = %s WHERE instance = %s "
+                               "AND lease_token = %s", (*lease._undo, lease.instance, lease.token))
+            if cur.rowcount:
+                conn.execute("UPDATE antiban_days SET sent = greatest(sent - 1, 0) WHERE instance = %s "
+                             "AND day = %s", (lease.instance, self.cal.day(lease.at)))
+                conn.execute("DELETE FROM antiban_sends WHERE token = %s", (lease.token,))
+
+    def release(self, conn: psycopg.Connection, lease: Lease, error: Any, now: float,
+                message_id: str | None = None) -> None:
+        """The send's outcome (error: EvolutionError | None): frees the instance, counts failures
+        (leaving rotation above 30 % of the last 10), remembers exists:false numbers."""
+        from oraclewad.services.evolution import FailureKind
+
+        kind = getattr(error, "kind", None)
+        with conn.transaction():
+            conn.execute("UPDATE antiban_instances SET lease_token = NULL, lease_lands_at = NULL, "
+                         "lease_until = NULL WHERE instance = %s AND lease_token = %s",
+                         (lease.instance, lease.token))
+            if error is None:
+                conn.execute("UPDATE antiban_instances SET last_send_at = greatest(last_send_at, %s) "
+                             "WHERE instance = %s", (_ts(min(lease.lands_at, now)), lease.instance))
+            ok = None if kind in (FailureKind.AMBIGUOUS, FailureKind.NOT_ON_WHATSAPP) else error is None
+            conn.execute("UPDATE antiban_sends SET ok = %s, message_id = %s WHERE token = %s",
+                         (ok, message_id, lease.token))
+            if kind == FailureKind.NOT_ON_WHATSAPP and lease.phone:
+                conn.execute("INSERT INTO antiban_invalid_numbers (phone, instance, noted_at) "
+                             "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                             (lease.phone, lease.instance, _ts(now)))
+                self._event(lease.instance, "number_invalid", "exists:false: the number is remembered and "
+                            "never tried again", phone_suffix=lease.phone[-4:])
+            if ok is False:
+                last = [r[0] for r in conn.execute(
+                    "SELECT ok FROM antiban_sends WHERE instance = %s AND ok IS NOT NULL ORDER BY id DESC "
+                    "LIMIT %s", (lease.instance, FAILURE_WINDOW)).fetchall()]
+                failed = sum(1 for x in last if not x)
+                if failed > FAILURE_RATIO * FAILURE_WINDOW:
+                    cur = conn.execute("UPDATE antiban_instances SET out_reason = %s WHERE instance = %s AND "
+                                       "out_reason IS NULL",
+                                       (f"{failed} of its last {len(last)} sends failed", lease.instance))
+                    if cur.rowcount:
+                        self._event(lease.instance, "left_rotation",
+                                    f"out of rotation: {failed} of its last {len(last)} sends failed")
+        self.instances.note_send(lease.instance, error)
+
+    # ---- operator and events in --------------------------------------------------------------
+
+    def note_upsert(self, conn: psycopg.Connection, instance: str, message_id: str | None,
+                    from_me: bool, now: float) -> bool:
+        """A messages.upsert: a fromMe message we did not send counts as a manual message (only
+        while the instance still needs them, so a send of ours not yet recorded cannot count)."""
+        if not from_me or not message_id or instance not in self.names or not self.rules.manual_messages:
+            return False
+        with conn.transaction():
+            row = conn.execute("SELECT manual_count FROM antiban_instances WHERE instance = %s FOR UPDATE",
+                               (instance,)).fetchone()
+            if row is None:
+                self.ensure(conn)
+                row = (0,)
+            if row[0] >= self.rules.manual_messages:
+                return False
+            if conn.execute("SELECT 1 FROM antiban_sends WHERE message_id = %s", (message_id,)).fetchone():
+                return False
+            cur = conn.execute("INSERT INTO antiban_manual (instance, message_id) VALUES (%s, %s) "
+                               "ON CONFLICT DO NOTHING", (instance, message_id))
+            if not cur.rowcount:
+                return False
+            conn.execute("UPDATE antiban_instances SET manual_count = manual_count + 1 WHERE instance = %s",
+                         (instance,))
+        self.log.info("manual message counted", extra={"instance": instance, "count": row[0] + 1,
+                                                       "needed": self.rules.manual_messages})
+        return True
+
+    def attest(self, conn: psycopg.Connection, instance: str, *, network: str | None, groups: int | None,
+               recharge: date | None, now: float) -> dict[str, Any]:
+        with conn.transaction():
+            self._rows(conn)
+            conn.execute("UPDATE antiban_instances SET attest_network = coalesce(%s, attest_network), "
+                         "attest_groups = coalesce(%s, attest_groups), "
+                         "attest_recharge = coalesce(%s, attest_recharge), attested_at = %s "
+                         "WHERE instance = %s",
+                         (network, groups, recharge, _ts(now), instance))
+            row = conn.execute("SELECT attest_network, attest_groups, attest_recharge FROM antiban_instances "
+                               "WHERE instance = %s", (instance,)).fetchone()
+        assert row is not None
+        self.log.info("attestation recorded", extra={
+            "instance": instance, "network": row[0], "groups": row[1],
+            "recharge": row[2].isoformat() if row[2] else None})
+        return {"instance": instance, "network": row[0], "groups": row[1],
+                "recharge": row[2].isoformat() if row[2] else None}
+
+    def observe(self, conn: psycopg.Connection, now: float) -> list[Status]:
+        """Call every few seconds: records first opens (standby), idle drop-backs, metrics."""
+        with conn.transaction():
+            statuses = self.statuses(conn, now)
+        self._metrics(statuses)
+        return statuses
+
+    def explain(self, conn: psycopg.Connection, now: float) -> list[dict[str, Any]]:
+        return [s.public(self.service) for s in self.observe(conn, now)]
+
+    def is_invalid(self, conn: psycopg.Connection, phones: Iterable[str]) -> set[str]:
+        rows = conn.execute("SELECT phone FROM antiban_invalid_numbers WHERE phone = ANY(%s)",
+                            (list(phones),)).fetchall()
+        return {r[0] for r in rows}
+
+    def forecast(self, conn: psycopg.Connection, now: float, pending: int) -> _forecast.Forecast:
+        """When the last of `pending` messages would land, replaying the engine's own schedule."""
+        statuses = self.observe(conn, now)
+        return _forecast.run(self.rules, self.cal, statuses, now, pending)
+
+
+__all__ = ["DAY", "Engine", "Lease", "Skip", "Status", "Wait"]

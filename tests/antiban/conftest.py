@@ -1,0 +1,33 @@
+"""Anti-ban fixtures: one migrated scratch database per session (the machine's PostgreSQL, or an
+embedded one with OWA_TEST_BACKEND=embedded), emptied before each test or hypothesis example."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.recovery.conftest import drop_database, make_database, pg_admin  # noqa: F401
+
+BROADCAST = Path(__file__).resolve().parents[2] / "oraclewad" / "services" / "broadcast" / "migrations"
+TABLES = "antiban_instances, antiban_days, antiban_sends, antiban_invalid_numbers, antiban_manual"
+
+
+@pytest.fixture(scope="session")
+def antiban_dsn(pg_admin: str) -> Iterator[str]:  # noqa: F811
+    dsn = make_database(pg_admin, BROADCAST)
+    yield dsn
+    drop_database(pg_admin, dsn)
+
+
+@pytest.fixture
+def conn(antiban_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(antiban_dsn, autocommit=True) as c:
+        empty(c)
+        yield c
+
+
+def empty(c: psycopg.Connection) -> None:
+    c.execute(f"TRUNCATE {TABLES}")

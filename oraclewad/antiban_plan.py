@@ -38,6 +38,7 @@ normalised plan to the children, whose anti-ban engine (services/antiban) parses
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -73,6 +74,17 @@ def parse(table: dict[str, Any], *, prefix: str = "antiban") -> tuple[dict[str, 
     def fail(key: str, message: str) -> None:
         problems.append((f"{prefix}.{key}", message))
 
+    plan = _scalars(table, fail)
+    plan["warmup"] = _warmup(table.get("warmup", {}), fail)
+    plan["working_hours"] = _hours(table.get("working_hours", {}), fail)
+    plan["recovery"] = _switches(table.get("recovery", {}), fail)
+    return plan, problems
+
+
+Fail = Callable[[str, str], None]
+
+
+def _scalars(table: dict[str, Any], fail: Fail) -> dict[str, Any]:
     plan: dict[str, Any] = {}
     strategy = table.get("strategy", "conti_chips")
     if strategy not in STRATEGIES:
@@ -85,11 +97,11 @@ def parse(table: dict[str, Any], *, prefix: str = "antiban") -> tuple[dict[str, 
             fail(key, f"must be a number >= 0 (seconds or hours), got {value!r}")
             value = default
         plan[key] = float(value)
-    for key, default in INTEGERS.items():
-        value = table.get(key, default)
+    for key, whole in INTEGERS.items():
+        value = table.get(key, whole)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100000:
             fail(key, f"must be a whole number >= 0, got {value!r}")
-            value = default
+            value = whole
         plan[key] = value
     if plan["recharge_days"] < 1:
         fail("recharge_days", "must be at least 1")
@@ -107,20 +119,21 @@ def parse(table: dict[str, Any], *, prefix: str = "antiban") -> tuple[dict[str, 
         fail("require_attestation", "must be true or false")
         attest = False
     plan["require_attestation"] = attest
+    return plan
 
-    warmup = table.get("warmup", {})
+
+def _warmup(warmup: Any, fail: Fail) -> dict[str, dict[str, int]]:
     if not isinstance(warmup, dict):
         fail("warmup", "must be a table of day1, day2, day3, mature")
         warmup = {}
-    plan["warmup"] = {}
+    out = {}
     for stage in STAGES:
-        lo, hi = WARMUP[stage]
         got = warmup.get(stage, {})
         if not isinstance(got, dict):
             fail(f"warmup.{stage}", "must be a table with min and max")
             got = {}
         values = []
-        for key, default in (("min", lo), ("max", hi)):
+        for key, default in zip(("min", "max"), WARMUP[stage], strict=True):
             v = got.get(key, default)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100000:
                 fail(f"warmup.{stage}.{key}", f"must be a whole number of messages >= 0, got {v!r}")
@@ -129,17 +142,19 @@ def parse(table: dict[str, Any], *, prefix: str = "antiban") -> tuple[dict[str, 
         if values[0] > values[1]:
             fail(f"warmup.{stage}.min", "must not exceed max")
             values[0] = values[1]
-        plan["warmup"][stage] = {"min": values[0], "max": values[1]}
+        out[stage] = {"min": values[0], "max": values[1]}
+    return out
 
-    hours = table.get("working_hours", {})
+
+def _hours(hours: Any, fail: Fail) -> dict[str, str]:
     if not isinstance(hours, dict):
         fail("working_hours", "must be a table with start, end and timezone")
         hours = {}
-    start, end = hours.get("start", "08:00"), hours.get("end", "22:00")
-    for key, value, default in (("start", start, "08:00"), ("end", end, "22:00")):
-        if not isinstance(value, str) or not _HHMM.match(value):
+    out = {"start": hours.get("start", "08:00"), "end": hours.get("end", "22:00")}
+    for key, default in (("start", "08:00"), ("end", "22:00")):
+        if not isinstance(out[key], str) or not _HHMM.match(out[key]):
             fail(f"working_hours.{key}", f'must be "HH:MM" (24 h), e.g. "{default}"')
-            hours = {**hours, key: default}
+            out[key] = default
     zone = hours.get("timezone", "America/Sao_Paulo")
     try:
         if not isinstance(zone, str) or not zone:
@@ -149,24 +164,24 @@ def parse(table: dict[str, Any], *, prefix: str = "antiban") -> tuple[dict[str, 
         fail("working_hours.timezone", f"unknown time zone {zone!r}: use an IANA name such as "
                                        '"America/Sao_Paulo"')
         zone = "America/Sao_Paulo"
-    plan["working_hours"] = {"start": hours.get("start", "08:00"), "end": hours.get("end", "22:00"),
-                             "timezone": zone}
-    if minutes(plan["working_hours"]["start"]) == minutes(plan["working_hours"]["end"]):
+    if minutes(out["start"]) == minutes(out["end"]):
         fail("working_hours.end", "must differ from start")
-        plan["working_hours"] = {"start": "08:00", "end": "22:00", "timezone": zone}
+        out = {"start": "08:00", "end": "22:00"}
+    return {**out, "timezone": zone}
 
-    rec = table.get("recovery", {})
+
+def _switches(rec: Any, fail: Fail) -> dict[str, bool]:
     if not isinstance(rec, dict):
         fail("recovery", "must be a table of switches such as standby = true")
         rec = {}
-    plan["recovery"] = {}
+    out = {}
     for key in RECOVERY_SWITCHES:
         v = rec.get(key, False)
         if not isinstance(v, bool):
             fail(f"recovery.{key}", "must be true or false")
             v = False
-        plan["recovery"][key] = v
-    return plan, problems
+        out[key] = v
+    return out
 
 
 def minutes(hhmm: str) -> int:

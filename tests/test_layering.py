@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Imported by both sides: the child contract, the schema migrator (the daemon checks, the child
 # applies) and the pure business rules both must agree on.
 SHARED = frozenset({"oraclewad.contract", "oraclewad.templating", "oraclewad.recovery_plan",
-                    "oraclewad.migrations"})
+                    "oraclewad.antiban_plan", "oraclewad.migrations"})
 PROTO = "oraclewad._proto"
 
 

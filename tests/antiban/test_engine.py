@@ -180,3 +180,12 @@ def test_attestation_body_is_validated(bad: dict) -> None:
 
     fields, problem = parse_attestation(bad)
     assert fields is None and problem.split(":")[0] in ("network", "groups", "recharge", "x", "body")
+
+
+def test_both_services_carry_the_same_antiban_migration() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "oraclewad" / "services"
+    recovery = (root / "recovery" / "migrations" / "0003_antiban.sql").read_text()
+    assert recovery == (root / "broadcast" / "migrations" / "0002_antiban.sql").read_text()
+    assert "-- backward-compatible: yes" in recovery.splitlines()[0]

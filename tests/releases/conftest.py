@@ -58,10 +58,10 @@ def broken(releases_dir: Path, version: str, script: str, migrations: dict[str, 
 
 
 def failing_migrations(root: Path) -> Path:
-    """recovery's migrations plus a 0003 that adds a table and then fails."""
+    """recovery's migrations plus a 0004 that adds a table and then fails."""
     d = root / "bad-migrations"
     shutil.copytree(releases.bundled().migrations["recovery"], d)
-    (d / "0003_half_done.sql").write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
+    (d / "0004_half_done.sql").write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
     return d
 
 
@@ -74,9 +74,9 @@ def releases_dir() -> Iterator[Path]:
     out.mkdir()
     sources = {
         "2.0.0": REPO,
-        "3.0.0": source_copy(root, "src3", {"0003_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n"}),
-        "4.0.0": source_copy(root, "src4", {"0003_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n",
-                                            "0004_rename.sql": "ALTER TABLE notes RENAME COLUMN x TO y;\n"}),
+        "3.0.0": source_copy(root, "src3", {"0004_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n"}),
+        "4.0.0": source_copy(root, "src4", {"0004_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n",
+                                            "0005_rename.sql": "ALTER TABLE notes RENAME COLUMN x TO y;\n"}),
     }
     with ThreadPoolExecutor(3) as pool:
         for future in [pool.submit(build, out, src, v) for v, src in sources.items()]:

@@ -170,14 +170,14 @@ def test_fleet_rollout_with_a_canary_halts_on_a_broken_release(daemon: Daemon) -
 def test_rollback_refused_when_the_old_release_cannot_read_the_schema(daemon: Daemon) -> None:
     tid = add_tenant(daemon)
     daemon.ctl("deploy", tid, "3.0.0", "--min-healthy-time", "0")
-    # 3.0.0 added 0003 (declared backward compatible): 2.0.0 may still run on it.
+    # 3.0.0 added 0004 (declared backward compatible): 2.0.0 may still run on it.
     daemon.ctl("deploy", tid, "2.0.0", "--min-healthy-time", "0")
     daemon.ctl("deploy", tid, "4.0.0", "--min-healthy-time", "0")
     pids = {s["service"]: s["pid"] for s in status(daemon, tid)}
     refused = daemon.ctl("rollback", tid, "2.0.0", check=False)
     assert refused.returncode == 1
-    assert "release 2.0.0 cannot read the schema" in refused.stderr and "0004_rename" in refused.stderr
-    assert "0003_notes" not in refused.stderr
+    assert "release 2.0.0 cannot read the schema" in refused.stderr and "0005_rename" in refused.stderr
+    assert "0004_notes" not in refused.stderr
     assert {s["service"]: s["pid"] for s in status(daemon, tid)} == pids and pinned(daemon, tid) == "4.0.0"
     assert history(daemon, tid)[-1]["result"] == "refused"
 
@@ -210,7 +210,7 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
                      timeout=300).stdout
     assert "installed release 9.0.0" in out and "recovery 1-3" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
-    assert listed["9.0.0"]["schema"] == {"recovery": 2, "broadcast": 1}
+    assert listed["9.0.0"]["schema"] == {"recovery": 3, "broadcast": 2}
     assert Path(listed["9.0.0"]["python"]).exists()
     again = daemon.ctl("release", "install", str(REPO), "--version", "9.0.0", check=False)
     assert again.returncode == 1 and "already installed" in again.stderr

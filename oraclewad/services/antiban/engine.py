@@ -43,6 +43,10 @@ _COLUMNS = ("instance", "seed", "seq", "first_open_at", "warm_day", "manual_coun
             "out_reason", "attest_network", "attest_groups", "attest_recharge", "attested_at")
 
 
+EPS = 0.001   # times go through timestamptz (microseconds): a slot at `now` is not "later" by rounding
+Blocked = tuple[str, float | None, bool]   # (why, until when, whether waiting lifts it)
+
+
 class InstanceView(Protocol):
     """What the engine needs of services/instances.InstanceStates."""
 
@@ -192,18 +196,32 @@ class Engine:
 
     def _assess(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
                 now: float, digest: bytes | None) -> Status:
-        r = self.rules
         name = row["instance"]
         st = self.instances.states.get(name)
-        state = getattr(st, "state", "unknown")
-        today = self.cal.day(now)
-        s = Status(name, state, 0, None, 0, None, False, "", seed=row["seed"], seq=row["seq"],
-                   batch_count=row["batch_count"], free_at=_unix(row["free_at"]), warm_day=row["warm_day"],
+        s = Status(name, getattr(st, "state", "unknown"), 0, None, 0, None, False, "", seed=row["seed"],
+                   seq=row["seq"], batch_count=row["batch_count"], free_at=_unix(row["free_at"]),
                    last_send_at=_unix(row["last_send_at"]))
+        self._transitions(conn, row, st, now)
+        # Stage and cap first, so `oraclectl instances` shows them whatever blocks the instance.
+        s.stage = self._stage_now(conn, row, days, now)
+        s.warm_day = row["warm_day"]
+        if s.stage >= 1:
+            _, s.cap, s.sent = self._day_row(conn, row, days, self.cal.day(now), s.stage)
         s.extra = {"manual_messages": row["manual_count"],
                    "attested": None if row["attested_at"] is None else {
                        "network": row["attest_network"], "groups": row["attest_groups"],
                        "recharge": row["attest_recharge"].isoformat() if row["attest_recharge"] else None}}
+        blocked = self._held(row, st, s, now) or self._timing(conn, row, s, now, digest)
+        if blocked is None:
+            s.eligible, s.next_slot = True, now
+        else:
+            s.why, s.next_slot, waiting = blocked
+            s.waiting = waiting and s.next_slot is not None
+        return s
+
+    def _transitions(self, conn: psycopg.Connection, row: dict[str, Any], st: Any, now: float) -> None:
+        """What changed since this process last looked: back open, first open, paused or banned."""
+        name, state = row["instance"], getattr(st, "state", "unknown")
         previous = self._seen_state.get(name)
         self._seen_state[name] = state
         if state == "open" and previous not in (None, "open") and row["out_reason"]:
@@ -212,104 +230,114 @@ class Engine:
             row["out_reason"] = None
             self.log.info("instance back in rotation (open again)", extra={"instance": name})
         if state == "open" and row["first_open_at"] is None:
-            warm = self.cal.day(now + r.standby)
+            warm = self.cal.day(now + self.rules.standby)
             self._update(conn, name, first_open_at=_ts(now), warm_day=warm)
             row["first_open_at"], row["warm_day"] = _ts(now), warm
-            s.warm_day = warm
-            if r.standby:
+            if self.rules.standby:
                 self._event(name, "standby_started", "first seen open: standby begins",
-                            until=now + r.standby)
+                            until=now + self.rules.standby)
         if st is not None and state != previous and previous is not None and not st.can_send:
             self._event(name, "paused" if getattr(st, "in_rotation", True) else "left_rotation",
                         f"instance {state}: {getattr(st, 'detail', '')}", state=state)
-        # Cap and stage first, so `oraclectl instances` shows them whatever blocks the instance.
-        stage = 4 if r.warmup is None else self._stage(row["warm_day"], today)
+
+    def _stage_now(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
+                   now: float) -> int:
+        """Today's warm-up stage, after dropping one when the instance sat idle too long."""
+        r, name, today = self.rules, row["instance"], self.cal.day(now)
+        if r.warmup is None:
+            return 4
+        stage = self._stage(row["warm_day"], today)
         first_open = _unix(row["first_open_at"])
-        if r.warmup is not None and r.idle and stage >= 1 and first_open is not None:
-            # Idle since the last send, the last drop-back or the end of standby, whichever is latest.
-            last = max(x for x in (_unix(row["last_send_at"]), _unix(row["last_drop_at"]),
-                                   first_open + r.standby) if x is not None)
-            if now - last > r.idle:
-                new = max(stage - 1, 1)
-                warm = today - timedelta(days=new - 1)
-                self._update(conn, name, warm_day=warm, last_drop_at=_ts(now))
-                row["warm_day"], row["last_drop_at"] = warm, _ts(now)
-                s.warm_day = warm
-                self._event(name, "stage_dropped", f"idle over {r.idle / 3600:g} h: back one warm-up stage",
-                            stage_from=STAGE_NAMES[stage], stage_to=STAGE_NAMES[new])
-                if name in days and days[name][2] == 0:
-                    cap = cap_for(r, row["seed"], today, new)
-                    conn.execute("UPDATE antiban_days SET stage = %s, cap = %s WHERE instance = %s "
-                                 "AND day = %s", (new, cap, name, today))
-                    days[name] = (new, cap, 0)
-                stage = new
-        s.stage = stage
-        if stage >= 1:
-            if name not in days:
-                cap = cap_for(r, row["seed"], today, stage)
-                conn.execute("INSERT INTO antiban_days (instance, day, stage, cap) VALUES (%s, %s, %s, %s) "
-                             "ON CONFLICT DO NOTHING", (name, today, stage, cap))
-                got = conn.execute("SELECT stage, cap, sent FROM antiban_days WHERE instance = %s "
-                                   "AND day = %s", (name, today)).fetchone()
-                days[name] = (got[0], got[1], got[2]) if got else (stage, cap, 0)
-            _, s.cap, s.sent = days[name]
+        if not r.idle or stage < 1 or first_open is None:
+            return stage
+        # Idle since the last send, the last drop-back or the end of standby, whichever is latest.
+        last = max(x for x in (_unix(row["last_send_at"]), _unix(row["last_drop_at"]), first_open + r.standby)
+                   if x is not None)
+        if now - last <= r.idle:
+            return stage
+        new = max(stage - 1, 1)
+        warm = today - timedelta(days=new - 1)
+        self._update(conn, name, warm_day=warm, last_drop_at=_ts(now))
+        row["warm_day"], row["last_drop_at"] = warm, _ts(now)
+        self._event(name, "stage_dropped", f"idle over {r.idle / 3600:g} h: back one warm-up stage",
+                    stage_from=STAGE_NAMES[stage], stage_to=STAGE_NAMES[new])
+        if name in days and days[name][2] == 0:
+            # Nothing sent today yet: today's cap follows the lower stage.
+            cap = cap_for(r, row["seed"], today, new)
+            conn.execute("UPDATE antiban_days SET stage = %s, cap = %s WHERE instance = %s AND day = %s",
+                         (new, cap, name, today))
+            days[name] = (new, cap, 0)
+        return new
 
-        def no(why: str, until: float | None = None, waiting: bool = True) -> Status:
-            s.why, s.next_slot, s.waiting = why, until, waiting and until is not None
-            return s
+    def _day_row(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
+                 today: date, stage: int) -> tuple[int, int, int]:
+        """(stage, cap, sent) of today: the cap is drawn once, by whichever process looks first."""
+        name = row["instance"]
+        if name not in days:
+            cap = cap_for(self.rules, row["seed"], today, stage)
+            conn.execute("INSERT INTO antiban_days (instance, day, stage, cap) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (name, today, stage, cap))
+            got = conn.execute("SELECT stage, cap, sent FROM antiban_days WHERE instance = %s AND day = %s",
+                               (name, today)).fetchone()
+            days[name] = (got[0], got[1], got[2]) if got else (stage, cap, 0)
+        return days[name]
 
+    def _held(self, row: dict[str, Any], st: Any, s: Status, now: float) -> Blocked | None:
+        """What keeps the instance out whatever the clock: state, rotation, attestation, warm-up."""
+        r, name = self.rules, row["instance"]
         if st is None or not st.can_send:
-            return no(f"{state}: {getattr(st, 'detail', 'unknown instance')}", waiting=False)
+            return f"{s.state}: {getattr(st, 'detail', 'unknown instance')}", None, False
         if row["out_reason"]:
-            return no(f"out of rotation: {row['out_reason']} (back when it reconnects)", waiting=False)
+            return f"out of rotation: {row['out_reason']} (back when it reconnects)", None, False
         if r.require_attestation and row["attested_at"] is None:
-            return no(f"needs an attestation: oraclectl instances attest TENANT {name} --network 4g "
-                      "--groups 3 --recharge YYYY-MM-DD", waiting=False)
+            return (f"needs an attestation: oraclectl instances attest TENANT {name} --network 4g "
+                    "--groups 3 --recharge YYYY-MM-DD"), None, False
         recharge = row["attest_recharge"]
-        if recharge is not None and (today - recharge).days > r.recharge_days:
-            return no(f"the recharge of {recharge.isoformat()} is over {r.recharge_days} days old: recharge "
-                      "and attest again", waiting=False)
-        assert first_open is not None
-        if now < first_open + r.standby:
-            return no(f"standby until {self._when(first_open + r.standby)} (24 h after first open)",
-                      first_open + r.standby)
-        if r.warmup is not None and stage == 0:
-            assert row["warm_day"] is not None
+        if recharge is not None and (self.cal.day(now) - recharge).days > r.recharge_days:
+            return (f"the recharge of {recharge.isoformat()} is over {r.recharge_days} days old: "
+                    "recharge and attest again"), None, False
+        standby_end = _unix(row["first_open_at"]) + r.standby
+        if now < standby_end:
+            return f"standby until {self._when(standby_end)} (after first open)", standby_end, True
+        if r.warmup is not None and s.stage == 0:
             start = self.cal.day_start(row["warm_day"])
-            return no(f"warm-up starts {self._when(start)}", start)
+            return f"warm-up starts {self._when(start)}", start, True
         if row["manual_count"] < r.manual_messages:
-            return no(f"waiting for {r.manual_messages - row['manual_count']} more manual message(s) "
-                      "sent from the phone before automation", waiting=False)
+            return (f"waiting for {r.manual_messages - row['manual_count']} more manual message(s) "
+                    "sent from the phone before automation"), None, False
+        return None
+
+    def _timing(self, conn: psycopg.Connection, row: dict[str, Any], s: Status, now: float,
+                digest: bytes | None) -> Blocked | None:
+        """What the clock will lift: the cap, a send in flight, the gap or pause, hours, same text."""
+        r, name = self.rules, row["instance"]
         if s.cap is not None and s.sent >= s.cap:
-            return no(f"today's cap {s.cap} reached ({STAGE_NAMES[stage]})",
-                      self.cal.open_at(self.cal.next_day(now)))
+            return (f"today's cap {s.cap} reached ({STAGE_NAMES[s.stage]})",
+                    self.cal.open_at(self.cal.next_day(now)), True)
         if row["lease_token"] is not None:
+            lands = _unix(row["lease_lands_at"])
             if _unix(row["lease_until"]) > now:
-                return no(f"sending (lands at {self._when(_unix(row['lease_lands_at']))})",
-                          max(_unix(row["lease_lands_at"]), now))
+                return f"sending (lands at {self._when(lands)})", max(lands, now), True
             self._update(conn, name, lease_token=None, lease_lands_at=None, lease_until=None)
             self._event(name, "lease_expired",
                         "a send was never released (its process died?): instance freed")
-        if s.free_at is not None and s.free_at > now:
+        if s.free_at is not None and s.free_at > now + EPS:
             kind = "batch pause" if row["batch_count"] == 0 and row["seq"] else "gap"
-            return no(f"{kind} until {self._when(s.free_at)}", s.free_at)
+            return f"{kind} until {self._when(s.free_at)}", s.free_at, True
         delay = gap_ms(r, row["seed"], row["seq"] + 1) / 1000
         opens = self.cal.open_at(now, now + delay)
         if opens > now:
-            assert r.hours is not None
-            (a, b) = r.hours
-            return no(f"outside business hours ({a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d} "
-                      f"{r.zone}): opens {self._when(opens)}", opens)
+            a, b = r.hours or (0, 0)
+            return (f"outside business hours ({a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d} "
+                    f"{r.zone}): opens {self._when(opens)}"), opens, True
         if digest is not None and r.text_limit:
             got = conn.execute("SELECT count(*), min(reserved_at) FROM antiban_sends WHERE instance = %s "
                                "AND text_hash = %s AND reserved_at > %s",
                                (name, digest, _ts(now - 3600))).fetchone()
             if got and got[0] >= r.text_limit:
-                return no(f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
-                          got[1].timestamp() + 3600)
-        s.eligible = True
-        s.next_slot = now
-        return s
+                return (f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
+                        got[1].timestamp() + 3600, True)
+        return None
 
     def _when(self, t: float | None) -> str:
         return "-" if t is None else self.cal.local(t).strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -59,7 +59,7 @@ from oraclewad.settings import Settings
 from oraclewad.specs import PROGRAMS, SpecBuilder
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.supervisor.process import can_switch_users
-from oraclewad.supervisor.status import UP
+from oraclewad.supervisor.status import UP, State
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
 from oraclewad.tenants.model import Tenant, parse_tenant
@@ -77,7 +77,7 @@ from oraclewad.tenants.uids import UidBook
 
 log = logging.getLogger("oraclewad.fleet")
 REASSERT_EVERY = 30.0      # seconds between two automatic re-provisionings of one tenant
-SPAWNED = ("starting", "running", "unhealthy", "backoff", "degraded")
+SPAWNED = (State.STARTING, State.RUNNING, State.UNHEALTHY, State.BACKOFF, State.DEGRADED)
 LOG_CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -226,7 +226,7 @@ class Fleet:
                 async for event in receive:
                     group, _, service = event.name.partition("/")
                     self._publish(group, service, "state", state=event.state, message=event.message)
-                    if event.state in ("backoff", "degraded") and group in self.tenants:
+                    if event.state in (State.BACKOFF, State.DEGRADED) and group in self.tenants:
                         self._maybe_reassert(group, event.name)
 
     def _maybe_reassert(self, tenant_id: str, name: str) -> None:
@@ -264,7 +264,7 @@ class Fleet:
                      "Redis users, migrations"]
             self.supervisor.apply(self._specs())
         retry = [s.name for s in self.supervisor.snapshot()
-                 if s.name in tenant.unit_names() and s.state in ("backoff", "degraded")]
+                 if s.name in tenant.unit_names() and s.state in (State.BACKOFF, State.DEGRADED)]
         async with trio.open_nursery() as nursery:
             for name in retry:
                 nursery.start_soon(self.supervisor.start, name)
@@ -329,7 +329,7 @@ class Fleet:
         held_down = self.supervisor.operator_stopped
         with trio.move_on_after(timeout):
             for snap in self.supervisor.snapshot():
-                if snap.state == "stopped" and snap.name not in held_down:
+                if snap.state == State.STOPPED and snap.name not in held_down:
                     with contextlib.suppress(NotFound):
                         await self.supervisor.wait_state(snap.name, SPAWNED, timeout)
 
@@ -341,7 +341,7 @@ class Fleet:
                 if name not in self.supervisor.operator_stopped:
                     # Unhealthy came after READY=1 (e.g. no instance paired yet, which the
                     # operator does next): the add is done, and status says why.
-                    await self.supervisor.wait_state(name, ("running", "unhealthy"), math.inf)
+                    await self.supervisor.wait_state(name, (State.RUNNING, State.UNHEALTHY), math.inf)
             return
         states = ", ".join(f"{v.service} {v.state}{': ' + v.message if v.message else ''}"
                            for v in self.status(tenant_id))
@@ -588,7 +588,7 @@ class Fleet:
 
     async def metrics(self, tenant_id: str | None = None) -> list[MetricsView]:
         snaps = {s.name: s for s in self.supervisor.snapshot()}
-        services = [v for v in self.status(tenant_id) if v.state != "invalid"]
+        services = [v for v in self.status(tenant_id) if v.state != State.INVALID]
         scraped = await self.scraper.scrape([(v.tenant, v.service) for v in services
                                              if v.pid and v.state in UP and v.tenant != PROGRAMS])
         if tenant_id is None:

@@ -9,6 +9,7 @@ import httpx
 
 from oraclewad.errors import InvalidArgument, Unavailable
 from oraclewad.operations import HealthView, ServiceCallView, ServiceView
+from oraclewad.supervisor.status import State
 
 SERVICE_CALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 SERVICE_CALL_PATH = re.compile(r"/[\x21-\x7e]{0,2047}")
@@ -18,15 +19,15 @@ SERVICE_CALL_MAX_BYTES = 4 * 1024 * 1024 - 4096  # under gRPC's default message 
 def unanswerable(view: ServiceView) -> str | None:
     """Why a service cannot answer now, or None. Unhealthy services answer too: their own
     checks say which part fails, and pairing an instance is how one that cannot send heals."""
-    if not view.ready and view.state != "unhealthy":
+    if not view.ready and view.state != State.UNHEALTHY:
         return f"{view.state}{': ' + view.message if view.message else ''}"
     return None
 
 
 async def probe(view: ServiceView, socket_path: str) -> HealthView:
-    if view.state == "unavailable":
+    if view.state == State.UNAVAILABLE:
         return HealthView(view.tenant, view.service, "unavailable", detail=view.message)
-    if view.state in ("stopped", "stopping"):
+    if view.state in (State.STOPPED, State.STOPPING):
         return HealthView(view.tenant, view.service, "stopped", detail=view.state)
     if (why := unanswerable(view)) is not None:
         return HealthView(view.tenant, view.service, "failing", detail=why)

@@ -36,12 +36,12 @@ from starlette.routing import Route
 from oraclewad.errors import FailedPrecondition, NotFound
 from oraclewad.operations import DaemonFigures, MetricsView, Operations
 from oraclewad.scrape import merge
+from oraclewad.supervisor.status import State
 
 log = logging.getLogger("oraclewad.metrics")
 
 # Always exported (0 or 1), so a query for a state that is not current still finds a series.
-STATES = ("starting", "running", "unhealthy", "backoff", "degraded", "stopping", "stopped", "unavailable",
-          "pending")
+STATES = tuple(s for s in State if s != State.INVALID)   # an invalid file has no service to export
 REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed")
 
 

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 class ServiceView:
     tenant: str
     service: str            # "recovery" | "broadcast" (or a program name for group "programs")
-    state: str              # starting | running | unhealthy | backoff | degraded | stopping | stopped
+    state: str              # a supervisor.status.State: starting | running | unhealthy | backoff |
+                            # degraded | stopping | stopped | unavailable | pending | invalid
     pid: int | None
     uptime_s: float | None
     restarts: int

@@ -15,11 +15,11 @@ from oraclewad.operations import ServiceView, TenantView, WebhookSecretsView
 from oraclewad.provision.webhook_secrets import WebhookCredentials
 from oraclewad.provisioning import Provisioning
 from oraclewad.specs import PROGRAMS
-from oraclewad.supervisor.status import ServiceStatus
+from oraclewad.supervisor.status import ServiceStatus, State
 from oraclewad.tenants.ids import unit_name
 from oraclewad.tenants.model import Tenant
 
-TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")
+TENANT_STATES = ("ok", "degraded", "stopped", "provisioning", "invalid")   # a tenant's, for /metrics
 PROBLEMS_PER_FILE = 20      # shown per invalid file; `oraclewad check` lists every one
 PROBLEM_CHARS = 500         # a problem line longer than this is cut (a 200 KB key, say)
 MAX_REPORTED = 200          # problem lines a reload reports in all
@@ -41,7 +41,7 @@ def service_views(tenants: Mapping[str, Tenant], ports: Mapping[str, int],
             name = unit_name(tid, svc.name)
             snap = by_name.get(name)
             if snap is None:
-                views.append(ServiceView(tid, svc.name, "unavailable" if not prov.done else "pending",
+                views.append(ServiceView(tid, svc.name, State.UNAVAILABLE if not prov.done else State.PENDING,
                                          None, None, 0, False, ports.get(name), release, prov.status))
                 continue
             # The release of the process serving now (each service swaps on its own).
@@ -71,7 +71,7 @@ def invalid_views(problems: Sequence[Problem], tenants_dir: Path,
         if source.parent == tenants_dir and source.stem not in tenants:
             by_file.setdefault(source, []).append(
                 f"{problem.key}: {problem.message}" if problem.key else problem.message)
-    return [ServiceView(source.stem, "", "invalid", None, None, 0, False, None, "",
+    return [ServiceView(source.stem, "", State.INVALID, None, None, 0, False, None, "",
                         "\n".join(_first_lines(lines, PROBLEMS_PER_FILE)))
             for source, lines in by_file.items()]
 
@@ -135,13 +135,13 @@ def tenant_counts(views: Sequence[ServiceView]) -> dict[str, int]:
 
 def tenant_state(views: Sequence[ServiceView]) -> str:
     states = {v.state for v in views}
-    if "invalid" in states:
+    if State.INVALID in states:
         return "invalid"
-    if states & {"unavailable", "pending"}:
+    if states & {State.UNAVAILABLE, State.PENDING}:
         return "provisioning"
-    if all(v.state == "running" and v.ready for v in views):
+    if all(v.state == State.RUNNING and v.ready for v in views):
         return "ok"
-    if states <= {"stopped", "stopping"}:
+    if states <= {State.STOPPED, State.STOPPING}:
         return "stopped"
     return "degraded"
 
@@ -151,10 +151,10 @@ def summary(views: Sequence[ServiceView], tenants: int, problems: int) -> str:
     counts: dict[str, int] = {}
     unhealthy: list[ServiceView] = []
     for view in views:
-        if view.state == "invalid":   # invalid files are counted as config problems
+        if view.state == State.INVALID:   # invalid files are counted as config problems
             continue
         counts[view.state] = counts.get(view.state, 0) + 1
-        if view.state == "unhealthy":
+        if view.state == State.UNHEALTHY:
             unhealthy.append(view)
     parts = [f"{n} {state}" for state, n in sorted(counts.items())]
     text = f"{plural(tenants, 'tenant')}: " + (", ".join(parts) or "no services") + (
@@ -183,6 +183,6 @@ def size_text(nbytes: float) -> str:
 def _message(snap: ServiceStatus) -> str:
     """What the operator should read about a service: a running one's last exit is history; a
     spawn = "fork" service that had to be exec'd says why."""
-    text = snap.message or ("" if snap.state == "running" else snap.last_exit)
+    text = snap.message or ("" if snap.state == State.RUNNING else snap.last_exit)
     note = snap.spawn_note
     return f"{text}; {note}" if text and note else (text or note)

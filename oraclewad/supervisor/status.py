@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-STARTING = "starting"
-RUNNING = "running"
-STOPPING = "stopping"
-STOPPED = "stopped"
-BACKOFF = "backoff"
-DEGRADED = "degraded"       # waiting to retry at the cap delay: the breaker tripped
-UNHEALTHY = "unhealthy"     # running, but its readiness checks fail (message: the failing check)
-STATES = (STARTING, RUNNING, UNHEALTHY, STOPPING, STOPPED, BACKOFF, DEGRADED)
+
+class State(StrEnum):
+    """A service's state, as status, events and /metrics show it. The first seven are the
+    supervisor's (a process or its absence); the last three the fleet's, before any process."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"     # running, but its readiness checks fail (message: the failing check)
+    BACKOFF = "backoff"
+    DEGRADED = "degraded"       # waiting to retry at the cap delay: the breaker tripped
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    UNAVAILABLE = "unavailable"  # its provisioning waits for PostgreSQL or Redis (message: why)
+    PENDING = "pending"         # provisioned, its process not started yet
+    INVALID = "invalid"         # its tenant file is invalid (message: the problems)
+
+
+STARTING, RUNNING, UNHEALTHY = State.STARTING, State.RUNNING, State.UNHEALTHY
+STOPPING, STOPPED, BACKOFF, DEGRADED = State.STOPPING, State.STOPPED, State.BACKOFF, State.DEGRADED
+STATES = (STARTING, RUNNING, UNHEALTHY, STOPPING, STOPPED, BACKOFF, DEGRADED)   # the supervisor's
 UP = frozenset({RUNNING, UNHEALTHY})    # a process that became ready and still runs
 # Why an automatic restart happened: exited (any code), killed by a signal we did not send, no
 # READY=1 within the start deadline, no WATCHDOG=1, or the spawn itself failed.
@@ -22,7 +35,7 @@ RESTART_REASONS = ("exit", "signal", "start_timeout", "watchdog", "spawn_failed"
 class ServiceStatus:
     name: str
     group: str
-    state: str                  # one of STATES
+    state: State                # one of STATES
     pid: int | None
     started_at: float | None    # wall clock (unix time) of the current process's spawn
     uptime: float | None        # seconds since that spawn; None without a process

@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from oraclewad.errors import NotFound, Unavailable
+from oraclewad.fanout import Fanout
 from oraclewad.files import write_atomic
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor.forking import Templates
@@ -78,7 +79,7 @@ class Supervisor:
         self._persist_lock = trio.Lock()
         self._runners: dict[str, Runner] = {}
         self._retiring: dict[str, Runner] = {}     # removed, still stopping
-        self._subscribers: set[trio.MemorySendChannel[ServiceEvent]] = set()
+        self._events: Fanout[ServiceEvent] = Fanout(1024)
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._children: set[int] = set()
@@ -93,7 +94,7 @@ class Supervisor:
         self._ctx = Context(run_dir=self.run_dir, logs=logs, compressor=self.compressor,
                             log_watchers=self.log_watchers,
                             listeners=self.listeners, notify=self.notify, children=self._children,
-                            base_env=base_env, rng=rng or random.Random(), emit=self._emit,
+                            base_env=base_env, rng=rng or random.Random(), emit=self._events.publish,
                             runner_done=self._runner_done, templates=self.templates,
                             start_slots=trio.Semaphore(max_parallel_starts or 4 * (os.cpu_count() or 1)))
 
@@ -300,9 +301,7 @@ class Supervisor:
     def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[ServiceEvent]:
         """State-change events. A subscriber that falls `buffer` events behind is dropped (its
         channel ends) rather than slowing the supervisor."""
-        send, receive = trio.open_memory_channel[ServiceEvent](buffer)
-        self._subscribers.add(send)
-        return receive
+        return self._events.subscribe(buffer)
 
     def listen_address(self, name: str) -> tuple[str, int] | None:
         """The address a service's socket is bound to (the kernel's port when the spec says 0)."""
@@ -311,14 +310,6 @@ class Supervisor:
     @property
     def operator_stopped(self) -> frozenset[str]:
         return frozenset(self._operator_stopped)
-
-    def _emit(self, event: ServiceEvent) -> None:
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(send)
-                send.close()
 
     # ---- desired state on disk ---------------------------------------------------------------
 

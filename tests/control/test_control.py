@@ -300,7 +300,7 @@ def test_shutdown_answers_unavailable_and_health_goes_not_serving(make_daemon) -
         wait_for(lambda: seen, what="the health watch to answer")
         def failing() -> bool:
             events = stub.WatchEvents(pb.WatchEventsRequest(tenant=hang, recent=100), timeout=10)
-            return any(e.state in ("backoff", "failed") for e in events)
+            return any(e.state in ("backoff", "degraded") for e in events)
 
         wait_for(failing, timeout=60, what="the tenant to fail its start")
         assert not errors  # the add is still waiting

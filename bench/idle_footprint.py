@@ -1,6 +1,8 @@
 """Idle footprint: supervisor RSS and CPU, and the children's PSS, oraclewad vs supervisord 4.x.
 
-Three setups, one after the other in one run (each measured alone on the machine):
+Setups, one after the other in one run (each measured alone on the machine); A and B run once
+per `--spawn` mode (default both: fork = children forked from a warm template per release,
+exec = a fresh interpreter each):
   A. oraclewad with 50 provisioned tenants (100 children: recovery + broadcast, each with its own
      PostgreSQL database and Redis ACL user; the machine's servers at 127.0.0.1 when reachable,
      else the embedded ones);
@@ -14,6 +16,7 @@ supervisor CPU = delta of utime+stime in /proc/<pid>/stat (all threads), RSS = V
 (/proc/<pid>/smaps_rollup, at the end of the window). B vs C is the like-for-like comparison.
 
 Run: .venv/bin/python bench/idle_footprint.py [--window 30] [--tenants 50] [--programs 100]
+     [--spawn fork,exec]   (issue 15's figures: --tenants 100 --programs 200)
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Figures:
     children_pss_mib: float = float("nan")
     children_cpu_pct: float = float("nan")
     others_pss_mib: float | None = None  # e.g. the embedded PostgreSQL/Redis under the daemon
+    template_pss_mib: float | None = None  # fork mode: the templates (their pages shared with the children)
     restarts_in_window: int = 0
     stop_s: float = float("nan")
     notes: list[str] = field(default_factory=list)
@@ -100,13 +104,20 @@ def _ancestors(pid: int, stop: int) -> list[int]:
     return out
 
 
+def _is_template(pid: int) -> bool:
+    try:
+        return b"oraclewad.services.template" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def run_oraclewad(root: Path, cleanup: b.Cleanup, label: str, *, backend: str, tenants: list[str],
-                  programs: str, expected: int, window: float, settle: float) -> Figures:
+                  programs: str, expected: int, window: float, settle: float, spawn: str) -> Figures:
     fig = Figures(label)
     root.mkdir()
     base = b.free_port_block(2 * len(tenants) + 10)
     config = b.write_config(root, backend=backend, port_base=base, port_count=2 * len(tenants) + 10,
-                            extra=programs)
+                            extra=programs, policy=f'spawn = "{spawn}"')
     for tid in tenants:
         b.write_tenant(root, tid)
     daemon = b.Daemon(root, config, cleanup)
@@ -129,12 +140,24 @@ def run_oraclewad(root: Path, cleanup: b.Cleanup, label: str, *, backend: str, t
     # Anything else under the daemon (it is a child subreaper): the embedded PostgreSQL and Redis.
     others = [p for p in b.descendants(daemon.pid) if p not in set(child_pids)
               and not set(child_pids) & set(_ancestors(p, daemon.pid))]
+    templates = [p for p in others if _is_template(p)]
+    others = [p for p in others if p not in templates]
+    if templates:
+        fig.template_pss_mib = sum(b.pss_kib(p) or 0 for p in templates) / 1024
+        fig.notes.append(f"{len(templates)} fork template(s), PSS {fig.template_pss_mib:.1f} MiB (counted in "
+                         "children PSS sum and each below)")
+    spawned = [r.get("message", "") for r in rows if "spawn=exec" in (r.get("message") or "")]
+    if spawn == "fork" and spawned:
+        fig.notes.append(f"{len(spawned)} children exec'd, not forked: {spawned[0][:160]}")
     if others:
         fig.others_pss_mib = sum(b.pss_kib(p) or 0 for p in others) / 1024
         fig.notes.append(f"{len(others)} other processes under the daemon (embedded servers), "
                          "not counted in children PSS")
     measure(label, daemon.pid, child_pids, window, fig,
             restarts=lambda: sum(r["restarts"] for r in daemon.status()))
+    if fig.template_pss_mib:
+        # The template's own PSS is the part of the shared pages charged to it: a cost of the children.
+        fig.children_pss_mib += fig.template_pss_mib
     b.log(f"{label}: stopping oraclewad")
     t0 = time.monotonic()
     daemon.stop()
@@ -311,6 +334,13 @@ def report(figs: list[Figures], backend: str, window: float, tenants: int, progr
                      f"inf (supervisord used 0 ticks; oraclewad {f.cpu_pct:.2f}% of a core)"))
             print(f"{tag} / supervisord children PSS ratio: {f.children_pss_mib / sup.children_pss_mib:.2f}")
     for f in figs:
+        if f.children and " fork " in f" {f.label} ":
+            each = f.children_pss_mib / f.children
+            met = "met" if each <= 8 else "NOT met"
+            print(f"goal {f.label}: PSS per child {each:.1f} MiB (goal <= 8): {met};"
+                  f" {f.children} children {f.children_pss_mib / 1024:.2f} GiB (200 under 2 GiB: "
+                  f"{'met' if each * 200 < 2048 else 'NOT met'})")
+    for f in figs:
         for note in f.notes:
             print(f"NOTE {f.label}: {note}")
 
@@ -322,6 +352,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--programs", type=int, default=100)
     parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
+    parser.add_argument("--spawn", default="fork,exec", help="modes for A and B: fork,exec (default both)")
     parser.add_argument("--only", choices=("A", "B", "C"), action="append",
                         help="run only these setups (repeatable)")
     args = parser.parse_args()
@@ -332,30 +363,36 @@ def main() -> None:
     figs: list[Figures] = []
     failures: list[str] = []
     with b.bench_session("idle") as (root, cleanup):
-        if "A" in only:
-            ids = [b.unique_id("if") for _ in range(args.tenants)]
-            sub = b.Cleanup()
-            if backend == "external":
-                sub.push("drop provisioned databases/users", lambda: b.drop_external(ids))
-            cleanup.push("setup A", sub.run)
-            try:
-                figs.append(run_oraclewad(root / "A", sub, f"oraclewad {args.tenants} tenants",
-                                          backend=backend, tenants=ids, programs="",
-                                          expected=2 * args.tenants, window=args.window, settle=args.settle))
-            except RuntimeError as e:
-                failures.append(f"A: {e}")
-            sub.run()
+        modes = [m.strip() for m in args.spawn.split(",") if m.strip()]
         progs = standalone_configs(root / "configs", args.programs)
-        if "B" in only:
-            sub = b.Cleanup()
-            cleanup.push("setup B", sub.run)
-            try:
-                figs.append(run_oraclewad(root / "B", sub, f"oraclewad {args.programs} programs",
-                                          backend=backend, tenants=[], programs=programs_toml(progs),
-                                          expected=args.programs, window=args.window, settle=args.settle))
-            except RuntimeError as e:
-                failures.append(f"B: {e}")
-            sub.run()
+        for mode in modes:
+            if "A" in only:
+                ids = [b.unique_id("if") for _ in range(args.tenants)]
+                sub = b.Cleanup()
+                if backend == "external":
+                    sub.push("drop provisioned databases/users", lambda ids=ids: b.drop_external(ids))
+                cleanup.push(f"setup A {mode}", sub.run)
+                try:
+                    label = f"oraclewad {mode} {args.tenants} tenants"
+                    figs.append(run_oraclewad(root / f"A-{mode}", sub, label,
+                                              backend=backend, tenants=ids, programs="",
+                                              expected=2 * args.tenants, window=args.window,
+                                              settle=args.settle, spawn=mode))
+                except RuntimeError as e:
+                    failures.append(f"A {mode}: {e}")
+                sub.run()
+            if "B" in only:
+                sub = b.Cleanup()
+                cleanup.push(f"setup B {mode}", sub.run)
+                try:
+                    label = f"oraclewad {mode} {args.programs} programs"
+                    figs.append(run_oraclewad(root / f"B-{mode}", sub, label,
+                                              backend=backend, tenants=[], programs=programs_toml(progs),
+                                              expected=args.programs, window=args.window, settle=args.settle,
+                                              spawn=mode))
+                except RuntimeError as e:
+                    failures.append(f"B {mode}: {e}")
+                sub.run()
         if "C" in only:
             sub = b.Cleanup()
             cleanup.push("setup C", sub.run)

@@ -27,8 +27,8 @@ GOAL_S = 2.0
 ORIGINAL_S = 30 * 60.0
 
 
-def run_backend(root: Path, cleanup: b.Cleanup, backend: str, adds: int) -> dict:
-    out: dict = {"backend": backend, "add": [], "remove": [], "failures": [], "notes": []}
+def run_backend(root: Path, cleanup: b.Cleanup, backend: str, adds: int, spawn: str = "fork") -> dict:
+    out: dict = {"backend": f"{backend} {spawn}", "add": [], "remove": [], "failures": [], "notes": []}
     ids = [b.unique_id("ta") for _ in range(adds)]
     if backend == "external":
         # A safety net: `--purge` should already have dropped everything.
@@ -36,9 +36,10 @@ def run_backend(root: Path, cleanup: b.Cleanup, backend: str, adds: int) -> dict
     root.mkdir()
     count = 2 * adds + 10
     base = b.free_port_block(count)
-    config = b.write_config(root, backend=backend, port_base=base, port_count=count)
+    config = b.write_config(root, backend=backend, port_base=base, port_count=count,
+                            policy=f'spawn = "{spawn}"')
     daemon = b.Daemon(root, config, cleanup)
-    b.log(f"{backend}: starting oraclewad with no tenants")
+    b.log(f"{backend} {spawn}: starting oraclewad with no tenants")
     t0 = time.monotonic()
     daemon.start(timeout=180)
     out["daemon_start_s"] = time.monotonic() - t0
@@ -116,7 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adds", type=int, default=10)
     parser.add_argument("--backend", choices=("both", "embedded", "external"), default="both")
+    parser.add_argument("--spawn", default="fork,exec", help="spawn modes, each a daemon of its own")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.spawn.split(",") if m.strip()]
     backends = ["embedded", "external"] if args.backend == "both" else [args.backend]
     results, skipped = [], []
     with b.bench_session("add") as (root, cleanup):
@@ -125,14 +128,15 @@ def main() -> None:
                 skipped.append("external: skipped, PostgreSQL at 127.0.0.1:5432 (trust auth for postgres) "
                                "or Redis at 127.0.0.1:6379 is not reachable")
                 continue
-            sub = b.Cleanup()
-            cleanup.push(f"{backend} setup", sub.run)
-            try:
-                results.append(run_backend(root / backend, sub, backend, args.adds))
-            except RuntimeError as e:
-                results.append({"backend": backend, "add": [], "remove": [], "failures": [str(e)],
-                                "notes": []})
-            sub.run()
+            for mode in modes:
+                sub = b.Cleanup()
+                cleanup.push(f"{backend} {mode} setup", sub.run)
+                try:
+                    results.append(run_backend(root / f"{backend}-{mode}", sub, backend, args.adds, mode))
+                except RuntimeError as e:
+                    results.append({"backend": f"{backend} {mode}", "add": [], "remove": [],
+                                    "failures": [str(e)], "notes": []})
+                sub.run()
         floor = b.summary([_wall([b.PYTHON, "-c", "import oraclectl.main"]) for _ in range(5)])["median"]
 
     b.header("tenant add: `oraclectl tenant add ID --services all` (waits for both services READY)",
@@ -150,7 +154,7 @@ def main() -> None:
         if "daemon_start_s" in res:
             rows.append((res["backend"], "daemon start, no tenants (READY=1)", 1, res["daemon_start_s"],
                          res["daemon_start_s"], res["daemon_start_s"], res["daemon_start_s"]))
-    print(b.table(["backend", "operation", "n", "median s", "p90 s", "min s", "max s"], rows, digits=2))
+    print(b.table(["backend spawn", "operation", "n", "median s", "p90 s", "min s", "max s"], rows, digits=2))
     for res in results:
         if res["add"]:
             med = b.summary(res["add"])["median"]

@@ -33,7 +33,7 @@ class Policy:
     stop_grace: float = 10.0
     # "fork": forked from a warm template of the release (oraclewad/supervisor/forking.py);
     # "exec": a fresh interpreter. Fork falls back to exec when the template cannot start.
-    spawn: str = "exec"
+    spawn: str = "fork"
 
     def overridden(self, reader: TableReader) -> Policy:
         """This policy with any keys the table sets (the caller reports unknown keys)."""

@@ -54,6 +54,7 @@ MAX_REQUEST = 1 << 20
 MAX_FDS = 64
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -303,11 +304,22 @@ def become(job: Job) -> tuple[str, str, list[str], bool]:
     user = req.get("user")
     if user is not None:
         drop_privileges(int(user[0]), int(user[1]))
+        # A credential change clears the death signal (prctl(2)): set it again, and check again
+        # that the daemon did not die in between.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != daemon:
+            os._exit(contract.EX_TEMPLATE)
     os.environ.clear()
     os.environ.update(req["env"])
     if req.get("cwd"):
         os.chdir(req["cwd"])
     opts, kind, target, args = contract.parse_python_argv(req["argv"])
+    # What ps/top show as its name (its command line stays the template's): the service's.
+    env = req["env"]
+    name = "/".join(v for v in (env.get(contract.ENV_TENANT), env.get(contract.ENV_SERVICE)) if v)
+    comm = ctypes.create_string_buffer((name or target.rpartition(".")[2]).encode()[:15])
+    with contextlib.suppress(OSError):
+        _prctl(PR_SET_NAME, ctypes.addressof(comm))
     isolated = any(o in ("-P", "-I") or (o[1:2] != "-" and ("P" in o or "I" in o)) for o in opts)
     return kind, target, args, isolated
 

@@ -7,6 +7,7 @@ supervisor makes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 import oraclewad
+from oraclewad.settings import load_settings
+from oraclewad.supervisor.notify import abstract_name
 from oraclewad.supervisor.process import SETPRIV, can_switch_users, identity_args
 from oraclewad.tenants.uids import closed_to_others
 from tests.daemon.test_daemon import all_running
@@ -34,14 +37,13 @@ def proc_status(pid: int) -> dict[str, str]:
 
 
 def child_config(pid: int) -> dict:  # type: ignore[type-arg]
-    """What the child was given on its config fd (as root we may read its descriptors)."""
-    fd = int(dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
-                  if "=" in item)["OWA_CONFIG_FD"])
-    try:
-        return json.loads(Path(f"/proc/{pid}/fd/{fd}").read_text())
-    except FileNotFoundError:
-        pytest.skip("the child already closed its config fd")   # never: read once, kept open? see below
-        raise
+    """What the child was given on its config fd (as root we may read its descriptors). Found by
+    its name, not OWA_CONFIG_FD: /proc/<pid>/environ of a forked child shows its template's."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if "memfd:oraclewa-config" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return json.loads(Path(f"/proc/{pid}/fd/{fd}").read_text())
+    pytest.fail(f"pid {pid} holds no config memfd")
 
 
 def run_as(uid: int, code: str, data: object) -> dict:  # type: ignore[type-arg]
@@ -81,11 +83,10 @@ def test_each_tenant_runs_as_its_own_user_without_privileges(two_tenants) -> Non
             assert int(st[caps], 16) == 0, (caps, st[caps])
         assert st["NoNewPrivs"] == "1"
         assert uids.setdefault(tenant, real) == real      # one user per tenant
-        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
-                   if "=" in item)
-        tmp = Path(env["TMPDIR"])
+        # Its private TMPDIR (and HOME) is its working directory.
+        tmp = Path(f"/proc/{pid}/cwd").resolve()
+        assert tmp.parent == (load_settings(daemon.config).shared_dir / "tmp").resolve()
         assert tmp.stat().st_uid == real and tmp.stat().st_mode & 0o777 == 0o700
-        assert Path(f"/proc/{pid}/cwd").resolve() == tmp.resolve()
     assert uids[a] != uids[b]
     remembered = json.loads((daemon.root / "state" / "uids.json").read_text())
     assert sorted(remembered.values()) == sorted(uids.values())
@@ -94,8 +95,6 @@ def test_each_tenant_runs_as_its_own_user_without_privileges(two_tenants) -> Non
 def credentials(daemon, tenant: str, service: str = "recovery") -> dict:  # type: ignore[no-untyped-def,type-arg]
     """The tenant-service's database and Redis credentials, read (as root) from the state folder."""
     import tomllib
-
-    from oraclewad.settings import load_settings
 
     doc = tomllib.loads((daemon.root / "state" / "secrets" / f"{tenant}.toml").read_text())[service]
     shared = load_settings(daemon.config).shared_dir
@@ -178,11 +177,10 @@ def test_a_tenant_child_reaches_nothing_of_another_tenant(two_tenants) -> None:
     ca, cb = credentials(daemon, a), credentials(daemon, b)
     redis.Redis(**cb["redis"], username=cb["redis_username"], password=cb["redis_password"]).set(
         cb["key_prefix"] + "probe", "secret of b")
-    env = dict(item.split("=", 1) for item in
-               Path(f"/proc/{pids[(a, 'recovery')]}/environ").read_text().split("\0") if "=" in item)
     result = run_as(uid_a, ATTACK, {
         "state_files": state_files, "state_dir": str(state_dir), "a": ca, "b": cb,
-        "b_pids": [pid for (t, _), pid in pids.items() if t == b], "notify": env["NOTIFY_SOCKET"],
+        "b_pids": [pid for (t, _), pid in pids.items() if t == b],
+        "notify": abstract_name(load_settings(daemon.config).run_dir),
         "metrics_port": metrics_port})
     allowed = {"pg own", "redis own"}
     if ca["external"]:

@@ -7,12 +7,15 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor import Supervisor
-from tests.supervisor.conftest import child_argv, policy, proc_state, status_fields, wait_until
+from oraclewad.supervisor.process import can_switch_users
+from oraclewad.tenants.uids import closed_to_others
+from tests.supervisor.conftest import CHILD, child_argv, policy, proc_state, status_fields, wait_until
 
 
 async def test_stop_sends_sigterm_and_the_child_reports_stopping(sup, make_spec):
@@ -94,8 +97,9 @@ async def main():
     sup = Supervisor(root / "run2", root / "state2", LogSettings(), template_preload=())
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
-        sup.apply({"t/x": ProcessSpec(name="t/x", group="t", argv=tuple(sys.argv[3:]), log_dir=root / "l",
-                                      policy=Policy(spawn=sys.argv[2]))})
+        uid = int(sys.argv[3])
+        sup.apply({"t/x": ProcessSpec(name="t/x", group="t", argv=tuple(sys.argv[4:]), log_dir=root / "l",
+                                      policy=Policy(spawn=sys.argv[2]), user=(uid, uid) if uid else None)})
         print((await sup.wait_state("t/x", "running", 10)).pid, flush=True)
         await trio.sleep_forever()
 
@@ -104,8 +108,10 @@ trio.run(main)
 
 
 async def test_children_die_with_the_daemon(root, spawn_mode):
-    # A daemon killed with SIGKILL runs no cleanup: the children's death signal does the job.
-    proc = await trio.lowlevel.open_process([sys.executable, "-c", DAEMON, str(root), spawn_mode,
+    # A daemon killed with SIGKILL runs no cleanup: the children's death signal does the job. As
+    # another user when we can: a uid switch clears a death signal set before it.
+    uid = 62419 if can_switch_users() and closed_to_others([CHILD, Path(sys.executable)]) is None else 0
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", DAEMON, str(root), spawn_mode, str(uid),
                                              *child_argv()],
                                             stdout=subprocess.PIPE)
     try:

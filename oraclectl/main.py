@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import grpc
 
-from oraclectl import render
+from oraclectl import campaign, render
 from oraclectl.client import (
     UNARY_TIMEOUT,
     Client,
@@ -815,6 +815,7 @@ examples:
   oraclectl tenant add lojaABC --name "Loja ABC" --evolution-url https://evo.example.com \\
       --evolution-key-file /root/lojaABC.key --recovery-instance lojaABC-1
   oraclectl instances connect lojaABC lojaABC-1   pair a WhatsApp number (QR code)
+  oraclectl campaign create lojaABC "Natal" -t 'Oi {{first_name}}!'   then import, test, start
   oraclectl tenant import-env .env.imperio --dry-run
   oraclectl logs imperio recovery -f
   oraclectl --json status imperio | jq .
@@ -1078,6 +1079,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION",
                    help="the period: 24h, 7d (default), 30d")
+    campaign.add_commands(commands, command, _service_call, UsageError)
     p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
                 cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

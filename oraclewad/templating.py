@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -68,16 +70,23 @@ class TemplateSet:
         return _render(chosen.parts, variables, rng).strip()
 
 
-def parse(text: str) -> tuple[Part, ...]:
-    """Parse one template string; TemplateError names the position and the problem."""
-    parts, pos = _parse_seq(text, 0, nested=False)
+# Campaign templates may use any CSV column: names are checked against the recipients instead.
+ANY_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def parse(text: str, variables: Collection[str] | None = VARIABLES.keys()) -> tuple[Part, ...]:
+    """Parse one template string; TemplateError names the position and the problem.
+
+    variables: the names allowed (default: VARIABLES, recovery's); None allows any name."""
+    parts, pos = _parse_seq(text, 0, nested=False, known=variables)
     if pos != len(text):  # only a stray '}' or '|' at top level stops the sequence early
         raise TemplateError(f"unexpected {text[pos]!r} at character {pos + 1}: "
                             "escape it as \\" + text[pos] + " or open the choice with {")
     return parts
 
 
-def _parse_seq(text: str, pos: int, *, nested: bool) -> tuple[tuple[Part, ...], int]:
+def _parse_seq(text: str, pos: int, *, nested: bool,
+               known: Collection[str] | None) -> tuple[tuple[Part, ...], int]:
     parts: list[Part] = []
     buf: list[str] = []
     while pos < len(text):
@@ -89,7 +98,8 @@ def _parse_seq(text: str, pos: int, *, nested: bool) -> tuple[tuple[Part, ...], 
             if buf:
                 parts.append("".join(buf))
                 buf = []
-            part, pos = _parse_var(text, pos) if text.startswith("{{", pos) else _parse_choice(text, pos)
+            part, pos = (_parse_var(text, pos, known) if text.startswith("{{", pos)
+                         else _parse_choice(text, pos, known))
             parts.append(part)
         elif ch in "|}":
             if nested:
@@ -103,27 +113,29 @@ def _parse_seq(text: str, pos: int, *, nested: bool) -> tuple[tuple[Part, ...], 
         parts.append("".join(buf))
     return tuple(parts), pos
 
-def _parse_var(text: str, pos: int) -> tuple[Part, int]:
+def _parse_var(text: str, pos: int, known: Collection[str] | None) -> tuple[Part, int]:
     """`{{name}}` at pos."""
     end = text.find("}}", pos + 2)
     if end < 0:
         raise TemplateError(f"variable opened with {{{{ at character {pos + 1} "
                             "is never closed with }}")
     name = text[pos + 2:end].strip()
-    if name not in VARIABLES:
-        known = ", ".join(VARIABLES)
+    if known is None and not ANY_VARIABLE.fullmatch(name):
+        raise TemplateError(f"variable {{{{{name}}}}} at character {pos + 1} is not a name: "
+                            "use letters, digits and _ as in {{first_name}} or {{cidade}}")
+    if known is not None and name not in known:
         raise TemplateError(f"unknown variable {{{{{name}}}}} at character {pos + 1}: "
-                            f"use one of {known}")
+                            f"use one of {', '.join(known)}")
     return _Var(name), end + 2
 
 
-def _parse_choice(text: str, pos: int) -> tuple[Part, int]:
+def _parse_choice(text: str, pos: int, known: Collection[str] | None) -> tuple[Part, int]:
     """`{a|b|...}` at pos."""
     start = pos
     choices: list[tuple[Part, ...]] = []
     pos += 1
     while True:
-        choice, pos = _parse_seq(text, pos, nested=True)
+        choice, pos = _parse_seq(text, pos, nested=True, known=known)
         choices.append(choice)
         if pos >= len(text):
             raise TemplateError(f"choice opened with {{ at character {start + 1} "
@@ -151,7 +163,8 @@ def _render(parts: tuple[Part, ...], variables: dict[str, str], rng: random.Rand
     return "".join(out)
 
 
-def parse_set(value: Any, where: str) -> TemplateSet:
+def parse_set(value: Any, where: str,
+              variables: Collection[str] | None = VARIABLES.keys()) -> TemplateSet:
     """A tenant-file `templates` value: a string, or a list of strings and {text, weight} tables."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
@@ -173,7 +186,7 @@ def parse_set(value: Any, where: str) -> TemplateSet:
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
             raise TemplateError(f"{here}.weight: must be a number greater than 0")
         try:
-            parts = parse(text)
+            parts = parse(text, variables)
         except TemplateError as exc:
             raise TemplateError(f"{here}: {exc}") from None
         variations.append(Variation(text, float(weight), parts))

@@ -210,7 +210,7 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
                      timeout=300).stdout
     assert "installed release 9.0.0" in out and "recovery 1-3" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
-    assert listed["9.0.0"]["schema"] == {"recovery": 3, "broadcast": 2}
+    assert listed["9.0.0"]["schema"] == {"recovery": 3, "broadcast": 3}
     assert Path(listed["9.0.0"]["python"]).exists()
     again = daemon.ctl("release", "install", str(REPO), "--version", "9.0.0", check=False)
     assert again.returncode == 1 and "already installed" in again.stderr

@@ -109,71 +109,87 @@ def _campaign_id(request: Request) -> int:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes(service: BroadcastService, *, token: Callable[[], list[str]] | None = None) -> list[Route]:
-    """The API's routes; with `token`, each request needs `Authorization: Bearer <one of them>`."""
+def _authorized(request: Request, tokens: list[str]) -> bool:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and any(
+        hmac.compare_digest(value.strip().encode(), t.encode()) for t in tokens if t)
 
-    def guard(handler: Callable[[Request], Awaitable[Any]]) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            if token is not None:
-                given = request.headers.get("authorization", "")
-                scheme, _, value = given.partition(" ")
-                if scheme.lower() != "bearer" or not any(
-                        hmac.compare_digest(value.strip().encode(), t.encode())
-                        for t in token() if t):
-                    return JSONResponse({"error": "unauthorized", "detail": "Authorization: Bearer <the "
-                                         "tenant's static token> is required "
-                                         "(`oraclectl tenant secrets ID`)"},
-                                        status_code=401)
-            try:
-                answer = await handler(request)
-            except Invalid as exc:
-                return _error(exc.status, exc.field, exc.message)
-            except store.NotFound as exc:
-                return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
-            except store.Conflict as exc:
-                return JSONResponse({"error": "conflict", "detail": str(exc)}, status_code=409)
-            except recipients.ImportError_ as exc:
-                return _error(422, "csv", str(exc))
-            except (psycopg.OperationalError, PoolTimeout):
-                return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; retry"},
-                                    status_code=503, headers={"Retry-After": "5"})
-            if isinstance(answer, Response):
-                return answer
-            return JSONResponse(answer)
-        return endpoint
 
-    async def list_(request: Request) -> Any:
-        return {"campaigns": await service.listing()}
+def _refusal(exc: Exception) -> JSONResponse | None:
+    """The answer for an exception a handler may raise (None: not ours, let it propagate)."""
+    if isinstance(exc, Invalid):
+        return _error(exc.status, exc.field, exc.message)
+    if isinstance(exc, store.NotFound):
+        return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
+    if isinstance(exc, store.Conflict):
+        return JSONResponse({"error": "conflict", "detail": str(exc)}, status_code=409)
+    if isinstance(exc, recipients.ImportError_):
+        return _error(422, "csv", str(exc))
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return JSONResponse({"error": "unavailable", "detail": "the database is unavailable; retry"},
+                            status_code=503, headers={"Retry-After": "5"})
+    return None
 
-    async def create(request: Request) -> Any:
+
+def _guard(handler: Callable[[Request], Awaitable[Any]], token: Callable[[], list[str]] | None) -> Handler:
+    async def endpoint(request: Request) -> Response:
+        if token is not None and not _authorized(request, token()):
+            return JSONResponse({"error": "unauthorized", "detail": "Authorization: Bearer <the tenant's "
+                                 "static token> is required (`oraclectl tenant secrets ID`)"},
+                                status_code=401)
+        try:
+            answer = await handler(request)
+        except Exception as exc:
+            refusal = _refusal(exc)
+            if refusal is None:
+                raise
+            return refusal
+        return answer if isinstance(answer, Response) else JSONResponse(answer)
+    return endpoint
+
+
+def _name(value: Any, *, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > NAME_MAX:
+        raise Invalid("name", f"a campaign needs a name (1 to {NAME_MAX} characters)")
+    return value.strip()
+
+
+class CampaignAPI:
+    """The handlers; each returns a JSON-able answer or raises what _refusal answers."""
+
+    def __init__(self, service: BroadcastService) -> None:
+        self.service = service
+
+    async def list_(self, request: Request) -> Any:
+        return {"campaigns": await self.service.listing()}
+
+    async def create(self, request: Request) -> Any:
         body = await _json(request)
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
-            raise Invalid("name", f"a campaign needs a name (1 to {NAME_MAX} characters)")
+        name = _name(body.get("name"), required=True)
         if "templates" not in body:
             raise Invalid("templates", 'give one template or a list, e.g. ["{Oi|Olá} {{first_name}}!"]')
         templates = check_templates(body["templates"])
-        cid = await service.db(store.create, name.strip(), templates, service.clock())
-        service.log.info("campaign created", extra={"campaign": cid})
-        return JSONResponse(await service.show(cid), status_code=201)
+        cid = await self.service.db(store.create, name, templates, self.service.clock())
+        self.service.log.info("campaign created", extra={"campaign": cid})
+        return JSONResponse(await self.service.show(cid), status_code=201)
 
-    async def show(request: Request) -> Any:
-        return await service.show(_campaign_id(request))
+    async def show(self, request: Request) -> Any:
+        return await self.service.show(_campaign_id(request))
 
-    async def edit(request: Request) -> Any:
+    async def edit(self, request: Request) -> Any:
         cid = _campaign_id(request)
         body = await _json(request)
-        name = body.get("name")
-        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX):
-            raise Invalid("name", f"1 to {NAME_MAX} characters")
+        name = _name(body.get("name"), required=False)
         templates = check_templates(body["templates"]) if "templates" in body else None
         if name is None and templates is None:
             raise Invalid("body", "give name or templates to change", 400)
-        await service.db(store.edit, cid, name.strip() if name else None, templates, service.clock())
-        service.log.info("campaign edited", extra={"campaign": cid, "templates": templates is not None})
-        return await service.show(cid)
+        await self.service.db(store.edit, cid, name, templates, self.service.clock())
+        self.service.log.info("campaign edited", extra={"campaign": cid, "templates": templates is not None})
+        return await self.service.show(cid)
 
-    async def add_recipients(request: Request) -> Any:
+    async def add_recipients(self, request: Request) -> Any:
         cid = _campaign_id(request)
         body = await _json(request)
         if isinstance(body.get("csv"), str):
@@ -185,9 +201,9 @@ def routes(service: BroadcastService, *, token: Callable[[], list[str]] | None =
             parsed, where = recipients.parse_json(body["recipients"]), "item"
         else:
             raise Invalid("body", 'give {"csv": "<the file>"} or {"recipients": [{"telefone": ...}]}', 400)
-        return await service.import_parsed(cid, parsed, where)
+        return await self.service.import_parsed(cid, parsed, where)
 
-    async def test(request: Request) -> Any:
+    async def test(self, request: Request) -> Any:
         cid = _campaign_id(request)
         body = await _json(request)
         phone = normalise(str(body.get("phone") or ""))
@@ -197,23 +213,26 @@ def routes(service: BroadcastService, *, token: Callable[[], list[str]] | None =
         if not isinstance(values, dict):
             raise Invalid("vars", "must be an object of column values")
         name = body.get("name")
-        return await service.send_test(cid, phone, name if isinstance(name, str) else None,
-                                       {str(k): str(v) for k, v in values.items()})
+        return await self.service.send_test(cid, phone, name if isinstance(name, str) else None,
+                                            {str(k): str(v) for k, v in values.items()})
 
-    def action(name: str) -> Callable[[Request], Awaitable[Any]]:
+    def action(self, name: str) -> Callable[[Request], Awaitable[Any]]:
         async def act(request: Request) -> Any:
             cid = _campaign_id(request)
             body = await _json(request)
             at = parse_at(body.get("at")) if name == "start" else None
-            return await service.act(cid, name, at)
+            return await self.service.act(cid, name, at)
         return act
 
-    out = [Route("/campaigns", guard(list_), methods=["GET"]),
-           Route("/campaigns", guard(create), methods=["POST"]),
-           Route("/campaigns/{cid}", guard(show), methods=["GET"]),
-           Route("/campaigns/{cid}", guard(edit), methods=["PATCH"]),
-           Route("/campaigns/{cid}/recipients", guard(add_recipients), methods=["POST"]),
-           Route("/campaigns/{cid}/test", guard(test), methods=["POST"])]
-    out += [Route(f"/campaigns/{{cid}}/{name}", guard(action(name)), methods=["POST"])
-            for name in ("start", "pause", "resume", "cancel")]
-    return out
+
+def routes(service: BroadcastService, *, token: Callable[[], list[str]] | None = None) -> list[Route]:
+    """The API's routes; with `token`, each request needs `Authorization: Bearer <one of them>`."""
+    api = CampaignAPI(service)
+    table: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
+        ("/campaigns", "GET", api.list_), ("/campaigns", "POST", api.create),
+        ("/campaigns/{cid}", "GET", api.show), ("/campaigns/{cid}", "PATCH", api.edit),
+        ("/campaigns/{cid}/recipients", "POST", api.add_recipients),
+        ("/campaigns/{cid}/test", "POST", api.test)]
+    table += [(f"/campaigns/{{cid}}/{name}", "POST", api.action(name))
+              for name in ("start", "pause", "resume", "cancel")]
+    return [Route(path, _guard(handler, token), methods=[method]) for path, method, handler in table]

@@ -71,6 +71,9 @@ class Sender:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.waiting: tuple[float | None, str] = (None, "")   # the engine's last Wait
         self.in_flight = 0
+        self.idle_wait = IDLE_WAIT
+        self.sweep_every = SWEEP_EVERY
+        self.sleeping_until: float | None = None   # trio time it sleeps until (a test drives a clock by it)
         self._wakeup = trio.Event()
 
     def poke(self) -> None:
@@ -85,7 +88,7 @@ class Sender:
                 try:
                     if now >= next_sweep:
                         await self.sweep(now)
-                        next_sweep = now + SWEEP_EVERY
+                        next_sweep = now + self.sweep_every
                     if await self._claim_and_send(sending, now):
                         continue
                     next_due = await self.db(store.next_due)
@@ -94,13 +97,15 @@ class Sender:
                                       extra={"error": type(exc).__name__})
                     await trio.sleep(1.0)
                     continue
-                wait = IDLE_WAIT
+                wait = self.idle_wait
                 if next_due is not None:
                     until, _ = self.waiting
-                    wake_at = max(next_due, until) if until is not None else now + IDLE_WAIT
-                    wait = min(IDLE_WAIT, max(wake_at - now, 0.001), max(next_sweep - now, 0.001))
+                    wake_at = max(next_due, until) if until is not None else now + self.idle_wait
+                    wait = min(self.idle_wait, max(wake_at - now, 0.001), max(next_sweep - now, 0.001))
+                self.sleeping_until = trio.current_time() + wait
                 with trio.move_on_after(wait):
                     await self._wakeup.wait()
+                self.sleeping_until = None
                 self._wakeup = trio.Event()
 
     async def sweep(self, now: float) -> None:
@@ -164,6 +169,13 @@ class Sender:
         return claimed
 
     async def _send(self, msg: store.Claimed, lease: Any) -> None:
+        try:
+            await self._send_and_record(msg, lease)
+        finally:
+            self.in_flight -= 1
+            self.poke()
+
+    async def _send_and_record(self, msg: store.Claimed, lease: Any) -> None:
         from oraclewad.services.evolution import EvolutionError, FailureKind
 
         started = time.perf_counter()
@@ -174,48 +186,44 @@ class Sender:
                                                delay_ms=int(getattr(lease, "delay_ms", 0)))
         except EvolutionError as exc:
             error = exc
-        finally:
-            self.in_flight -= 1
         elapsed = time.perf_counter() - started
         now = self.clock()
         extra = {"campaign": msg.campaign_id, "recipient": msg.id, "instance": msg.instance}
         if sent is not None:
-            await self._record(self._outcome, msg, lease, None, store.record_sent,
+            await self._record(self._outcome, now, lease, None, store.record_sent,
                                (msg, sent.message_id, now))
             self.log.info("message sent", extra={**extra, "send_ms": round(elapsed * 1000, 1)})
             self.metrics.sends.labels("sent").inc()
-            self.poke()
             return
         assert error is not None
         kind = error.kind
         self.metrics.sends.labels(str(kind)).inc()
         if kind == FailureKind.AMBIGUOUS:
-            await self._record(self._outcome, msg, lease, error, store.set_status,
+            await self._record(self._outcome, now, lease, error, store.set_status,
                                (msg.id, "uncertain", f"outcome unknown: {error}", now))
             self.errors.warning("campaign send outcome unknown: uncertain, not resent",
                                 extra={**extra, "error": str(error)})
         elif kind == FailureKind.NOT_ON_WHATSAPP:
-            await self._record(self._outcome, msg, lease, error, store.set_status,
+            await self._record(self._outcome, now, lease, error, store.set_status,
                                (msg.id, "invalid", "the number is not on WhatsApp", now))
         elif kind == FailureKind.REJECTED:
-            await self._record(self._outcome, msg, lease, error, store.set_status,
+            await self._record(self._outcome, now, lease, error, store.set_status,
                                (msg.id, "failed", f"Evolution refused it: {error}", now))
             self.errors.error("campaign send rejected", extra={**extra, "error": str(error)})
         else:
             # Connection closed (another instance takes it), unauthorized, 5xx: try again later.
             delay = {FailureKind.CONNECTION_CLOSED: 1.0, FailureKind.UNAUTHORIZED: 60.0}.get(kind, 5.0)
-            await self._record(self._outcome, msg, lease, error, store.postpone,
+            await self._record(self._outcome, now, lease, error, store.postpone,
                                (msg.id, now + delay, f"retrying: {error}", now))
             log = self.errors.error if kind == FailureKind.UNAUTHORIZED else self.errors.warning
             log("campaign send failed, will retry", extra={**extra, "kind": str(kind), "error": str(error)})
-        self.poke()
 
-    def _outcome(self, conn: psycopg.Connection, msg: store.Claimed, lease: Any, error: Any,
+    def _outcome(self, conn: psycopg.Connection, now: float, lease: Any, error: Any,
                  fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         # The row's outcome and the engine's release commit together.
         with conn.transaction():
             fn(conn, *args)
-            self.engine.release(conn, lease, error, self.clock())
+            self.engine.release(conn, lease, error, now)
 
     async def _record(self, fn: Callable[..., Any], *args: Any) -> None:
         # The outcome must reach the database; until it does the row stays `sending` (and would

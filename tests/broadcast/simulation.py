@@ -76,8 +76,9 @@ async def start_simulation(nursery: trio.Nursery, dsn: str, sandbox: Any, names:
     for name in names:
         await sandbox.create_instance(name)
         instances.apply_connection_update({"instance": name, "state": "open"})
+    config = {"antiban": antiban or SIM_ANTIBAN, "instances": names, "webhook_token": "sim-token"}
     ctx = ServiceContext(tenant="imperio", service="broadcast", release="t", display_name="Império",
-                         config={"antiban": antiban or SIM_ANTIBAN, "instances": names, "webhook_token": "sim-token"}, pg=pool,
+                         config=config, pg=pool,
                          redis=None, redis_prefix="imperio:broadcast:", metrics=CollectorRegistry(),
                          limiter=trio.CapacityLimiter(4), evolution=client, instances=instances)
     app = build_app(ctx, clock=clock)
@@ -95,8 +96,8 @@ def csv_of(n: int) -> str:
 
 
 async def campaign(sim: Simulation, n: int) -> int:
-    created = await sim.http.post("/campaigns", json={
-        "name": "sim", "templates": ["{Oi|Olá|E aí} {{first_name}}, {temos|chegou} {novidade|oferta} {{phone}}"]})
+    template = "{Oi|Olá|E aí} {{first_name}}, {temos|chegou} {novidade|oferta} {{phone}}"
+    created = await sim.http.post("/campaigns", json={"name": "sim", "templates": [template]})
     assert created.status_code == 201, created.text
     cid = created.json()["id"]
     answer = (await sim.http.post(f"/campaigns/{cid}/recipients", json={"csv": csv_of(n)})).json()
@@ -122,8 +123,8 @@ async def run_campaign(sim: Simulation, n: int) -> dict[str, float]:
         sent = conn.execute("SELECT count(*) FROM recipients WHERE campaign_id = %s AND status IN "
                             "('sent', 'delivered', 'read')", (cid,)).fetchone()
     actual = last[0].timestamp()
-    return {"campaign": cid, "start": t0, "eta": eta, "actual": actual, "sent": sent[0], "jumps": jumps,
-            "error": abs(eta - actual) / (actual - t0)}
+    return {"campaign": cid, "start": t0, "eta": eta, "actual": actual, "sent": sent[0],
+            "jumps": jumps, "error": abs(eta - actual) / (actual - t0)}
 
 
 def shown(result: dict[str, float]) -> str:

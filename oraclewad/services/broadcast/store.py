@@ -174,8 +174,8 @@ def tick(conn: psycopg.Connection, now: float) -> list[tuple[int, str]]:
 
 def import_rows(conn: psycopg.Connection, campaign_id: int, rows: list[Row], columns: list[str],
                 suppressed: set[str], where: str, now: float) -> dict[str, Any]:
-    """COPY the rows into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING: a number
-    the campaign already has is a duplicate (re-importing a file changes nothing)."""
+    """The new numbers COPY straight into recipients; a number the campaign already has is a
+    duplicate (re-importing a file changes nothing). The campaign row's lock serialises imports."""
     with conn.transaction():
         c = campaign(conn, campaign_id, lock=True)
         if c["status"] not in EDITABLE:
@@ -183,23 +183,27 @@ def import_rows(conn: psycopg.Connection, campaign_id: int, rows: list[Row], col
                            "scheduled or paused campaign (`oraclectl campaign pause` first)")
         blocked = [{where: r.line, "phone": r.phone} for r in rows if r.phone in suppressed]
         keep = [r for r in rows if r.phone not in suppressed]
-        conn.execute("CREATE TEMP TABLE incoming (line integer, phone text, name text, vars jsonb)"
-                     " ON COMMIT DROP")
-        with conn.cursor().copy("COPY incoming (line, phone, name, vars) FROM STDIN") as copy:
-            for r in keep:
-                copy.write_row((r.line, r.phone, r.name, json.dumps(r.vars, ensure_ascii=False)))
-        inserted = {p for (p,) in conn.execute(
-            "INSERT INTO recipients (campaign_id, phone, name, vars, line, status_at)"
-            " SELECT %s, phone, name, vars, line, %s FROM incoming ORDER BY line"
-            " ON CONFLICT (campaign_id, phone) DO NOTHING RETURNING phone",
-            (campaign_id, ts(now))).fetchall()}
+        known = {p for (p,) in conn.execute(
+            "SELECT phone FROM recipients WHERE campaign_id = %s AND phone = ANY(%s)",
+            (campaign_id, [r.phone for r in keep])).fetchall()} if _has_any(conn, campaign_id) else set()
         duplicate = [{where: r.line, "phone": r.phone, "reason": "already a recipient of this campaign"}
-                     for r in keep if r.phone not in inserted]
-        known = list(c["columns"] or [])
-        merged = known + [k for k in columns if k not in known]
+                     for r in keep if r.phone in known]
+        fresh = [r for r in keep if r.phone not in known]
+        at = ts(now)
+        with conn.cursor().copy("COPY recipients (campaign_id, phone, name, vars, line, status_at)"
+                                " FROM STDIN") as copy:
+            for r in fresh:
+                values = json.dumps(r.vars, ensure_ascii=False) if r.vars else "{}"
+                copy.write_row((campaign_id, r.phone, r.name, values, r.line, at))
+        merged = list(c["columns"] or []) + [k for k in columns if k not in (c["columns"] or [])]
         conn.execute("UPDATE campaigns SET columns = %s::jsonb, updated_at = %s WHERE id = %s",
-                     (json.dumps(merged), ts(now), campaign_id))
-        return {"accepted": len(inserted), "duplicate": duplicate, "suppressed": blocked}
+                     (json.dumps(merged), at, campaign_id))
+        return {"accepted": len(fresh), "duplicate": duplicate, "suppressed": blocked}
+
+
+def _has_any(conn: psycopg.Connection, campaign_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM recipients WHERE campaign_id = %s LIMIT 1",
+                        (campaign_id,)).fetchone() is not None
 
 
 def sample_recipient(conn: psycopg.Connection,

@@ -188,7 +188,7 @@ class BroadcastService:
 
     async def act(self, campaign_id: int, action: str, at: float | None) -> dict[str, Any]:
         now = self.clock()
-        if action == "start":
+        if action in ("start", "resume"):   # templates may have been edited while paused
             c = await self.db(store.campaign, campaign_id)
             problem = await self.db(_start_problem, c)
             if problem:

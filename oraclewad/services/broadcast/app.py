@@ -30,6 +30,7 @@ from oraclewad.services.web import json_error_handlers
 MIGRATIONS = Path(__file__).parent / "migrations"
 DB_WAIT = 5.0
 SEND_TIMEOUT = 30.0
+ETA_EVERY = 30.0   # seconds between the forecasts behind the ETA metric
 
 
 class BroadcastService:
@@ -43,6 +44,9 @@ class BroadcastService:
         self.metrics = BroadcastMetrics(ctx.metrics)
         self.suppression = SuppressionList((ctx.config.get("shared") or {}).get("dsn"), ctx.service)
         self.engine: Any = None
+        self._eta_at = float("-inf")
+        self._etas: dict[int, float | None] = {}
+        self._summary = (0, 0)   # running campaigns, their pending recipients (refreshed by the sweep)
         self.sender: Sender | None = None
         client, instances = ctx.evolution, ctx.instances
         if client is not None and instances is not None and ctx.pg is not None:
@@ -77,7 +81,7 @@ class BroadcastService:
 
     # ---- figures: counts, progress, ETA ------------------------------------------------------
 
-    def _figures(self, conn: Any, now: float) -> dict[int, dict[str, Any]]:
+    def _figures(self, conn: Any, now: float, with_eta: bool = True) -> dict[int, dict[str, Any]]:
         """Per campaign: counts, and for running ones the ETA from the engine's schedule. Running
         campaigns send oldest first, so campaign k finishes when the pending of 1..k have gone."""
         by = store.all_counts(conn)
@@ -86,7 +90,8 @@ class BroadcastService:
         for cid in store.running_order(conn):
             counts = by.get(cid, {})
             ahead += counts.get("pending", 0) + counts.get("sending", 0)
-            out.setdefault(cid, {"counts": counts}).update(self._forecast(conn, now, ahead))
+            eta = self._forecast(conn, now, ahead) if with_eta else {"eta": self._etas.get(cid)}
+            out.setdefault(cid, {"counts": counts}).update(eta)
         return out
 
     def _forecast(self, conn: Any, now: float, pending: int) -> dict[str, Any]:
@@ -98,12 +103,30 @@ class BroadcastService:
         return {"eta": f.finish_at, "eta_reason": f.reason, "per_instance": f.per_instance}
 
     async def refresh_figures(self, now: float) -> None:
-        figures = await self.db(self._figures, now)
-        for cid, f in figures.items():
-            if "eta" in f:
-                await self.db(store.set_eta, cid, f["eta"], False)
+        # Counts every sweep; the forecast (a replay of the schedule, ~N/50,000 s of CPU) at most
+        # every ETA_EVERY s here: `show` always computes a fresh one.
+        with_eta = now >= self._eta_at + ETA_EVERY or now < self._eta_at
+        figures = await self.db(self._figures, now, with_eta)
+        if with_eta:
+            self._eta_at = now
+            self._etas = {cid: f["eta"] for cid, f in figures.items() if "eta" in f}
+            for cid, eta in self._etas.items():
+                await self.db(store.set_eta, cid, eta, False)
+        running = [f for f in figures.values() if "eta" in f]
+        self._summary = (len(running), sum(f["counts"].get("pending", 0) for f in running))
         self.metrics.set_campaigns({cid: (f["counts"], (f["eta"] - now) if f.get("eta") else None, "eta" in f)
                                     for cid, f in figures.items()})
+
+    def health(self) -> dict[str, Any]:
+        """/healthz check: campaigns waiting is no failure; the detail says what they wait for."""
+        if self.sender is None:
+            return {"ok": True, "detail": "no sender: this service has no [evolution] url or instances"}
+        running, pending = self._summary
+        detail = f"{running} running campaign(s), {pending} recipient(s) pending"
+        _, why = self.sender.waiting
+        if pending and why:
+            detail += f" (waiting: {why})"
+        return {"ok": True, "detail": detail, "running": running, "pending": pending}
 
     def _show(self, conn: Any, campaign_id: int, now: float) -> dict[str, Any]:
         c = store.campaign(conn, campaign_id)
@@ -270,6 +293,7 @@ def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) ->
         ctx.start_soon(service.sender.run)
     ctx.start_soon(_close_at_exit, service.suppression)
     ctx.admin_routes.extend(api.routes(service))
+    ctx.health_checks["campaigns"] = service.health
     app = Starlette(routes=routes, exception_handlers=json_error_handlers())
     app.state.broadcast = service
     return app

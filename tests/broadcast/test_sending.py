@@ -153,8 +153,10 @@ async def test_kill_9_of_the_child_mid_campaign_resumes_with_no_duplicate(sandbo
     await child.process.wait()
     again = await start_broadcast(broadcast_db, **config)    # the daemon restarts it; here the test
     await hook_up(sandbox, again, "bc-1", "bc-2")
+    # The dead process's leases hold its instances until they expire (its sends could still land:
+    # the gap + the send timeout + 30 s), then the rest goes.
     await wait_rows(broadcast_db, "SELECT count(*) FROM recipients WHERE status IN ('pending')", [(0,)],
-                    timeout=60)
+                    timeout=150)
     await trio.sleep(1)
     sent = await sandbox.messages()
     per_number = Counter(m["number"] for m in sent)

@@ -84,8 +84,9 @@ async def start_simulation(nursery: trio.Nursery, dsn: str, sandbox: Any, names:
     app = build_app(ctx, clock=clock)
     service = app.state.broadcast
     service.sender.idle_wait = service.sender.sweep_every = 6 * 3600.0   # wake for events, not polls
-    for fn, args in ctx._tasks:
-        nursery.start_soon(fn, *args)
+    # Only the sender: it observes the engine in its own sweep, and a task waking on a timer of
+    # its own would make virtual time jump past it with work in flight.
+    nursery.start_soon(service.sender.run)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://broadcast",
                              headers={"authorization": "Bearer sim-token"})
     return Simulation(http, service, clock, instances, pool)

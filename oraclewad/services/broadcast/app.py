@@ -290,6 +290,10 @@ def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) ->
     else:
         routes.append(Route("/webhooks/evolution", _unauthenticated, methods=["POST"]))
     if service.sender is not None:
+        from oraclewad.services.antiban import service as antiban_service
+
+        # GET /instances shows each instance's anti-ban state; POST /instances/{name}/attest.
+        antiban_service.attach(ctx, service.engine, service.db, clock)
         ctx.start_soon(service.sender.run)
     ctx.start_soon(_close_at_exit, service.suppression)
     ctx.admin_routes.extend(api.routes(service))

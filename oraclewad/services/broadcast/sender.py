@@ -191,7 +191,7 @@ class Sender:
         extra = {"campaign": msg.campaign_id, "recipient": msg.id, "instance": msg.instance}
         if sent is not None:
             await self._record(self._outcome, now, lease, None, store.record_sent,
-                               (msg, sent.message_id, now))
+                               (msg, sent.message_id, now), sent.message_id)
             self.log.info("message sent", extra={**extra, "send_ms": round(elapsed * 1000, 1)})
             self.metrics.sends.labels("sent").inc()
             return
@@ -219,11 +219,11 @@ class Sender:
             log("campaign send failed, will retry", extra={**extra, "kind": str(kind), "error": str(error)})
 
     def _outcome(self, conn: psycopg.Connection, now: float, lease: Any, error: Any,
-                 fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+                 fn: Callable[..., Any], args: tuple[Any, ...], message_id: str | None = None) -> None:
         # The row's outcome and the engine's release commit together.
         with conn.transaction():
             fn(conn, *args)
-            self.engine.release(conn, lease, error, now)
+            self.engine.release(conn, lease, error, now, message_id)
 
     async def _record(self, fn: Callable[..., Any], *args: Any) -> None:
         # The outcome must reach the database; until it does the row stays `sending` (and would

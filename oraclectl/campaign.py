@@ -266,9 +266,7 @@ def show_text(c: dict[str, Any]) -> str:
     elif c.get("duration_if_started") is not None:
         lines.append(f"  {'would take:':<14}{render.duration(c['duration_if_started'])} if started now")
     if c.get("waiting"):
-        w = c["waiting"]
-        until = f" until {render.when(w['until'])}" if w.get("until") else ""
-        lines.append(f"  {'waiting:':<14}{w['reason']}{until}")
+        lines.append(f"  {'waiting:':<14}{c['waiting']['reason']}")   # the engine's reason says until when
     for key, label in (("scheduled_at", "starts at"), ("started_at", "started"), ("finished_at", "finished")):
         if c.get(key):
             lines.append(f"  {label + ':':<14}{render.when(c[key])}")

@@ -10,7 +10,11 @@ from tests.broadcast.simulation import run_campaign, shown, start_simulation
 async def test_the_eta_at_start_is_within_10_percent_of_the_actual_finish(nursery, mock_clock, broadcast_db,
                                                                           sandbox):
     sim = await start_simulation(nursery, broadcast_db, sandbox, ["bc-1", "bc-2", "bc-3"])
-    result = await run_campaign(sim, 150)
+    try:
+        result = await run_campaign(sim, 150)
+    finally:
+        await sim.http.aclose()
+        sim.pool.close()
     assert result["sent"] == 150
     days = (result["actual"] - result["start"]) / 86400
     assert days > 1, shown(result)          # a day of standby, then day-1 and day-2 caps

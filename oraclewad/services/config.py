@@ -20,7 +20,7 @@ EX_CONFIG = contract.EX_CONFIG
 KNOWN_KEYS = frozenset({
     "tenant", "service", "display_name", "release", "log_level", "http", "postgres", "redis",
     "webhook_secret", "evolution", "instances", "antiban", "templates",
-    "webhook_secrets", "webhook_token", "webhook_tokens_previous", "recovery", "shared",
+    "webhook_secrets", "webhook_token", "webhook_tokens_previous", "recovery", "shared", "broadcast",
 })
 _FIX = "fix the tenant's entry in tenants.d and reload (or the JSON file when running standalone)"
 

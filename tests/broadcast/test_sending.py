@@ -166,3 +166,22 @@ async def test_kill_9_of_the_child_mid_campaign_resumes_with_no_duplicate(sandbo
     in_doubt = statuses["sending"] + statuses["uncertain"]
     assert in_doubt <= 2 and statuses["sent"] + in_doubt == 40
     assert len(per_number) in range(40 - in_doubt, 41)
+
+
+async def test_an_ambiguous_send_is_uncertain_never_resent_and_an_ack_resolves_it(sandbox, start_broadcast,
+                                                                                  broadcast_db):
+    await sandbox.create_instance("bc-1")   # no webhook yet: the sandbox's own SERVER_ACK cannot reach us
+    child = await start_broadcast(broadcast_db, **evolution_config(sandbox), broadcast={"send_timeout": 1})
+    await sandbox.fault("accept_then_hang", instance="bc-1")
+    async with child.admin() as admin:
+        cid = await campaign(admin, 1)
+        await admin.post(f"/campaigns/{cid}/start", json={})
+        await wait_rows(broadcast_db, "SELECT status FROM recipients", [("uncertain",)])
+        await trio.sleep(3)    # several sender rounds: not sent again, and the campaign is done
+        assert len(await sandbox.messages()) == 1
+        assert (await admin.get(f"/campaigns/{cid}")).json()["counts"] == {"uncertain": 1}
+    await hook_up(sandbox, child, "bc-1")
+    (sent,) = await sandbox.messages()
+    await sandbox.ack(sent["id"], "DELIVERY_ACK")
+    await wait_rows(broadcast_db, "SELECT status, provider_message_id FROM recipients",
+                    [("delivered", sent["id"])])

@@ -96,7 +96,7 @@ def measure(label: str, sup_pid: int, child_pids: list[int], window: float, fig:
 def _ancestors(pid: int, stop: int) -> list[int]:
     out = []
     while pid not in (stop, 0, 1):
-        fields = b._stat_fields(pid)
+        fields = b.stat_fields(pid)
         if not fields:
             break
         pid = int(fields[1])

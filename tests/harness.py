@@ -15,21 +15,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-import redis
+from tests.support.system import (  # noqa: F401 (the tests import these from here)
+    alive,
+    children_of,
+    drop_external,
+    external_servers_reachable,
+    free_port,
+    oraclectl,
+)
+from tests.support.system import unique_id as _unique_id
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def external_servers_reachable() -> bool:
-    try:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2):
-            pass
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
-    except Exception:
-        return False
-    return True
 
 
 def write_config(root: Path, *, backend: str = "embedded", extra: str = "", policy: str = "") -> Path:
@@ -149,8 +146,7 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(BIN / "oraclectl"), "--socket", str(self.socket_path), *args],
-                                capture_output=True, text=True, timeout=timeout)
+        result = oraclectl(self.socket_path, *args, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"oraclectl {' '.join(args)} -> {result.returncode}\n"
                                  f"{result.stdout}\n{result.stderr}")
@@ -178,28 +174,6 @@ class Daemon:
             self.notify.close()
         self.proc = None
         return code
-
-
-def children_of(pid: int) -> set[int]:
-    """Pids whose parent is pid (the daemon's supervised children)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -231,36 +205,9 @@ ISSUED_IDS: list[str] = []
 def unique_id(prefix: str = "t") -> str:
     """Tenant ids unique per run: the machine's PostgreSQL is shared by every test run. Every id
     is remembered, so teardown can drop what it provisioned even if the tenant file is gone."""
-    tenant_id = f"{prefix}{os.urandom(4).hex()}"
+    tenant_id = _unique_id(prefix)
     ISSUED_IDS.append(tenant_id)
     return tenant_id
-
-
-def drop_external(tenant_ids: list[str]) -> None:
-    """Remove what tests provisioned on the machine's servers (embedded ones vanish with tmp)."""
-    from psycopg import sql
-
-    names = [f"{t.lower().replace('-', '_')}_{s}" for t in tenant_ids
-             for s in ("recovery", "broadcast", "shared")]
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        # Databases first: the shared one holds grants to the service roles.
-        for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        for name in names:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-    r = redis.Redis(host="127.0.0.1", port=6379)
-    for name in names:
-        r.execute_command("ACL", "DELUSER", name)
-    for t in tenant_ids:
-        for key in r.scan_iter(match=f"{t.lower().replace('-', '_')}:*", count=1000):
-            r.unlink(key)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for [control] tcp and tenant ports)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tenant_ids(root: Path) -> list[str]:

@@ -40,10 +40,25 @@ def ensure_venv() -> None:
 
 
 ensure_venv()
+
+# The machine (/proc, ports, its PostgreSQL and Redis): one copy, shared with the tests.
+from tests.support.system import (  # noqa: E402, F401 (after ensure_venv; the scripts use them as b.NAME)
+    EXTERNAL_PG,
+    EXTERNAL_REDIS,
+    alive,
+    children_of,
+    descendants,
+    drop_external,
+    external_servers_reachable,
+    free_port,
+    oraclectl,
+    start_time,
+    stat_fields,
+    unique_id,
+)
+
 BIN = Path(sys.executable).parent
 PYTHON = sys.executable
-EXTERNAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-EXTERNAL_REDIS = "redis://127.0.0.1:6379/0"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -97,48 +112,6 @@ def bench_session(name: str) -> Iterator[tuple[Path, Cleanup]]:
 
 # ---- processes -------------------------------------------------------------------------------
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-def start_time(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
-def alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields and int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields:
-                parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return sorted(out)
-
-
 class Tracked:
     """Pids we started (directly or through a supervisor), identified by pid + start time."""
 
@@ -162,7 +135,7 @@ class Tracked:
 
 
 def cpu_ticks(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12]) if fields else None  # utime + stime (all threads)
 
 
@@ -213,37 +186,6 @@ def free_port_block(size: int) -> int:
         if all(_bindable(p) for p in range(base, base + size)):
             return base
     raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def external_servers_reachable() -> bool:
-    try:
-        import psycopg
-        import redis
-
-        with psycopg.connect(EXTERNAL_PG, connect_timeout=2):
-            pass
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
-    except Exception:
-        return False
-    return True
-
-
-def drop_external(tenant_ids: Sequence[str]) -> None:
-    """Drop what a bench provisioned on the machine's servers (tests/harness.py's helper)."""
-    if tenant_ids:
-        from tests.harness import drop_external as drop
-
-        drop(list(tenant_ids))
-
-
-def unique_id(prefix: str = "b") -> str:
-    return f"{prefix}{os.urandom(4).hex()}"
 
 
 # ---- the daemon ------------------------------------------------------------------------------
@@ -349,8 +291,7 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(BIN / "oraclectl"), "--socket", str(self.socket_path), *args],
-                                capture_output=True, text=True, timeout=timeout)
+        result = oraclectl(self.socket_path, *args, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"oraclectl {' '.join(args)} -> exit {result.returncode}\n"
                                f"{result.stdout}\n{result.stderr}")

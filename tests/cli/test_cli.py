@@ -126,7 +126,12 @@ def test_tenant_commands_table_and_json(daemon: Daemon, tmp_path: Path) -> None:
     assert code == 0 and f"tenant {loja} removed and purged" in out
     code, out, _ = ctl(daemon, "--json", "tenant", "remove", imperio)
     removed = json.loads(out)
-    assert removed == {"id": imperio, "purged": False, "actions": removed["actions"]} and removed["actions"]
+    assert set(removed) == {"id", "purged", "actions"}
+    assert removed["id"] == imperio and removed["purged"] is False
+    actions = removed["actions"]
+    assert re.fullmatch(rf"moved {imperio}\.[0-9TZ-]+\.toml to \S+/\.removed", actions[0]), actions
+    assert f"stopped {imperio}/recovery" in actions
+    assert actions[-1].startswith("kept databases, Redis keys, secrets, ports and logs")
     code, out, err = ctl(daemon, "tenant", "show", imperio)
     assert code == 1 and "not found" in err
 

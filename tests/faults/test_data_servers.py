@@ -22,6 +22,7 @@ import pytest
 
 from tests.faults.helpers import ready_pids, service_rows
 from tests.harness import free_port, unique_id, wait_for, write_tenant
+from tests.support.system import alive
 
 
 @pytest.fixture
@@ -83,13 +84,6 @@ def test_unhealthy_is_shown_in_status_metrics_events_and_the_status_line(make_da
     # the spell lasts only until the daemon replaces the frozen server, racy on a loaded machine.
     after = wait_for(lambda: ready_pids(daemon, [a, b]), timeout=30, what="ready again")
     assert after == before
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def redis_admin(daemon):  # type: ignore[no-untyped-def]
     import redis

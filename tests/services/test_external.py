@@ -9,8 +9,12 @@ import signal
 from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
+import redis
+from psycopg import sql
 
+from oraclewad import migrations
 from tests.services.helpers import base_env, write_config
 
 pytestmark = pytest.mark.external
@@ -23,21 +27,10 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 PASSWORD = "pw-" + secrets.token_hex(8)
 
 
-def _migrations():
-    try:
-        from oraclewad import migrations
-    except ImportError:
-        pytest.skip("oraclewad.migrations is not there yet: the schema check cannot run")
-    return migrations
-
-
 @pytest.fixture
 def scratch_db() -> Iterator[str]:
     """A fresh database, dropped afterwards; yields its DSN (postgres user, with a password that
     trust auth ignores but the child must keep out of its logs)."""
-    psycopg = pytest.importorskip("psycopg")
-    from psycopg import sql
-
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=2)
     except psycopg.OperationalError as exc:
@@ -54,7 +47,6 @@ def scratch_db() -> Iterator[str]:
 @pytest.fixture
 def redis_user() -> Iterator[tuple[str, str]]:
     """A throwaway ACL user limited to its prefix, like the ones provisioning creates."""
-    redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         client.ping()
@@ -83,9 +75,6 @@ async def _healthz(workdir) -> httpx.Response:
 
 
 async def test_healthz_ok_with_real_postgres_and_redis(launch, workdir, scratch_db, redis_user):
-    migrations = _migrations()
-    import psycopg
-
     from oraclewad.services.recovery.app import MIGRATIONS
 
     with psycopg.connect(scratch_db, autocommit=True) as conn:
@@ -114,7 +103,6 @@ async def test_healthz_ok_with_real_postgres_and_redis(launch, workdir, scratch_
 
 
 async def test_schema_older_than_required_refuses_to_start(launch, workdir, scratch_db):
-    _migrations()
     config = {"tenant": "imperio", "http": {"port": 0}, "postgres": {"dsn": scratch_db}}
     child = launch(_env(workdir, config))
     assert await child.wait() == 78
@@ -126,7 +114,6 @@ async def test_schema_older_than_required_refuses_to_start(launch, workdir, scra
 
 async def test_context_helpers_run_in_threads(scratch_db, redis_user):
     """ctx.db commits when fn returns and rolls back when it raises; ctx.kv hands fn the client."""
-    import psycopg
     import redis
     import trio
     from prometheus_client import CollectorRegistry

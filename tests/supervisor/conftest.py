@@ -17,6 +17,7 @@ import trio
 from oraclewad.settings import LogSettings, Policy
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.supervisor.forking import ForkUnavailable
+from tests.support.system import children_of, proc_state
 
 CHILD = Path(__file__).resolve().parent.parent / "programs" / "child.py"
 
@@ -36,28 +37,8 @@ def status_fields(message: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in message.split() if "=" in part)
 
 
-def proc_state(pid: int) -> str | None:
-    """'R', 'S', 'Z', ... or None once the pid is gone (reaped)."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    return data[data.rfind(b")") + 2:].split()[0].decode()
-
-
 def zombie_children() -> list[int]:
-    me = os.getpid()
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                data = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = data[data.rfind(b")") + 2:].split()
-            if fields[0] == b"Z" and int(fields[1]) == me:
-                found.append(int(name))
-    return found
+    return sorted(pid for pid in children_of(os.getpid()) if proc_state(pid) == "Z")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> None:

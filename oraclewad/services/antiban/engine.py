@@ -195,7 +195,7 @@ class Engine:
         return min((today - warm_day).days + 1, 4)
 
     def _assess(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
-                now: float, digest: bytes | None) -> Status:
+                now: float, texts: dict[str, tuple[int, datetime]]) -> Status:
         name = row["instance"]
         st = self.instances.states.get(name)
         s = Status(name, getattr(st, "state", "unknown"), 0, None, 0, None, False, "", seed=row["seed"],
@@ -211,7 +211,7 @@ class Engine:
                    "attested": None if row["attested_at"] is None else {
                        "network": row["attest_network"], "groups": row["attest_groups"],
                        "recharge": row["attest_recharge"].isoformat() if row["attest_recharge"] else None}}
-        blocked = self._held(row, st, s, now) or self._timing(conn, row, s, now, digest)
+        blocked = self._held(row, st, s, now) or self._timing(conn, row, s, now, texts)
         if blocked is None:
             s.eligible, s.next_slot = True, now
         else:
@@ -308,7 +308,7 @@ class Engine:
         return None
 
     def _timing(self, conn: psycopg.Connection, row: dict[str, Any], s: Status, now: float,
-                digest: bytes | None) -> Blocked | None:
+                texts: dict[str, tuple[int, datetime]]) -> Blocked | None:
         """What the clock will lift: the cap, a send in flight, the gap or pause, hours, same text."""
         r, name = self.rules, row["instance"]
         if s.cap is not None and s.sent >= s.cap:
@@ -330,13 +330,10 @@ class Engine:
             a, b = r.hours or (0, 0)
             return (f"outside business hours ({a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d} "
                     f"{r.zone}): opens {self._when(opens)}"), opens, True
-        if digest is not None and r.text_limit:
-            got = conn.execute("SELECT count(*), min(reserved_at) FROM antiban_sends WHERE instance = %s "
-                               "AND text_hash = %s AND reserved_at > %s",
-                               (name, digest, _ts(now - 3600))).fetchone()
-            if got and got[0] >= r.text_limit:
-                return (f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
-                        got[1].timestamp() + 3600, True)
+        got = texts.get(name)
+        if got and got[0] >= r.text_limit:
+            return (f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
+                    got[1].timestamp() + 3600, True)
         return None
 
     def _when(self, t: float | None) -> str:
@@ -345,7 +342,14 @@ class Engine:
     def statuses(self, conn: psycopg.Connection, now: float, digest: bytes | None = None) -> list[Status]:
         rows = self._rows(conn)
         days = self._days(conn, self.cal.day(now))
-        return [self._assess(conn, row, days, now, digest) for row in rows]
+        texts: dict[str, tuple[int, datetime]] = {}
+        if digest is not None and self.rules.text_limit:
+            # How often this very text went out in the last hour, per instance (one query for all).
+            texts = {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT instance, count(*), min(reserved_at) FROM antiban_sends WHERE text_hash = %s "
+                "AND reserved_at > %s AND instance = ANY(%s) GROUP BY instance",
+                (digest, _ts(now - 3600), self.names))}
+        return [self._assess(conn, row, days, now, texts) for row in rows]
 
     # ---- the sender's calls ------------------------------------------------------------------
 

@@ -290,10 +290,13 @@ class Deployer:
             name = unit_name(tenant.id, svc)
             status = sup.status(name)
             spec = fleet._service_spec(new_tenant, svc)
-            if status.state == "running":
+            if status.state in ("running", "unhealthy"):
                 plans.append(Plan(name, svc, spec, current, target.version))
             elif name in sup.operator_stopped:
                 pin_only.append(svc)
+            elif status.state in ("backoff", "degraded") or (status.state == "starting" and status.restarts):
+                # Crash-looping: no process to fall back on, and a fix is what it needs.
+                plans.append(Plan(name, svc, spec, current, target.version, in_place=True))
             else:
                 why = (f"is {status.state}{' (' + status.message + ')' if status.message else ''}: a swap "
                        "needs the old process running to fall back on; start it or wait")

@@ -5,17 +5,24 @@ socket, must send READY=1 within `healthy_deadline` and then pass its health che
 its watchdog) for `min_healthy_time`. Only when every service passed do the old processes get
 SIGTERM (they drain); if any fails, every new process is killed and the old ones never noticed
 (auto-revert). Times are trio.current_time(), so a MockClock drives the waits in tests.
+
+A service with no working process (crash-looping: in backoff or degraded) has nothing to stage
+beside and nothing to fall back on, and deploying a fix to it is the main reason to deploy at all:
+its runner is given the new release at once (`Supervisor.replace`, no backoff wait) and the new
+process is gated the same way; on failure the runner gets its old release back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
 from oraclewad.operations import ProgressView
 from oraclewad.supervisor import Candidate, ProcessSpec, Supervisor, SwapAborted
+from oraclewad.supervisor.status import BACKOFF, DEGRADED, STOPPED, UP
 
 REPORT_EVERY = 1.0      # seconds between progress lines while waiting
 
@@ -40,6 +47,7 @@ class Plan:
     spec: ProcessSpec       # the new release's spec
     from_version: str
     to_version: str
+    in_place: bool = False  # no working process: start the new release in its place
 
 
 @dataclass
@@ -49,6 +57,7 @@ class Outcome:
     reason: str = ""
     started: float = 0.0
     finished: float = 0.0
+    previous: ProcessSpec | None = None     # in place: the spec to go back to on failure
 
 
 class Swapper:
@@ -71,6 +80,13 @@ class Swapper:
 
         async def one(i: int) -> None:
             outcome = outcomes[i]
+            if outcome.plan.in_place:
+                outcome.previous = self.sup.spec(outcome.plan.name)
+                reason = await self._gate_in_place(outcome.plan, gate, failed)
+                outcome.ok, outcome.reason = reason is None, reason or ""
+                if reason is not None:
+                    failed.set()
+                return
             try:
                 cand = await self.sup.stage(outcome.plan.name, outcome.plan.spec)
             except SwapAborted as e:
@@ -136,12 +152,69 @@ class Swapper:
             with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
                 await _first(cand.child.exited.wait, failed.wait)
 
+    async def _gate_in_place(self, plan: Plan, gate: Gate, failed: trio.Event) -> str | None:
+        """The new release runs as the service's own process: READY within healthy_deadline,
+        then up and passing health for min_healthy_time (the runner keeps its watchdog)."""
+        start = trio.current_time()
+        before = self.sup.replace(plan.name, plan.spec)
+        ready_by = start + gate.healthy_deadline
+        changed = partial(self.sup.wait_changed, plan.name)
+        self._say(plan, "starting", 0.0, message="no working process to stage beside: the new release "
+                                                  "starts in its place")
+        next_report = start + REPORT_EVERY
+        while True:
+            now = trio.current_time()
+            status = self.sup.status(plan.name)
+            started = self.sup.attempts(plan.name) > before
+            if failed.is_set():
+                return "stopped: another service of the tenant failed its swap"
+            if started and status.state in UP:
+                break
+            if started and status.state in (BACKOFF, DEGRADED, STOPPED):
+                return (f"the new process failed before it was ready ({status.last_exit or status.state})"
+                        + (f"; {status.message}" if status.message else ""))
+            if now >= ready_by:
+                return f"not ready within healthy_deadline {gate.healthy_deadline:g} s (no READY=1)"
+            if now >= next_report:
+                self._say(plan, "starting", now - start)
+                next_report = now + REPORT_EVERY
+            with trio.move_on_at(min(ready_by, next_report)):
+                await _first(changed, failed.wait)
+        ready_at, pid = trio.current_time(), status.pid
+        self._say(plan, "ready", ready_at - start, message=f"pid {pid}, READY after {ready_at - start:.2f} s")
+        healthy_until = ready_at + gate.min_healthy_time
+        while True:
+            if failed.is_set():
+                return "stopped: another service of the tenant failed its swap"
+            status = self.sup.status(plan.name)
+            if status.pid != pid or status.state not in UP:
+                return (f"the new process stopped {trio.current_time() - ready_at:.1f} s after READY, within "
+                        f"min_healthy_time {gate.min_healthy_time:g} s ({status.last_exit or status.state})")
+            health, detail = ("ok", "")
+            admin = self.sup.admin_path(plan.name)
+            if admin is not None:
+                health, detail = await self.probe(str(admin))
+                if self.sup.status(plan.name).pid != pid:
+                    continue        # report the exit, not the failed probe it caused
+            self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
+                      detail)
+            if health != "ok":
+                return f"health check {health}" + (f": {detail}" if detail else "")
+            if trio.current_time() >= healthy_until:
+                return None
+            with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
+                await _first(changed, failed.wait)
+
     async def finish(self, outcomes: Sequence[Outcome], cands: Sequence[Candidate],
                      promote: bool) -> None:
-        """Promote every candidate (when all passed) or discard them all."""
+        """Promote every candidate (when all passed) or discard them all; a service swapped in
+        place keeps its new process, or gets its old release back."""
         by_name = {c.spec.name: c for c in cands}
+        for outcome in outcomes:
+            if outcome.plan.in_place and not promote and outcome.previous is not None:
+                self.sup.replace(outcome.plan.name, outcome.previous)
         if promote:
-            for outcome in outcomes:
+            for outcome in (o for o in outcomes if not o.plan.in_place):
                 cand = by_name[outcome.plan.name]
                 try:
                     await self.sup.promote(outcome.plan.name, cand)

@@ -631,7 +631,7 @@ class Runner:
             raise SwapAborted(f"{self.name} is being stopped or removed")
         if gen is not None and gen != self.gen:
             raise SwapAborted(f"{self.name} was restarted or reconfigured during the swap")
-        if self.state != RUNNING or child is None or child.exited.is_set():
+        if self.state not in UP or child is None or child.exited.is_set():
             raise SwapAborted(f"{self.name} is {self.state}, not running"
                               + (f" ({self.last_exit})" if self.last_exit else ""))
 

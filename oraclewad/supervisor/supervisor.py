@@ -234,6 +234,22 @@ class Supervisor:
             raise ValueError(f"spec {spec.name!r} staged for {name!r}")
         return await self._runner(name, starting=True).stage(spec)
 
+    def replace(self, name: str, spec: ProcessSpec) -> int:
+        """Run `spec` for `name` now, in place of its process and skipping any backoff delay: the
+        swap of a service that has no working process to stage beside (crash-looping, in backoff).
+        Returns the count of start attempts before, so the caller can follow the new one
+        (`attempts`)."""
+        if spec.name != name:
+            raise ValueError(f"spec {spec.name!r} given for {name!r}")
+        runner = self._runner(name, starting=True)
+        before = runner.attempts
+        runner.update(spec)
+        return before
+
+    def attempts(self, name: str) -> int:
+        """How many times `name`'s process has been started (each restart counts)."""
+        return self._runner(name).attempts
+
     async def promote(self, name: str, cand: Candidate) -> None:
         """The candidate takes over; returns once the old process has stopped (gracefully)."""
         await self._runner(name).promote(cand)

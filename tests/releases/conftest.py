@@ -16,6 +16,10 @@ from oraclewad import releases
 from tests.harness import REPO
 
 COMPATIBLE = "-- adds a table only: older releases never read it\n-- backward-compatible: yes\n"
+# The test releases' own migrations come after the highest one recovery ships.
+SHIPPED = releases.schema_of(releases.bundled().migrations["recovery"])
+NOTES = f"{SHIPPED + 1:04d}_notes"
+RENAME = f"{SHIPPED + 2:04d}_rename"
 
 
 def build(releases_dir: Path, source: Path, version: str) -> releases.Release:
@@ -61,10 +65,11 @@ def broken(releases_dir: Path, version: str, script: str, migrations: dict[str, 
 
 
 def failing_migrations(root: Path) -> Path:
-    """recovery's migrations plus a 0004 that adds a table and then fails."""
+    """recovery's migrations plus one that adds a table and then fails."""
     d = root / "bad-migrations"
     shutil.copytree(releases.bundled().migrations["recovery"], d)
-    (d / "0004_half_done.sql").write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
+    (d / f"{SHIPPED + 1:04d}_half_done.sql").write_text(
+        "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
     return d
 
 
@@ -77,9 +82,9 @@ def releases_dir() -> Iterator[Path]:
     out.mkdir()
     sources = {
         "2.0.0": REPO,
-        "3.0.0": source_copy(root, "src3", {"0004_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n"}),
-        "4.0.0": source_copy(root, "src4", {"0004_notes.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n",
-                                            "0005_rename.sql": "ALTER TABLE notes RENAME COLUMN x TO y;\n"}),
+        "3.0.0": source_copy(root, "src3", {f"{NOTES}.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n"}),
+        "4.0.0": source_copy(root, "src4", {f"{NOTES}.sql": COMPATIBLE + "CREATE TABLE notes (x text);\n",
+                                            f"{RENAME}.sql": "ALTER TABLE notes RENAME COLUMN x TO y;\n"}),
     }
     with ThreadPoolExecutor(3) as pool:
         for future in [pool.submit(build, out, src, v) for v, src in sources.items()]:

@@ -6,12 +6,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
+from oraclewad.templating import brl
 from tests.harness import REPO, Daemon, alive, running_daemon, unique_id, wait_for, write_tenant
+from tests.recovery.support import encode, hmac_headers, order
+from tests.releases.conftest import NOTES, RENAME, SHIPPED
+from tests.support.sandbox import Sandbox
 
 GATE = '[releases]\nhealthy_deadline = 4\nmin_healthy_time = 1\n'
 
@@ -27,15 +33,18 @@ class Load:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _request(self, client: httpx.Client) -> None:
+        response = client.get(self.url)
+        if response.status_code != 200:
+            self.failures.append(f"{response.status_code} {response.text[:200]}")
+        else:
+            self.answers[response.json()["release"]] += 1
+
     def _run(self) -> None:
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             while not self._stop.is_set():
                 try:
-                    response = client.get(self.url)
-                    if response.status_code != 200:
-                        self.failures.append(f"{response.status_code} {response.text[:200]}")
-                    else:
-                        self.answers[response.json()["release"]] += 1
+                    self._request(client)
                 except httpx.HTTPError as e:
                     self.failures.append(repr(e))
                 time.sleep(0.01)
@@ -47,6 +56,41 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class OrderLoad(Load):
+    """Signed order.paid webhooks, each a new order whose thank-you text is unique (its total)."""
+
+    def __init__(self, port: int, secret: str) -> None:
+        super().__init__(port)
+        self.url = f"http://127.0.0.1:{port}/webhooks/orders"
+        self.secret = secret
+        self.accepted: list[str] = []
+
+    def _request(self, client: httpx.Client) -> None:
+        n = len(self.accepted) + len(self.failures) + 1
+        doc = order("order.paid", f"swap-{n}", total=f"{n}.00")
+        body = encode(doc)
+        response = client.post(self.url, content=body, headers=hmac_headers(body, self.secret))
+        if response.status_code != 202:
+            self.failures.append(f"{response.status_code} {response.text[:200]}")
+        else:
+            self.accepted.append(brl(Decimal(n)))
+
+
+SANDBOXED = """
+[recovery]
+instances = ["{tid}-r"]
+typing_delay_ms = 0
+min_gap = 0
+[recovery.thank_you]
+templates = ["Obrigado! {{{{total}}}}"]
+[broadcast]
+instances = ["{tid}-b"]
+[evolution]
+url = "{url}"
+api_key_file = "{key}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +129,26 @@ def pinned(daemon: Daemon, tid: str) -> str | None:
     return None
 
 
-def test_roll_to_a_second_release_and_back_while_requests_flow(daemon: Daemon) -> None:
-    tid = add_tenant(daemon)
+def sandboxed_tenant(daemon: Daemon, sandbox: Sandbox) -> tuple[str, str]:
+    """A tenant whose services send through the sandbox (one open instance each): (id, webhook secret)."""
+    tid = unique_id("rel")
+    for name in (f"{tid}-r", f"{tid}-b"):
+        trio.run(sandbox.create_instance, name)
+    key = daemon.root / f"{tid}.evolution.key"
+    key.write_text(sandbox.api_key)
+    key.chmod(0o600)
+    write_tenant(daemon.root, tid, SANDBOXED.format(tid=tid, url=sandbox.url, key=key))
+    daemon.ctl("reload")
+    wait_for(lambda: [(s["state"], s["ready"]) for s in status(daemon, tid)] == [("running", True)] * 2,
+             timeout=90, interval=0.2, what=f"{tid} running and healthy")
+    return tid, daemon.ctl_json("tenant", "secrets", tid)["secret"]  # type: ignore[index]
+
+
+def test_roll_to_a_second_release_and_back_while_webhooks_flow(daemon: Daemon, sandbox: Sandbox) -> None:
+    tid, secret = sandboxed_tenant(daemon, sandbox)
     before = by_service(daemon, tid)
     assert {s["release"] for s in before.values()} == {"bundled"}
-    with Load(before["recovery"]["port"]) as load:
+    with OrderLoad(before["recovery"]["port"], secret) as load:
         time.sleep(0.3)
         result = daemon.ctl("deploy", tid, "v2.0.0")        # v2.0.0 names the release 2.0.0
         after = by_service(daemon, tid)
@@ -99,8 +158,14 @@ def test_roll_to_a_second_release_and_back_while_requests_flow(daemon: Daemon) -
         time.sleep(0.3)
         back = daemon.ctl("rollback", tid)                   # no version: the last stable one
         time.sleep(0.3)
-    assert load.failures == []
-    assert load.answers["bundled"] > 0 and load.answers["2.0.0"] > 0
+    # Every webhook was accepted, and each became exactly one message (old and new processes
+    # overlapped during each swap; claims keep them from sending one row twice).
+    assert load.failures == [] and len(load.accepted) > 20
+    wait_for(lambda: len(trio.run(sandbox.messages)) >= len(load.accepted), timeout=60, interval=0.2,
+             what="every accepted webhook's message")
+    time.sleep(0.5)
+    texts = Counter(m["text"] for m in trio.run(sandbox.messages))
+    assert texts == Counter(f"Obrigado! {total}" for total in load.accepted)
     assert "phase" not in result.stdout and "ready" in result.stdout and "promoted" in result.stdout
     assert {s["release"] for s in by_service(daemon, tid).values()} == {"bundled"}
     assert "bundled" in back.stdout and pinned(daemon, tid) == "bundled"
@@ -149,6 +214,35 @@ def test_a_broken_release_is_reverted_and_the_old_processes_keep_serving(
     assert any(why in e["reason"] for e in entries)
 
 
+def test_a_crash_looping_service_takes_a_fixed_release_and_a_broken_one_is_reverted(daemon: Daemon) -> None:
+    # Pinned to a release that dies at start: both services crash-loop in backoff.
+    tid = unique_id("rel")
+    write_tenant(daemon.root, tid, 'release = "exits-at-start"\n')
+    daemon.ctl("reload")
+    wait_for(lambda: all(s["state"] in ("backoff", "degraded") and s["restarts"] >= 1
+                         for s in status(daemon, tid)) and len(status(daemon, tid)) == 2,
+             timeout=60, interval=0.2, what=f"{tid} crash-looping")
+    # Another broken release: gated like any swap, it fails and the old release is put back.
+    failed = daemon.ctl("deploy", tid, "never-ready", check=False)
+    assert failed.returncode == 1 and "auto-reverted, still on exits-at-start" in failed.stderr, failed
+    assert pinned(daemon, tid) == "exits-at-start"
+    assert {s["release"] for s in status(daemon, tid)} == {"exits-at-start"}
+    # The fix: no backoff wait, no old process needed; it runs, passes its gate, and is pinned.
+    fixed = daemon.ctl("deploy", tid, "2.0.0", "--min-healthy-time", "1")
+    assert "starts in its place" in fixed.stdout and "promoted" in fixed.stdout
+    after = status(daemon, tid)
+    assert {(s["state"], s["release"]) for s in after} == {("running", "2.0.0")}
+    assert pinned(daemon, tid) == "2.0.0"
+    entries = history(daemon, tid)
+    assert [(e["service"], e["from_version"], e["to_version"], e["result"]) for e in entries] == [
+        ("recovery", "exits-at-start", "never-ready", "reverted"),
+        ("broadcast", "exits-at-start", "never-ready", "reverted"),
+        ("recovery", "exits-at-start", "2.0.0", "ok"), ("broadcast", "exits-at-start", "2.0.0", "ok")]
+    # And it serves.
+    port = {s["service"]: s["port"] for s in after}["recovery"]
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).json()["release"] == "2.0.0"
+
+
 def test_fleet_rollout_with_a_canary_halts_on_a_broken_release(daemon: Daemon) -> None:
     tids = sorted(add_tenant(daemon) for _ in range(3))
     # Other tests' tenants are in this daemon too: the plan covers every tenant not on the version.
@@ -170,14 +264,14 @@ def test_fleet_rollout_with_a_canary_halts_on_a_broken_release(daemon: Daemon) -
 def test_rollback_refused_when_the_old_release_cannot_read_the_schema(daemon: Daemon) -> None:
     tid = add_tenant(daemon)
     daemon.ctl("deploy", tid, "3.0.0", "--min-healthy-time", "0")
-    # 3.0.0 added 0004 (declared backward compatible): 2.0.0 may still run on it.
+    # 3.0.0 added NOTES (declared backward compatible): 2.0.0 may still run on it.
     daemon.ctl("deploy", tid, "2.0.0", "--min-healthy-time", "0")
     daemon.ctl("deploy", tid, "4.0.0", "--min-healthy-time", "0")
     pids = {s["service"]: s["pid"] for s in status(daemon, tid)}
     refused = daemon.ctl("rollback", tid, "2.0.0", check=False)
     assert refused.returncode == 1
-    assert "release 2.0.0 cannot read the schema" in refused.stderr and "0005_rename" in refused.stderr
-    assert "0004_notes" not in refused.stderr
+    assert "release 2.0.0 cannot read the schema" in refused.stderr and RENAME in refused.stderr
+    assert NOTES not in refused.stderr
     assert {s["service"]: s["pid"] for s in status(daemon, tid)} == pids and pinned(daemon, tid) == "4.0.0"
     assert history(daemon, tid)[-1]["result"] == "refused"
 
@@ -208,9 +302,9 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
 
     out = daemon.ctl("release", "install", str(REPO), "--version", "v9.0.0", "--share-packages",
                      timeout=300).stdout
-    assert "installed release 9.0.0" in out and "recovery 1-3" in out
+    assert "installed release 9.0.0" in out and f"recovery 1-{SHIPPED}" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
-    assert listed["9.0.0"]["schema"] == {"recovery": 3, "broadcast": 3}
+    assert listed["9.0.0"]["schema"] == {"recovery": SHIPPED, "broadcast": 1}
     assert Path(listed["9.0.0"]["python"]).exists()
     again = daemon.ctl("release", "install", str(REPO), "--version", "9.0.0", check=False)
     assert again.returncode == 1 and "already installed" in again.stderr

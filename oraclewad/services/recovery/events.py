@@ -3,8 +3,9 @@
 The route itself (JWT check, instance ownership, connection.update -> instance states) is
 services/instances.py's `events_route`; this is the `on_event` it calls:
 
-- messages.update: our message moves to sent/delivered/read (never backwards); an `uncertain`
-  one is resolved by the first update for its number on that instance.
+- messages.update: our message moves to sent/delivered/read (never backwards); an update for an
+  id we do not know yet is held until the send's answer brings it, or resolves an `uncertain`
+  message to that number on that instance once no send in flight can own it (store.apply_ack).
 - messages.upsert, inbound: a message that is only an opt-out word (SAIR, PARAR, STOP, CANCELAR,
   DESCADASTRAR) puts the phone on the tenant's suppression list, matched on the phone JID even
   when the event is LID-addressed.
@@ -61,8 +62,7 @@ class EvolutionEvents:
             if not isinstance(key_id, str) or not isinstance(status, str):
                 return "ignored"
             phone = jid_phone(data.get("remoteJid"), data.get("remoteJidAlt"))
-            new = await self.db(store.apply_ack, instance, key_id, phone, status, now)
-            return "applied" if new else "ignored"
+            return await self.db(store.apply_ack, instance, key_id, phone, status, now)
         if name == "messages.upsert":
             key = data.get("key") if isinstance(data.get("key"), dict) else {}
             remote, alt = key.get("remoteJid"), key.get("remoteJidAlt")

@@ -6,7 +6,7 @@ tenant's `opt_out_scope` is "all"), and each remaining message is marked `sendin
 instance before any byte goes to Evolution. After the send the outcome is recorded; a process that
 dies in between leaves the row `sending`, and the sweep turns it `uncertain` once no live sender
 can still be waiting for Evolution's answer. `uncertain` is never resent: a later messages.update
-for the number on that instance resolves it (store.apply_ack).
+for the number on that instance resolves it (store.apply_ack, store.settle_held).
 
 The engine's reservation is made in the claim's transaction, so a claim and its slot commit or
 roll back together; the slot's `delay_ms` (the per-instance gap) goes to Evolution as `delay`.
@@ -135,6 +135,9 @@ class Sender:
         if stale:
             self.errors.warning("messages with unknown outcome marked uncertain (never resent)",
                                 extra={"count": stale})
+        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
+        if resolved := await self.db(store.settle_held, now - self.settings.stale_after, now):
+            self.log.info("uncertain messages resolved by messages.update", extra={"count": resolved})
         counts, depth, age = await self.db(_outbox_figures, now)
         self.metrics.set_counts(counts, depth, age)
         self.figures = (depth, age)

@@ -176,7 +176,9 @@ def postpone(conn: psycopg.Connection, message_id: int, until: float, reason: st
 
 
 def record_sent(conn: psycopg.Connection, msg: Claimed, provider_id: str, send_ms: float, now: float) -> None:
-    # A messages.update may have overtaken this answer and already moved the row past 'sent'.
+    # A messages.update may have overtaken this answer: it waits in held_acks (apply_ack), and is
+    # applied here, under the instance's lock, so no ack is matched while this row lacks its id.
+    _lock_instance(conn, msg.instance)
     conn.execute(
         "UPDATE outbound_messages SET provider_message_id = COALESCE(provider_message_id, %s),"
         " status = CASE WHEN status IN ('sending', 'uncertain') THEN 'sent' ELSE status END,"
@@ -184,6 +186,10 @@ def record_sent(conn: psycopg.Connection, msg: Claimed, provider_id: str, send_m
         (provider_id, ts(now), send_ms, ts(now), msg.id))
     if msg.step > 0:
         _mark_reminded(conn, msg.id, now)
+    held = conn.execute("DELETE FROM held_acks WHERE provider_message_id = %s RETURNING status",
+                        (provider_id,)).fetchone()
+    if held is not None:
+        _advance(conn, provider_id, held[0], now)
 
 
 def _mark_reminded(conn: psycopg.Connection, message_id: int, now: float) -> None:
@@ -218,33 +224,117 @@ def last_sends(conn: psycopg.Connection) -> dict[str, float]:
 
 # ---- Evolution events ------------------------------------------------------------------------
 
-def apply_ack(conn: psycopg.Connection, instance: str, key_id: str, phone: str | None, status: str,
-              now: float) -> str | None:
-    """messages.update: move our message forward (never back); an `uncertain` (or still `sending`)
-    message to that phone on that instance without a known id takes this id. Returns the new status."""
-    new = ACK_STATUS.get(status)
-    if new is None:
-        return None
-    allowed = [s for s, r in RANK.items() if r < RANK[new] and s != "failed"] if new != "failed" else [
-        "sending", "uncertain", "sent"]
+def _lock_instance(conn: psycopg.Connection, instance: str) -> None:
+    """Serialise, per instance, what gives a row its Evolution id (record_sent) with what looks a
+    row up by an id (apply_ack, settle_held): an ack sees the row either with its id or in flight."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("recovery-ack:" + instance,))
+
+
+def _allowed_before(new: str) -> list[str]:
+    if new == "failed":
+        return ["sending", "uncertain", "sent"]
+    return [s for s, r in RANK.items() if r < RANK[new] and s != "failed"]
+
+
+def _advance(conn: psycopg.Connection, key_id: str, new: str, now: float) -> bool:
+    """Move the row with this Evolution id forward to `new` (never back)."""
     row = conn.execute(
         "UPDATE outbound_messages SET status = %s, status_at = %s WHERE provider_message_id = %s"
-        " AND status = ANY(%s) RETURNING id, step", (new, ts(now), key_id, allowed)).fetchone()
-    if row is None and phone:
-        if is_our_message(conn, key_id):
-            return None
-        row = conn.execute(
-            "UPDATE outbound_messages SET status = %s, status_at = %s, provider_message_id = %s,"
-            " reason = CASE WHEN status = 'uncertain' THEN 'resolved by messages.update' ELSE reason END"
-            " WHERE id = (SELECT id FROM outbound_messages WHERE instance = %s AND phone = %s"
-            " AND provider_message_id IS NULL AND status IN ('uncertain', 'sending')"
-            " ORDER BY claimed_at DESC LIMIT 1) RETURNING id, step",
-            (new, ts(now), key_id, instance, phone)).fetchone()
-    if row is None:
-        return None
-    if row[1] > 0 and new != "failed":
+        " AND status = ANY(%s) RETURNING id, step", (new, ts(now), key_id, _allowed_before(new))).fetchone()
+    if row is not None and row[1] > 0 and new != "failed":
         _mark_reminded(conn, row[0], now)
-    return new
+    return row is not None
+
+
+def _resolve_uncertain(conn: psycopg.Connection, instance: str, phone: str, key_id: str, new: str,
+                       received: float, now: float) -> bool:
+    """An ack for an id no row holds resolves the oldest `uncertain` message to that phone on that
+    instance claimed before the ack came (a message claimed later cannot be the one acked)."""
+    row = conn.execute(
+        "UPDATE outbound_messages SET status = %s, status_at = %s, provider_message_id = %s,"
+        " reason = 'resolved by messages.update'"
+        " WHERE id = (SELECT id FROM outbound_messages WHERE instance = %s AND phone = %s"
+        " AND provider_message_id IS NULL AND status = 'uncertain' AND claimed_at <= %s"
+        " ORDER BY claimed_at, id LIMIT 1) RETURNING id, step",
+        (new, ts(now), key_id, instance, phone, ts(received))).fetchone()
+    if row is not None and row[1] > 0 and new != "failed":
+        _mark_reminded(conn, row[0], now)
+    return row is not None
+
+
+# Which of two statuses a held ack keeps (the furthest along).
+_HELD_ORDER = ["sent", "delivered", "read", "failed"]
+
+
+def apply_ack(conn: psycopg.Connection, instance: str, key_id: str, phone: str | None, status: str,
+              now: float) -> str:
+    """messages.update: move our message forward (never back). Returns what happened: `applied`,
+    `held` (an id no row holds yet: kept for the send answer that will bring it, see held_acks in
+    migration 0003), or `ignored`.
+
+    An id we do not know resolves an `uncertain` message to that number on that instance only when
+    no send to it is in flight there: while one is, the ack may be that send's, whose answer is
+    still on its way (Evolution posts the ack before it answers sendText)."""
+    new = ACK_STATUS.get(status)
+    if new is None:
+        return "ignored"
+    with conn.transaction():
+        _lock_instance(conn, instance)
+        if _advance(conn, key_id, new, now):
+            return "applied"
+        if is_our_message(conn, key_id):
+            return "ignored"    # ours and already at or past this status
+        if phone is not None and not _in_flight(conn, instance, phone) \
+                and _resolve_uncertain(conn, instance, phone, key_id, new, now, now):
+            return "applied"
+        _hold(conn, key_id, instance, phone, new, now)
+        return "held"
+
+
+def _in_flight(conn: psycopg.Connection, instance: str, phone: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM outbound_messages WHERE instance = %s AND phone = %s AND status = 'sending'"
+        " AND provider_message_id IS NULL LIMIT 1", (instance, phone)).fetchone() is not None
+
+
+def _hold(conn: psycopg.Connection, key_id: str, instance: str, phone: str | None, new: str,
+          now: float) -> None:
+    conn.execute(
+        "INSERT INTO held_acks (provider_message_id, instance, phone, status, received_at)"
+        " VALUES (%(id)s, %(instance)s, %(phone)s, %(status)s, %(at)s)"
+        " ON CONFLICT (provider_message_id) DO UPDATE SET status = CASE WHEN"
+        " array_position(%(order)s, EXCLUDED.status) > array_position(%(order)s, held_acks.status)"
+        " THEN EXCLUDED.status ELSE held_acks.status END",
+        {"id": key_id, "instance": instance, "phone": phone, "status": new, "at": ts(now),
+         "order": _HELD_ORDER})
+
+
+HELD_KEEP = 3600.0  # seconds an ack nobody claimed is kept (a message typed on the phone, say)
+
+
+def settle_held(conn: psycopg.Connection, settled_before: float, now: float) -> int:
+    """Held acks whose id a row has taken since are applied; those older than `settled_before`
+    (every send in flight when they came has recorded its answer or turned uncertain since) may
+    resolve an `uncertain` row; the rest are forgotten after HELD_KEEP. Returns rows resolved."""
+    resolved = 0
+    with conn.transaction():
+        for key_id, status in conn.execute(
+                "DELETE FROM held_acks h USING outbound_messages m"
+                " WHERE m.provider_message_id = h.provider_message_id"
+                " RETURNING h.provider_message_id, h.status").fetchall():
+            _advance(conn, key_id, status, now)
+        old = conn.execute(
+            "SELECT provider_message_id, instance, phone, status, received_at FROM held_acks"
+            " WHERE received_at < %s AND phone IS NOT NULL ORDER BY received_at",
+            (ts(settled_before),)).fetchall()
+        for key_id, instance, phone, status, received in old:
+            _lock_instance(conn, instance)
+            if not is_our_message(conn, key_id) and _resolve_uncertain(
+                    conn, instance, phone, key_id, status, received.timestamp(), now):
+                conn.execute("DELETE FROM held_acks WHERE provider_message_id = %s", (key_id,))
+                resolved += 1
+        conn.execute("DELETE FROM held_acks WHERE received_at < %s", (ts(now - HELD_KEEP),))
+    return resolved
 
 
 def record_manual(conn: psycopg.Connection, message_id: str, instance: str, jid: str, now: float) -> bool:

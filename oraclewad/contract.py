@@ -27,6 +27,11 @@ ENV_CONFIG = "OWA_CONFIG"                # standalone: the config file's path
 ENV_ADMIN_SOCKET = "OWA_ADMIN_SOCKET"    # standalone: where to bind the admin socket
 ENV_NOTIFY = "NOTIFY_SOCKET"
 ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
+# Set ("1") for the new process of a release swap: it serves its admin socket and sends READY, but
+# takes no connection from the shared public socket until the daemon POSTs ADMIN_ACCEPT_PATH on its
+# admin socket (at promotion). A candidate that crashes during its health gate so drops no client.
+ENV_HOLD_ACCEPT = "OWA_HOLD_ACCEPT"
+ADMIN_ACCEPT_PATH = "/_swap/accept"
 
 # ---- descriptors
 LISTEN_FDS_START = 3

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import httpx
 import trio
 
-from oraclewad import releases
+from oraclewad import contract, releases
 from oraclewad.errors import FailedPrecondition, InvalidArgument, OracleError
 from oraclewad.operations import DeployView, HistoryView, ProgressView, ReleaseView, SwapOptions
 from oraclewad.releases import Release, Swap
@@ -48,6 +48,19 @@ async def probe_admin(path: str) -> tuple[str, str]:
     failing = [f"{k}: {v.get('detail', '')}" for k, v in (body.get("checks") or {}).items()
                if isinstance(v, dict) and not v.get("ok", True)]
     return status, "; ".join(failing)
+
+
+async def accept_admin(path: str) -> str | None:
+    """Tell a swap's new process to start accepting on the shared socket: None once it does.
+    A release from before this step answers 404 and is accepting already."""
+    try:
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=path), timeout=10.0) as client:
+            response = await client.post(f"http://child{contract.ADMIN_ACCEPT_PATH}")
+    except httpx.HTTPError as e:
+        return f"its admin socket did not answer ({e.__class__.__name__})"
+    if response.status_code in (200, 404):
+        return None
+    return f"HTTP {response.status_code} {response.text[:200]}"
 
 
 def pin_release(path: Path, version: str) -> None:
@@ -302,7 +315,7 @@ class Deployer:
                        "needs the old process running to fall back on; start it or wait")
                 record("refused", {svc: why})
                 raise FailedPrecondition(f"{tenant.id}: {svc} {why}")
-        swapper = Swapper(sup, probe_admin, tenant.id, report)
+        swapper = Swapper(sup, probe_admin, tenant.id, report, accept_admin)
         outcomes, cands = await swapper.stage_and_gate(plans, gate)
         failed = [o for o in outcomes if not o.ok]
         if failed:

@@ -60,12 +60,18 @@ class Outcome:
     previous: ProcessSpec | None = None     # in place: the spec to go back to on failure
 
 
+# (admin socket path) -> None once the new process accepts on the shared socket, else why not.
+Accept = Callable[[str], Awaitable[str | None]]
+
+
 class Swapper:
-    def __init__(self, supervisor: Supervisor, probe: Probe, tenant: str, report: Report) -> None:
+    def __init__(self, supervisor: Supervisor, probe: Probe, tenant: str, report: Report,
+                 accept: Accept | None = None) -> None:
         self.sup = supervisor
         self.probe = probe
         self.tenant = tenant
         self.report = report
+        self.accept = accept
 
     def _say(self, plan: Plan, phase: str, elapsed: float, health: str = "", message: str = "") -> None:
         self.report(Progress(self.tenant, plan.service, phase, round(elapsed, 3), health, message,
@@ -216,6 +222,13 @@ class Swapper:
         if promote:
             for outcome in (o for o in outcomes if not o.plan.in_place):
                 cand = by_name[outcome.plan.name]
+                # It held its accept while gated (contract.ENV_HOLD_ACCEPT): a crash then dropped no
+                # client. It accepts before the old one stops, so the socket is never unserved.
+                why = await self.accept(str(cand.admin_path)) if self.accept and cand.admin_path else None
+                if why is not None:
+                    outcome.ok, outcome.reason = False, f"the new process would not accept: {why}"
+                    await self.sup.discard(outcome.plan.name, cand)
+                    continue
                 try:
                     await self.sup.promote(outcome.plan.name, cand)
                 except SwapAborted as e:

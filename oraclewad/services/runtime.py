@@ -29,6 +29,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 from prometheus_client import CollectorRegistry, disable_created_metrics
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from oraclewad import contract
 from oraclewad.services import config as config_mod
@@ -157,8 +160,9 @@ def main(service: str, build_app: BuildApp, *, migrations: Path | None = None,
     if not env.get(contract.ENV_CONFIG_FD) and os.stat(cfg.path).st_mode & 0o077:
         log.warning("config file is readable by other users: it holds credentials, chmod 600 it",
                     extra={"path": cfg.path})
+    held = _HeldAccept() if env.get(contract.ENV_HOLD_ACCEPT) == "1" and admin_path else None
     plan = _Plan(cfg, build_app, migrations or Path(__file__).parent / service / "migrations",
-                 http_fd, notifier, interval, admin_path)
+                 http_fd, notifier, interval, admin_path, held)
     return trio.run(_amain, plan)
 
 
@@ -171,6 +175,7 @@ class _Plan:
     notifier: Notifier
     watchdog_interval: float
     admin_path: str | None
+    hold_accept: _HeldAccept | None = None
 
 
 def _refuse(code: int, message: str) -> int:
@@ -276,10 +281,13 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
     admin_stop = trio.Event()
     admin_done = trio.Event()
     failure: StartupFailure | None = None
+    held = plan.hold_accept
+    if held is not None:
+        ctx.admin_routes.append(Route(contract.ADMIN_ACCEPT_PATH, held.endpoint, methods=["POST"]))
 
     async def run_public(task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(public_app, _hypercorn_config(public_bind, cfg.graceful_timeout),
-                    shutdown_trigger=stopper.requested.wait, task_status=task_status, mode="asgi")
+        config = _hypercorn_config(public_bind, cfg.graceful_timeout)
+        await _serve_public(public_app, config, stopper, held, task_status)
         public_done.set()
 
     async def run_admin(path: str, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -337,6 +345,48 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             servers.cancel_scope.cancel()  # the watchdog
     if failure is not None:
         raise failure
+
+
+async def _serve_public(app: ASGIApp, config: HypercornConfig, stopper: _Stopper, held: _HeldAccept | None,
+                        task_status: trio.TaskStatus[list[str]]) -> None:
+    if held is None:
+        await serve(app, config, shutdown_trigger=stopper.requested.wait, task_status=task_status,
+                    mode="asgi")
+        return
+    # A swap's new process: nothing is accepted from the shared socket until the daemon promotes it.
+    task_status.started(list(config.bind))
+    await _first_of(held.release.wait, stopper.requested.wait)
+    if not stopper.requested.is_set():
+        log.info("accepting on the shared socket (promoted)")
+        await serve(app, config, shutdown_trigger=stopper.requested.wait, mode="asgi",
+                    task_status=held)  # type: ignore[arg-type]
+
+
+class _HeldAccept:
+    """The public server of a swap's new process, waiting for the daemon's go (contract.ENV_HOLD_ACCEPT)."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self._listening = trio.Event()
+
+    def started(self, value: object = None) -> None:  # it is serve()'s task_status
+        self._listening.set()
+
+    async def endpoint(self, request: Request) -> Response:
+        self.release.set()
+        with trio.move_on_after(5):
+            await self._listening.wait()
+        return JSONResponse({"accepting": self._listening.is_set()},
+                            status_code=200 if self._listening.is_set() else 503)
+
+
+async def _first_of(*waits: Callable[[], Any]) -> None:
+    async with trio.open_nursery() as nursery:
+        async def run(fn: Callable[[], Any]) -> None:
+            await fn()
+            nursery.cancel_scope.cancel()
+        for fn in waits:
+            nursery.start_soon(run, fn)
 
 
 # How long an idle connection may still send its request once the drain began.

@@ -650,6 +650,8 @@ class Runner:
             owned: list[int] = []
             try:
                 env, fds = self._prepare(spec, listen, owned, slot)
+                if spec.admin_socket:
+                    env[contract.ENV_HOLD_ACCEPT] = "1"   # accepts once promoted (Swapper.finish)
                 child = await self._spawn(spec, env, fds)
             except (SpawnError, OSError) as e:
                 raise SwapAborted(f"cannot start the new process: {e}") from None

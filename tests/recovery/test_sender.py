@@ -236,12 +236,15 @@ async def test_lid_addressed_opt_out_is_tenant_wide_and_stops_recovery_only_with
                     [("5511933334444@s.whatsapp.net",)])
     async with httpx.AsyncClient(base_url=child.url) as client:
         await post_order(client, order("order.paid", order_id="O-1"))
+        await post_order(client, order("order.expired", order_id="O-2"))   # its reminder is due in 1 s
     if scope == "all":
-        await wait_rows(recovery_db, "SELECT status FROM outbound_messages", [("suppressed",)])
+        # Recovery sends the opted-out customer nothing at all: neither thank-you nor reminder.
+        await wait_rows(recovery_db, "SELECT kind, status FROM outbound_messages ORDER BY kind",
+                        [("reminder_1", "suppressed"), ("thank_you", "suppressed")])
         await trio.sleep(1)
         assert await sandbox.messages() == []
     else:
-        await wait_messages(sandbox, 1)
+        await wait_messages(sandbox, 2)
     assert rows(recovery_db, "SELECT phone FROM opt_outs") == [("5511987654321",)]
 
 

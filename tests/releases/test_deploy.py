@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from oraclewad import releases as registry
 from oraclewad.templating import brl
 from tests.harness import REPO, Daemon, alive, running_daemon, unique_id, wait_for, write_tenant
 from tests.recovery.support import encode, hmac_headers, order
@@ -306,7 +307,8 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
                      timeout=300).stdout
     assert "installed release 9.0.0" in out and f"recovery 1-{SHIPPED}" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]
-    assert listed["9.0.0"]["schema"] == {"recovery": SHIPPED, "broadcast": 1}
+    broadcast = registry.schema_of(registry.bundled().migrations["broadcast"])
+    assert listed["9.0.0"]["schema"] == {"recovery": SHIPPED, "broadcast": broadcast}
     assert Path(listed["9.0.0"]["python"]).exists()
     again = daemon.ctl("release", "install", str(REPO), "--version", "9.0.0", check=False)
     assert again.returncode == 1 and "already installed" in again.stderr

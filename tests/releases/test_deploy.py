@@ -42,7 +42,7 @@ class Load:
             self.answers[response.json()["release"]] += 1
 
     def _run(self) -> None:
-        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        with httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             while not self._stop.is_set():
                 try:
                     self._request(client)

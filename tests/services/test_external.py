@@ -111,7 +111,7 @@ async def test_schema_older_than_required_refuses_to_start(launch, workdir, scra
     assert message.startswith("schema: database at 127.0.0.1:5432")
     from oraclewad.services.recovery.app import MIGRATIONS
 
-    needs = max(m.version for m in _migrations().discover(MIGRATIONS))
+    needs = max(m.version for m in migrations.discover(MIGRATIONS))
     assert f"is at schema version 0, this release needs {needs}" in message
     assert PASSWORD not in message + child.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from datetime import timedelta
 
 import psycopg
@@ -10,6 +11,7 @@ import pytest
 
 from oraclewad.services.antiban import Lease, Skip, Wait
 from oraclewad.services.evolution import EvolutionError, FailureKind
+from tests.antiban.conftest import empty
 from tests.antiban.support import NO_WARMUP_WAIT, T0, engine, states
 
 
@@ -189,3 +191,45 @@ def test_both_services_carry_the_same_antiban_migration() -> None:
     recovery = (root / "recovery" / "migrations" / "0003_antiban.sql").read_text()
     assert recovery == (root / "broadcast" / "migrations" / "0002_antiban.sql").read_text()
     assert "-- backward-compatible: yes" in recovery.splitlines()[0]
+
+
+def test_two_processes_racing_never_share_a_slot_or_pass_a_cap(conn: psycopg.Connection,
+                                                                antiban_dsn: str) -> None:
+    # Two "processes" (threads, each its own connection and engine) reserve at the same moments:
+    # the row locks serialise them, so each instance has one lease at a time and stays in its cap.
+    import threading
+
+    names = ["a", "b"]
+    table = {**NO_WARMUP_WAIT, "working_hours": {"start": "00:00", "end": "24:00"}, "batch_size": 0}
+
+    def race(table: dict, release: bool) -> list[Lease]:
+        got: list[Lease] = []
+        lock = threading.Lock()
+
+        def run() -> None:
+            e = engine(names, table)
+            with psycopg.connect(antiban_dsn, autocommit=True) as own:
+                for i in range(40):
+                    r = e.reserve(own, T0 + i, text=f"t{i}")
+                    if isinstance(r, Lease):
+                        with lock:
+                            got.append(r)
+                        if release:
+                            e.release(own, r, None, T0 + i)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
+
+    # Sends held (30-120 s each, never released within the 40 s): one lease per instance in all.
+    held = race(table, release=False)
+    assert sorted(x.instance for x in held) == names
+    # Released at once (no gap): both keep reserving, and together stop at each instance's cap.
+    empty(conn)
+    fast = {**table, "delay_min": 0.0, "delay_max": 0.0}
+    caps = {r["instance"]: r["cap"] for r in engine(names, fast).explain(conn, T0)}
+    got = race(fast, release=True)
+    assert Counter(x.instance for x in got) == Counter(caps)

@@ -103,6 +103,22 @@ def test_instances_connect_health_and_signed_events(make_daemon, pairing_sandbox
     wait_for(lambda: daemon.ctl("health", tid, check=False).returncode == 0, what="both services healthy")
     wait_for(lambda: state()["broadcast"]["state"] == "running", what="broadcast running again")
 
+    # The anti-ban engine's view: first seen open -> standby; the operator's attestation is kept
+    # in broadcast's database (through the daemon, like connect).
+    rows = wait_for(lambda: (r := instances(daemon, tid)) and r[f"{tid}-b"].get("antiban", {}).get("stage")
+                    == "standby" and r, what="broadcast's instance in standby")
+    assert "standby until" in rows[f"{tid}-b"]["antiban"]["why_not"]
+    table = daemon.ctl("instances", tid).stdout
+    assert "STAGE" in table and "NEXT SLOT" in table and "standby until" in table
+    attested = daemon.ctl("instances", "attest", tid, f"{tid}-b", "--network", "4g", "--groups", "3",
+                          "--recharge", "2026-01-10").stdout
+    assert f"{tid}-b (broadcast): attested network=4g groups=3 recharge=2026-01-10" in attested
+    row = instances(daemon, tid)[f"{tid}-b"]["antiban"]
+    assert row["attested"] == {"network": "4g", "groups": 3, "recharge": "2026-01-10"}
+    assert "the recharge of 2026-01-10 is over 31 days old" in row["why_not"]   # older than a month
+    bad = daemon.ctl("instances", "attest", tid, f"{tid}-b", "--recharge", "10/01/2026", check=False)
+    assert bad.returncode == 1 and "recharge: the date of the last monthly recharge, YYYY-MM-DD" in bad.stderr
+
     # A ban arrives as a signed connection.update: broadcast takes it out of rotation at once.
     httpx.post(f"{sandbox.url}/_sandbox/instances/{tid}-b/state",
                json={"state": "close", "statusReason": 402}).raise_for_status()

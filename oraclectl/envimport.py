@@ -13,7 +13,7 @@ import tomli_w
 
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 
-SERVICES = ("recovery", "broadcast")
+SERVICES = ("recovery", "broadcast")   # oraclewad.tenants.ids.SERVICES (oraclectl imports only the proto)
 SECRET_PLACEHOLDER = "<from EVOLUTION_API_KEY, stored 0600 on add>"
 _SECRET_HINTS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "PASS")
 

@@ -33,9 +33,9 @@ import tomli_w
 
 from oraclewad.errors import FailedPrecondition, InvalidArgument
 from oraclewad.files import write_atomic
+from oraclewad.tenants.ids import SERVICES
 
 BUNDLED = "bundled"
-SERVICES = ("recovery", "broadcast")
 SERVICES_PACKAGE = Path(__file__).parent / "services"
 HISTORY_KEEP = 50
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")

@@ -32,8 +32,8 @@ from oraclewad.operations import (
     TenantView,
     WebhookSecretsView,
 )
+from oraclewad.tenants.ids import SERVICES
 
-SERVICES = ("recovery", "broadcast")
 DEFAULT_ADD_TIMEOUT = 60.0
 DEFAULT_SERVICE_CALL_TIMEOUT = 30.0
 DEFAULT_LINES = 50

@@ -211,6 +211,19 @@ class Swapper:
             with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
                 await _first(changed, failed.wait)
 
+    async def _promote(self, outcome: Outcome, cand: Candidate) -> None:
+        # It held its accept while gated (contract.ENV_HOLD_ACCEPT): a crash then dropped no client.
+        # It accepts before the old one stops, so the socket is never unserved.
+        why = await self.accept(str(cand.admin_path)) if self.accept and cand.admin_path else None
+        if why is not None:
+            outcome.ok, outcome.reason = False, f"the new process would not accept: {why}"
+            await self.sup.discard(outcome.plan.name, cand)
+            return
+        try:
+            await self.sup.promote(outcome.plan.name, cand)
+        except SwapAborted as e:
+            outcome.ok, outcome.reason = False, str(e)
+
     async def finish(self, outcomes: Sequence[Outcome], cands: Sequence[Candidate],
                      promote: bool) -> None:
         """Promote every candidate (when all passed) or discard them all; a service swapped in
@@ -220,19 +233,11 @@ class Swapper:
             if outcome.plan.in_place and not promote and outcome.previous is not None:
                 self.sup.replace(outcome.plan.name, outcome.previous)
         if promote:
-            for outcome in (o for o in outcomes if not o.plan.in_place):
-                cand = by_name[outcome.plan.name]
-                # It held its accept while gated (contract.ENV_HOLD_ACCEPT): a crash then dropped no
-                # client. It accepts before the old one stops, so the socket is never unserved.
-                why = await self.accept(str(cand.admin_path)) if self.accept and cand.admin_path else None
-                if why is not None:
-                    outcome.ok, outcome.reason = False, f"the new process would not accept: {why}"
-                    await self.sup.discard(outcome.plan.name, cand)
-                    continue
-                try:
-                    await self.sup.promote(outcome.plan.name, cand)
-                except SwapAborted as e:
-                    outcome.ok, outcome.reason = False, str(e)
+            # All at once: each waits for its old process to drain, and they drain side by side.
+            async with trio.open_nursery() as nursery:
+                for outcome in outcomes:
+                    if not outcome.plan.in_place:
+                        nursery.start_soon(self._promote, outcome, by_name[outcome.plan.name])
         else:
             async with trio.open_nursery() as nursery:
                 for name, cand in by_name.items():

@@ -397,12 +397,17 @@ async def _idle_timeout_with_grace(self: TCPServer) -> None:
     """hypercorn closes idle connections the moment a graceful stop begins, and a connection it has
     just accepted counts as idle until its request bytes arrive. During a release swap the old and
     new processes accept from one socket, so that would drop a client who connected a millisecond
-    before the old process stopped accepting. Give idle connections IDLE_GRACE to start a request
-    (it is then served, with Connection: close) before closing them."""
+    before the old process stopped accepting. Give an idle connection until IDLE_GRACE after it
+    became idle (accepted, or its last answer sent) to start a request (it is then served, with
+    Connection: close) before closing it. Counted from then, not from the stop: a connection idle
+    for longer is closed at once, so the drain ends as soon as the requests in flight are answered
+    instead of always waiting the grace."""
+    idle_since = trio.current_time()
     with trio.move_on_after(self.config.keep_alive_timeout):
         await self.context.terminated.wait()
     if self.context.terminated.is_set():
-        await trio.sleep(IDLE_GRACE)   # a request arriving now cancels this task (idle=False)
+        # A request arriving now cancels this task (idle=False) and is served.
+        await trio.sleep_until(idle_since + IDLE_GRACE)
     with trio.CancelScope(shield=True):
         await self._initiate_server_close()
 

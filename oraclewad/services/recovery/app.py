@@ -76,9 +76,9 @@ class RecoveryService:
                                  suppression=self.suppression, metrics=self.metrics, clock=clock,
                                  log=ctx.log("recovery"), errors=self.errors)
 
-    def poke(self) -> None:
+    def poke(self, due: float | None = None) -> None:
         if self.sender is not None:
-            self.sender.poke()
+            self.sender.poke(due)
 
     def outbox_health(self) -> dict[str, Any]:
         if self.sender is None:
@@ -144,7 +144,8 @@ class RecoveryService:
         self.log.info("webhook accepted", extra={"event": event, "event_id": result.event_id,
                                                  "scheme": verified.scheme, "messages": result.messages,
                                                  "cancelled": result.cancelled})
-        self.poke()
+        if result.first_due is not None:
+            self.poke(result.first_due)
         return JSONResponse({"status": "accepted", "order_id": ev.order_id, "event_id": result.event_id},
                             status_code=202)
 

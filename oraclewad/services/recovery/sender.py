@@ -14,6 +14,7 @@ roll back together; the slot's `delay_ms` (the per-instance gap) goes to Evoluti
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -92,10 +93,17 @@ class Sender:
         self.waiting_reason = ""
         self.figures: tuple[int, float] = (0, 0.0)   # due pending messages, age of the oldest
         self._wakeup = trio.Event()
+        self._wake_at = -math.inf    # when the idle wait ends (-inf while a round runs)
+        self._hint = math.inf        # the earliest due time poked during the round
 
-    def poke(self) -> None:
-        """Something may be sendable now (an order.paid, an instance back): look at once."""
-        self._wakeup.set()
+    def poke(self, due: float | None = None) -> None:
+        """Something may be sendable at `due` (None: now; an order.paid, an instance back, a send
+        finished). Coalesced: it wakes the sender only when that is before its planned wake-up, so a
+        burst of order.expired webhooks (reminders due in a minute) costs the sender nothing."""
+        at = -math.inf if due is None else due
+        self._hint = min(self._hint, at)
+        if at < self._wake_at:
+            self._wakeup.set()
 
     async def run(self) -> None:
         while True:
@@ -108,6 +116,7 @@ class Sender:
         async with trio.open_nursery() as sending:
             while True:
                 now = self.clock()
+                self._wake_at, self._hint = -math.inf, math.inf
                 try:
                     if now >= next_sweep:
                         await self._sweep(now)
@@ -126,9 +135,11 @@ class Sender:
                     free = self.next_slot
                     wake_at = max(next_due, free) if free is not None else now + IDLE_WAIT
                     wait = min(IDLE_WAIT, max(wake_at - now, 0.001))
-                with trio.move_on_after(wait):
-                    await self._wakeup.wait()
+                wake_at = min(now + wait, max(self._hint, now))   # poked during the round
                 self._wakeup = trio.Event()
+                self._wake_at = wake_at
+                with trio.move_on_at(trio.current_time() + max(wake_at - now, 0.0)):
+                    await self._wakeup.wait()
 
     async def _sweep(self, now: float) -> None:
         stale = await self.db(store.sweep_stale, now - self.settings.stale_after, now)

@@ -48,6 +48,7 @@ class Ingested:
     messages: int = 0
     cancelled: int = 0
     recovered: bool = False
+    first_due: float | None = None   # the earliest pending message it queued (wakes the sender)
 
 
 def _variables(ev: OrderEvent, zone: str) -> dict[str, str]:
@@ -117,7 +118,8 @@ def ingest(conn: psycopg.Connection, ev: OrderEvent, delivery_id: str | None, sc
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (event, kind, phone or ev.phone_raw, body, status, ts(due), ev.order_id, step, ts(due),
                  ts(expires), reason, at, at))
-        return Ingested(False, event_id, len(rows), cancelled, recovered)
+        first_due = min((r[4] for r in rows), default=None) if phone else None
+        return Ingested(False, event_id, len(rows), cancelled, recovered, first_due)
 
 
 # ---- sender side -----------------------------------------------------------------------------

@@ -185,11 +185,13 @@ def standalone_configs(root: Path, count: int) -> list[tuple[str, Path, int]]:
     return out
 
 
-def programs_toml(progs: list[tuple[str, Path, int]]) -> str:
+def programs_toml(progs: list[tuple[str, Path, int]], *, hold_ports: bool = False) -> str:
+    """hold_ports: the daemon binds each program's port and hands it over as fd 3 (kept across
+    restarts); otherwise the program binds http.port itself, as under supervisord."""
     parts = []
-    for name, path, _port in progs:
+    for name, path, port in progs:
         parts.append(f'[programs.{name}]\ncommand = ["{b.PYTHON}", "-m", "oraclewad.services.recovery"]\n'
-                     f'notify = true\n'
+                     f'notify = true\n' + (f"port = {port}\n" if hold_ports else "") +
                      f'env = {{ OWA_CONFIG = "{path}", OWA_TENANT = "{name}", OWA_SERVICE = "recovery" }}\n')
     return "\n".join(parts)
 

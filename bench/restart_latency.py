@@ -87,7 +87,7 @@ def run_mode(root: Path, cleanup: b.Cleanup, mode: str, args: argparse.Namespace
     base = b.free_port_block(args.kills + 10)
     config = b.write_config(root, backend=backend, port_base=base, port_count=args.kills + 10,
                             policy=f'spawn = "{mode}"\nbackoff_initial = {args.backoff_initial}',
-                            extra=programs_toml(progs))
+                            extra=programs_toml(progs, hold_ports=True))
     for tid in ids:
         b.write_tenant(root, tid, '["recovery"]')
     daemon = b.Daemon(root, config, cleanup)

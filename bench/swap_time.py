@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="request threads (default 4)")
     parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
     parser.add_argument("--verbose", action="store_true", help="print each deploy's progress lines")
+    parser.add_argument("--spawn", choices=("fork", "exec"), default="fork",
+                        help="[policy] spawn of the daemon (default fork)")
     args = parser.parse_args()
     backend = args.backend
     if backend == "auto":
@@ -76,7 +78,8 @@ def main() -> None:
         if backend == "external":
             cleanup.push("drop provisioned databases/users", lambda: b.drop_external([tid]))
         base = b.free_port_block(20)
-        config = b.write_config(root, backend=backend, port_base=base, port_count=20)
+        config = b.write_config(root, backend=backend, port_base=base, port_count=20,
+                                policy=f'spawn = "{args.spawn}"')
         b.write_tenant(root, tid)
         daemon = b.Daemon(root, config, cleanup)
         b.log(f"starting oraclewad with one tenant ({backend} PostgreSQL/Redis)")
@@ -117,7 +120,8 @@ def main() -> None:
             t.join()
         failures = list(load.failures)
 
-    b.header("release swap: `oraclectl deploy` start -> old processes gone, under HTTP load",
+    b.header(f"release swap (spawn = {args.spawn}): `oraclectl deploy` start -> old processes gone, "
+             "under HTTP load",
              [f"one tenant (recovery + broadcast swapped together), {backend} PostgreSQL/Redis; "
               f"{args.clients} client threads on fresh connections to recovery's port",
               f"release install (venv + pip --share-packages + import check): {install_s:.1f} s"])

@@ -155,6 +155,10 @@ class BuildStep:
     argv: tuple[str, ...]
 
 
+_COPY_SOURCE = ("import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], ignore=shutil.ignore_patterns("
+                "'build', '*.egg-info', '.venv', '.git', 'var', '__pycache__', '.ruff_cache'))")
+
+
 def build_plan(releases_dir: Path, source: Path, version: str, *, find_links: Sequence[str] = (),
                share_packages: bool = False, base_python: str | None = None) -> tuple[Path, list[BuildStep]]:
     """The directory a release will have and the commands that build it there (venv + pip).
@@ -186,6 +190,13 @@ def build_plan(releases_dir: Path, source: Path, version: str, *, find_links: Se
         pip += ["--no-index", *[a for d in find_links for a in ("--find-links", d)]]
     if share_packages:
         pip += ["--no-build-isolation"]     # setuptools comes from the shared packages
+    if source.is_dir():
+        # pip builds a folder in place, and setuptools then ships whatever a stale build/lib still
+        # holds (a migration deleted since, say): build from a clean copy instead.
+        copy = target / "source"
+        steps.append(BuildStep("copy the source",
+                               (sys.executable, "-c", _COPY_SOURCE, str(source), str(copy))))
+        source = copy
     steps.append(BuildStep("install the package", (*pip, str(source))))
     # -P: the working directory must not shadow the release's own package.
     steps.append(BuildStep("check it imports", (python, "-P", "-c", IMPORT_CHECK)))
@@ -208,6 +219,7 @@ def finish_build(target: Path, version: str, probe_output: str, source: Path) ->
     except (ValueError, KeyError, IndexError, AttributeError) as e:
         raise FailedPrecondition(f"the new release did not describe itself ({e}); output: "
                                  f"{probe_output[-300:]!r}") from None
+    shutil.rmtree(target / "source", ignore_errors=True)   # the clean copy pip built from
     release = Release(check_version(version), str(target / "venv" / "bin" / "python"),
                       {s: schema_of(d) for s, d in dirs.items()}, dirs, target)
     write_manifest(target, release, {"source": str(source),

@@ -17,7 +17,7 @@ from oraclewad import releases as registry
 from oraclewad.templating import brl
 from tests.harness import REPO, Daemon, alive, running_daemon, unique_id, wait_for, write_tenant
 from tests.recovery.support import encode, hmac_headers, order
-from tests.releases.conftest import NOTES, RENAME, SHIPPED
+from tests.releases.conftest import NOTES, RENAME, SHIPPED, source_copy
 from tests.support.sandbox import Sandbox
 
 GATE = '[releases]\nhealthy_deadline = 4\nmin_healthy_time = 1\n'
@@ -303,7 +303,12 @@ def test_install_a_release_from_a_source_folder_and_remove_it(daemon: Daemon) ->
     bad = daemon.ctl("release", "install", str(REPO), "--version", "../x", check=False)
     assert bad.returncode == 1 and "is not a release version" in bad.stderr
 
-    out = daemon.ctl("release", "install", str(REPO), "--version", "v9.0.0", "--share-packages",
+    # A stale build/ in the folder (a migration deleted since) must not ship.
+    source = source_copy(daemon.root, "src", {})
+    stale = source / "build" / "lib" / "oraclewad" / "services" / "recovery" / "migrations"
+    stale.mkdir(parents=True)
+    (stale / f"{SHIPPED + 1:04d}_deleted_since.sql").write_text("SELECT 1;\n")
+    out = daemon.ctl("release", "install", str(source), "--version", "v9.0.0", "--share-packages",
                      timeout=300).stdout
     assert "installed release 9.0.0" in out and f"recovery 1-{SHIPPED}" in out
     listed = {r["version"]: r for r in daemon.ctl_json("releases")}  # type: ignore[union-attr]

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     # pgserver narrates every pg_ctl call at INFO; the daemon reports what matters itself.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # httpx logs each request at INFO: every health probe, scrape and relayed call to a child
+    # would fill the journal; failures are reported by the daemon with their tenant and service.
+    if args.log_level != "debug":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     path = find_config(args.config)
     if not path.exists() and not args.config and not os.environ.get("OWA_CONFIG"):
         looked = ", ".join(str(p.absolute()) for p in DEFAULT_CONFIG_PATHS)

@@ -47,6 +47,8 @@ def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
                         what="the example's thank-you")
         assert [(m["instance"], m["number"]) for m in sent] == [("imperio-1", "5511987654321")]
         assert daemon.stop() == 0
+        # Health probes and relayed calls are not narrated request by request in the daemon's log.
+        assert "HTTP Request:" not in daemon.stderr()
         assert not list((root / "state" / "postgres").glob("postmaster.pid"))  # stopped with the daemon
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -21,6 +21,11 @@ DEFAULT_REGION = "BR"
 # checks the shortcut against phonenumbers itself on random numbers of every shape.
 _PLAIN = str.maketrans("", "", " -().\t/")
 _VERDICTS: dict[tuple[int, str], str] = {}   # "invalid" | "same" | "ninth"
+# ANATEL's area codes (DDD).
+_DDDS = frozenset(str(d) for d in (
+    11, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22, 24, 27, 28, 31, 32, 33, 34, 35, 37, 38, 41, 42, 43, 44, 45,
+    46, 47, 48, 49, 51, 53, 54, 55, 61, 62, 63, 64, 65, 66, 67, 68, 69, 71, 73, 74, 75, 77, 79, 81, 82, 83,
+    84, 85, 86, 87, 88, 89, 91, 92, 93, 94, 95, 96, 97, 98, 99))
 
 
 def _fast_br(text: str, region: str) -> str | bool | None:
@@ -34,11 +39,15 @@ def _fast_br(text: str, region: str) -> str | bool | None:
         return False
     if len(digits) in (12, 13) and digits.startswith("55"):
         national = digits[2:]
-    elif not plus and len(digits) in (10, 11):
+    elif not plus and len(digits) in (10, 11) and not digits.startswith("55"):
+        # (Digits led by 55 without +: DDD 55, or a country code phonenumbers may strip when the
+        # whole is not a valid national number; its verdict then depends on more than the key.)
         national = digits
     else:
         return False
-    if national[0] == "0":
+    if national[:2] not in _DDDS:
+        # Not an area code: phonenumbers may then read a national or carrier prefix (0, 90...)
+        # and its verdict depends on more than the key.
         return False
     key = (len(national), national[:4])
     verdict = _VERDICTS.get(key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oraclewad.services import phones
@@ -28,5 +28,7 @@ def written(draw: st.DrawFn) -> str:
 
 @settings(max_examples=3000, deadline=None)
 @given(written())
+@example("55500000000")     # 11 digits led by 55: phonenumbers reads a country code, not DDD 55
+@example("+5590900443672")  # 90 is no area code but a carrier prefix phonenumbers strips
 def test_the_shortcut_gives_what_phonenumbers_gives(text: str) -> None:
     assert phones.normalise(text) == phones._slow(text, phones.DEFAULT_REGION)

@@ -38,6 +38,7 @@ from oraclewad.settings import LogSettings
 from oraclewad.supervisor.logsink import Compressor, LogWatchers, RotatingFile
 from tests.control.double import Harness
 from tests.harness import BIN, Daemon, free_port, running_daemon, tcp_address, unique_id, wait_for
+from tests.support.logs import logged
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -435,8 +436,10 @@ async def test_a_stalled_log_follower_is_dropped(control: Harness) -> None:
             for _ in range(80):
                 f.write(line)
 
-    await trio.to_thread.run_sync(grow_log)
-    await trio.sleep(1.5)  # past the stall timeout (1 s here; 30 s by default)
+    with logged("oraclewad.control", "dropping TailLogs stream") as dropped:
+        await trio.to_thread.run_sync(grow_log)
+        with trio.fail_after(30):   # the watchdog's verdict, 1 s into the stall here (30 s by default)
+            await dropped.wait()
 
     def read_until_dropped() -> grpc.RpcError:
         try:
@@ -456,9 +459,13 @@ async def test_a_stalled_log_follower_is_dropped(control: Harness) -> None:
 
 async def test_a_slow_event_watcher_is_dropped_without_blocking_the_daemon(control: Harness) -> None:
     # DOUBLE: the real daemon cannot emit thousands of events on demand; the double's publish() can.
-    watcher = control.stub().WatchEvents(pb.WatchEventsRequest(recent=0, follow=True))
-    await trio.sleep(0.2)
-    assert watcher.is_active()
+    # One event before the watcher opens: it arrives as the backlog or through the subscription,
+    # and either way the watcher is subscribed once it has read it.
+    control.ops.publish("t", "recovery", "state", "running", "first")
+    watcher = control.stub().WatchEvents(pb.WatchEventsRequest(recent=1, follow=True))
+    with trio.fail_after(20):
+        first = await trio.to_thread.run_sync(lambda: next(watcher), abandon_on_cancel=True)
+    assert first.message == "first" and watcher.is_active()
     slowest = 0.0
     # Until the client sees the call end, or 2 s: a client holding an unread message learns of the
     # drop only once it reads (the stream IS dropped by then; the drain below shows it).

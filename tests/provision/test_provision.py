@@ -413,16 +413,23 @@ async def test_postgres_stopped_then_back(backend: Backend, tenant_ids: Callable
     # The retry helper: reports UNAVAILABLE while the server is down, then OK once it is back.
     tid2 = tenant_ids()
     statuses: list[str] = []
+    retried = trio.Event()      # a second UNAVAILABLE: it did retry while the server was down
+
+    def on_status(status: str) -> None:
+        statuses.append(status)
+        if len(statuses) >= 2:
+            retried.set()
+
     await trio.to_thread.run_sync(pg.stop)
     try:
         async with trio.open_nursery() as nursery:
             async def provision() -> None:
-                await prov.provision_with_retry(tid2, ["recovery"], migration_dirs, on_status=statuses.append,
+                await prov.provision_with_retry(tid2, ["recovery"], migration_dirs, on_status=on_status,
                                                 initial_delay=0.05, max_delay=0.2)
             nursery.start_soon(provision)
             with trio.fail_after(20):
-                while len(statuses) < 2:
-                    await trio.sleep(0.02)
+                await retried.wait()
+            assert all(s.startswith("UNAVAILABLE: ") for s in statuses[:2])
             await trio.to_thread.run_sync(pg.start)
     finally:
         await trio.to_thread.run_sync(pg.start)

@@ -43,6 +43,10 @@ def _fast_br(text: str, region: str) -> str | bool | None:
         # (Digits led by 55 without +: DDD 55, or a country code phonenumbers may strip when the
         # whole is not a valid national number; its verdict then depends on more than the key.)
         national = digits
+    elif not plus and len(digits) in (11, 12) and digits[0] == "0":
+        # The trunk prefix (`0 11 98765-4321`): phonenumbers strips the 0 and reads the rest as the
+        # national number (a carrier code after it needs 12+ more digits: those go the slow way).
+        national = digits[1:]
     else:
         return False
     if national[:2] not in _DDDS:

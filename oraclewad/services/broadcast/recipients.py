@@ -126,10 +126,10 @@ def _sort(keys: list[str], records: Iterable[tuple[int, list[str]]], *, where: s
     out = Parsed(columns=[k for _, k in extra])
     seen: dict[str, int] = {}
     for line, record in records:
-        if not any(v.strip() for v in record):
-            continue  # a blank line (spreadsheets end files with several)
         raw = record[phone_at].strip() if phone_at < len(record) else ""
         if not raw:
+            if not any(v.strip() for v in record):
+                continue  # a blank line (spreadsheets end files with several)
             out.invalid.append({where: line, "value": "", "reason": "no phone number"})
             continue
         phone = normalise(raw)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -27,6 +27,10 @@ HINT = "Is the daemon running? Check `systemctl status oraclewad`, or start it w
 _TRANSPORT_DETAILS = re.compile(r"failed to connect|connection refused|connect failed|socket closed|"
                                 r"no such file|handshake|ssl|dns resolution|unreachable|"
                                 r"connection reset|broken pipe|goaway", re.IGNORECASE)
+
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Unreachable(Exception):
@@ -199,44 +203,14 @@ class Client:
             return Unreachable(f"lost the daemon at {self.target.label}: {details}. {HINT}")
         return Refused(code, details)
 
-    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+    def _unary(self, rpc: Callable[..., R], request: Any, timeout: float | None) -> R:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
-                                              metadata=self.metadata)
+            return rpc(request, timeout=timeout or self.timeout, metadata=self.metadata)
         except grpc.RpcError as e:
             raise self._failure(e) from None
 
-    # ---- the list answers, every page read (each page is far under the 4 MiB message limit) ----
-
-    def _pages(self, method: str, request: Any, field: str, timeout: float | None) -> list[Any]:
-        items: list[Any] = []
-        while True:
-            response = self.call(method, request, timeout=timeout)
-            items += getattr(response, field)
-            if not response.next_page_token:
-                return items
-            request.page_token = response.next_page_token
-
-    def list_tenants(self, *, timeout: float | None = None) -> list[pb.Tenant]:
-        return self._pages("ListTenants", pb.ListTenantsRequest(), "tenants", timeout)
-
-    def removed_tenants(self, *, timeout: float | None = None) -> list[pb.RemovedTenant]:
-        return self._pages("ListRemovedTenants", pb.ListRemovedTenantsRequest(), "tenants", timeout)
-
-    def status(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceState]:
-        return self._pages("Status", pb.StatusRequest(tenant=tenant), "services", timeout)
-
-    def health(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceHealth]:
-        return self._pages("Health", pb.HealthRequest(tenant=tenant), "services", timeout)
-
-    def metrics(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceMetrics]:
-        return self._pages("Metrics", pb.MetricsRequest(tenant=tenant), "services", timeout)
-
-    def history(self, tenant: str, *, timeout: float | None = None) -> list[pb.HistoryEntry]:
-        return self._pages("History", pb.HistoryRequest(tenant=tenant), "entries", timeout)
-
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
-        call = getattr(self.stub, method)(request, metadata=self.metadata)
+    def _stream(self, rpc: Callable[..., Any], request: Any) -> Iterator[Any]:
+        call = rpc(request, metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as e:
@@ -245,3 +219,107 @@ class Client:
             raise self._failure(e) from None
         finally:
             call.cancel()
+
+    def _pages(self, rpc: Callable[..., Any], request: Any, items_of: Callable[[Any], Iterable[T]],
+               timeout: float | None) -> list[T]:
+        """Every page of a list answer (each page is far under the 4 MiB message limit)."""
+        items: list[T] = []
+        while True:
+            response = self._unary(rpc, request, timeout)
+            items += items_of(response)
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
+
+    # ---- tenants ----
+
+    def add_tenant(self, request: pb.AddTenantRequest, *, timeout: float | None = None) -> pb.Tenant:
+        return self._unary(self.stub.AddTenant, request, timeout)
+
+    def remove_tenant(self, request: pb.RemoveTenantRequest, *,
+                      timeout: float | None = None) -> pb.RemoveTenantResponse:
+        return self._unary(self.stub.RemoveTenant, request, timeout)
+
+    def repair_tenant(self, tenant_id: str, *, timeout: float | None = None) -> pb.RepairTenantResponse:
+        return self._unary(self.stub.RepairTenant, pb.RepairTenantRequest(id=tenant_id), timeout)
+
+    def purge_tenant(self, tenant_id: str, *, timeout: float | None = None) -> pb.RemoveTenantResponse:
+        return self._unary(self.stub.PurgeTenant, pb.PurgeTenantRequest(id=tenant_id), timeout)
+
+    def restore_tenant(self, request: pb.RestoreTenantRequest, *, timeout: float | None = None) -> pb.Tenant:
+        return self._unary(self.stub.RestoreTenant, request, timeout)
+
+    def get_tenant(self, tenant_id: str, *, timeout: float | None = None) -> pb.Tenant:
+        return self._unary(self.stub.GetTenant, pb.GetTenantRequest(id=tenant_id), timeout)
+
+    def list_tenants(self, *, timeout: float | None = None, page_size: int = 0) -> list[pb.Tenant]:
+        return self._pages(self.stub.ListTenants, pb.ListTenantsRequest(page_size=page_size),
+                           lambda r: r.tenants, timeout)
+
+    def removed_tenants(self, *, timeout: float | None = None) -> list[pb.RemovedTenant]:
+        return self._pages(self.stub.ListRemovedTenants, pb.ListRemovedTenantsRequest(),
+                           lambda r: r.tenants, timeout)
+
+    def webhook_secrets(self, tenant_id: str, *, timeout: float | None = None) -> pb.WebhookSecretsResponse:
+        return self._unary(self.stub.WebhookSecrets, pb.WebhookSecretsRequest(id=tenant_id), timeout)
+
+    def rotate_webhook_secret(self, request: pb.RotateWebhookSecretRequest, *,
+                              timeout: float | None = None) -> pb.WebhookSecretsResponse:
+        return self._unary(self.stub.RotateWebhookSecret, request, timeout)
+
+    # ---- services ----
+
+    def status(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceState]:
+        return self._pages(self.stub.Status, pb.StatusRequest(tenant=tenant), lambda r: r.services, timeout)
+
+    def health(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceHealth]:
+        return self._pages(self.stub.Health, pb.HealthRequest(tenant=tenant), lambda r: r.services, timeout)
+
+    def metrics(self, tenant: str = "", *, timeout: float | None = None) -> list[pb.ServiceMetrics]:
+        return self._pages(self.stub.Metrics, pb.MetricsRequest(tenant=tenant), lambda r: r.services, timeout)
+
+    def start(self, request: pb.ServiceRequest, *, timeout: float | None = None) -> pb.StatusResponse:
+        return self._unary(self.stub.Start, request, timeout)
+
+    def stop(self, request: pb.ServiceRequest, *, timeout: float | None = None) -> pb.StatusResponse:
+        return self._unary(self.stub.Stop, request, timeout)
+
+    def restart(self, request: pb.ServiceRequest, *, timeout: float | None = None) -> pb.StatusResponse:
+        return self._unary(self.stub.Restart, request, timeout)
+
+    def reload(self, *, timeout: float | None = None) -> pb.ReloadResponse:
+        return self._unary(self.stub.Reload, pb.ReloadRequest(), timeout)
+
+    def service_call(self, request: pb.ServiceCallRequest, *,
+                     timeout: float | None = None) -> pb.ServiceCallResponse:
+        return self._unary(self.stub.ServiceCall, request, timeout)
+
+    # ---- releases ----
+
+    def deploy(self, request: pb.DeployRequest) -> Iterator[pb.DeployProgress]:
+        return self._stream(self.stub.Deploy, request)
+
+    def rollback(self, request: pb.RollbackRequest) -> Iterator[pb.DeployProgress]:
+        return self._stream(self.stub.Rollback, request)
+
+    def history(self, tenant: str, *, timeout: float | None = None) -> list[pb.HistoryEntry]:
+        return self._pages(self.stub.History, pb.HistoryRequest(tenant=tenant), lambda r: r.entries, timeout)
+
+    def list_releases(self, *, timeout: float | None = None) -> pb.ListReleasesResponse:
+        return self._unary(self.stub.ListReleases, pb.ListReleasesRequest(), timeout)
+
+    def install_release(self, request: pb.InstallReleaseRequest, *,
+                        timeout: float | None = None) -> pb.Release:
+        return self._unary(self.stub.InstallRelease, request, timeout)
+
+    def remove_release(self, version: str, *, timeout: float | None = None) -> pb.RemoveReleaseResponse:
+        return self._unary(self.stub.RemoveRelease, pb.RemoveReleaseRequest(version=version), timeout)
+
+    # ---- streams ----
+
+    def tail_logs(self, request: pb.TailLogsRequest) -> Iterator[pb.LogLines]:
+        return self._stream(self.stub.TailLogs, request)
+
+    def watch_events(self, request: pb.WatchEventsRequest) -> Iterator[pb.Event]:
+        return self._stream(self.stub.WatchEvents, request)
+

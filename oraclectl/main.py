@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -33,6 +33,7 @@ from oraclectl.client import (
 from oraclectl.completion import TENANT_ID
 from oraclectl.envimport import SECRET_PLACEHOLDER, EnvFileError, convert, parse_dotenv
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
+from oraclewad._proto.vocabulary import service_enum
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 T = TypeVar("T")
@@ -88,10 +89,6 @@ class Ctx:
                 raise UsageError(str(e)) from None
         return Client(target, timeout=a.timeout)
 
-    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
-        with self.client() as client:
-            return client.call(method, request, timeout=timeout)
-
     def using(self, ask: Callable[[Client], T]) -> T:
         """One typed question on a client of its own (`ctx.using(lambda c: c.status(tenant))`)."""
         with self.client() as client:
@@ -126,7 +123,7 @@ def _read_secret(path: str, ctx: Ctx) -> str:
 def _add(ctx: Ctx, new: pb.NewTenant) -> int:
     a = ctx.args
     request = pb.AddTenantRequest(tenant=new, wait=not a.no_wait, timeout_s=a.wait_timeout)
-    tenant = ctx.call("AddTenant", request, timeout=a.wait_timeout + 15)
+    tenant = ctx.using(lambda c: c.add_tenant(request, timeout=a.wait_timeout + 15))
     if ctx.json:
         ctx.out(render.dumps(render.to_dict(tenant)))
         return OK
@@ -161,7 +158,9 @@ def _no_instance_flag(a: argparse.Namespace) -> None:
 def cmd_tenant_add(ctx: Ctx) -> int:
     a = ctx.args
     _no_instance_flag(a)
-    new = pb.NewTenant(id=a.id, name=a.name or "", services=_services_arg(a.services),
+    services = _services_arg(a.services)
+    new = pb.NewTenant(id=a.id, name=a.name or "", services=services,
+                       service_enums=[service_enum(s) for s in services],
                        release=a.release or "", evolution_url=a.evolution_url or "",
                        recovery_instances=a.recovery_instance or [],
                        broadcast_instances=a.broadcast_instance or [])
@@ -175,7 +174,7 @@ def cmd_tenant_remove(ctx: Ctx) -> int:
     if a.purge and not _confirm_purge(ctx, a.id):
         return FAILED
     request = pb.RemoveTenantRequest(id=a.id, purge=a.purge)
-    response = ctx.call("RemoveTenant", request, timeout=max(a.timeout, 60))
+    response = ctx.using(lambda c: c.remove_tenant(request, timeout=max(a.timeout, 60)))
     if ctx.json:
         ctx.out(render.dumps({"id": a.id, "purged": a.purge, "actions": list(response.actions)}))
     else:
@@ -187,7 +186,7 @@ def cmd_tenant_remove(ctx: Ctx) -> int:
 
 def cmd_tenant_repair(ctx: Ctx) -> int:
     a = ctx.args
-    response = ctx.call("RepairTenant", pb.RepairTenantRequest(id=a.id), timeout=max(a.timeout, 60))
+    response = ctx.using(lambda c: c.repair_tenant(a.id, timeout=max(a.timeout, 60)))
     if ctx.json:
         ctx.out(render.dumps({"id": a.id, "actions": list(response.actions)}))
     else:
@@ -223,7 +222,7 @@ def cmd_tenant_purge(ctx: Ctx) -> int:
     a = ctx.args
     if not _confirm_purge(ctx, a.id):
         return FAILED
-    response = ctx.call("PurgeTenant", pb.PurgeTenantRequest(id=a.id), timeout=max(a.timeout, 60))
+    response = ctx.using(lambda c: c.purge_tenant(a.id, timeout=max(a.timeout, 60)))
     if ctx.json:
         ctx.out(render.dumps({"id": a.id, "purged": True, "actions": list(response.actions)}))
     else:
@@ -236,7 +235,7 @@ def cmd_tenant_purge(ctx: Ctx) -> int:
 def cmd_tenant_restore(ctx: Ctx) -> int:
     a = ctx.args
     request = pb.RestoreTenantRequest(id=a.id, wait=not a.no_wait, timeout_s=a.wait_timeout)
-    tenant = ctx.call("RestoreTenant", request, timeout=a.wait_timeout + 15)
+    tenant = ctx.using(lambda c: c.restore_tenant(request, timeout=a.wait_timeout + 15))
     if ctx.json:
         ctx.out(render.dumps(render.to_dict(tenant)))
         return OK
@@ -246,7 +245,7 @@ def cmd_tenant_restore(ctx: Ctx) -> int:
 
 
 def cmd_tenant_show(ctx: Ctx) -> int:
-    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=ctx.args.id))
+    tenant = ctx.using(lambda c: c.get_tenant(ctx.args.id))
     ctx.out(render.dumps(render.to_dict(tenant)) if ctx.json else render.tenant_detail(tenant))
     return OK
 
@@ -350,7 +349,8 @@ def cmd_top(ctx: Ctx) -> int:
         return run_top(fetch, a.interval, a.sort)
 
 
-def _verb(method: str) -> Callable[[Ctx], int]:
+def _verb(verb: Callable[..., pb.StatusResponse]) -> Callable[[Ctx], int]:
+    """`start`, `stop` or `restart`: verb is Client.start, Client.stop or Client.restart."""
     def run(ctx: Ctx) -> int:
         a = ctx.args
         if a.all == bool(a.id):
@@ -359,14 +359,16 @@ def _verb(method: str) -> Callable[[Ctx], int]:
             raise UsageError(f"{a.command} --all takes no service: it acts on every service of every tenant")
         if not a.all:
             request = pb.ServiceRequest(tenant=a.id, service=a.service or "")
-            return _services(ctx, ctx.call(method, request, timeout=max(a.timeout, 60)))
+            return _services(ctx, ctx.using(lambda c: verb(c, request, timeout=max(a.timeout, 60))))
         # Every tenant, one call each (a tenant that refuses is reported; the others go on).
         tenants = sorted({s.tenant for s in ctx.using(lambda c: c.status())
-                          if s.service and s.state != "invalid" and s.tenant != "programs"}, key=str.lower)
+                          if s.service and s.state_enum != pb.STATE_INVALID and s.tenant != "programs"},
+                         key=str.lower)
         states, failed = [], 0
         for tenant in tenants:
             try:
-                response = ctx.call(method, pb.ServiceRequest(tenant=tenant), timeout=max(a.timeout, 60))
+                one = pb.ServiceRequest(tenant=tenant)
+                response = ctx.using(lambda c, one=one: verb(c, one, timeout=max(a.timeout, 60)))
                 states += response.services
             except Refused as e:
                 failed += 1
@@ -378,7 +380,7 @@ def _verb(method: str) -> Callable[[Ctx], int]:
 
 
 def cmd_reload(ctx: Ctx) -> int:
-    response = ctx.call("Reload", pb.ReloadRequest(), timeout=max(ctx.args.timeout, 60))
+    response = ctx.using(lambda c: c.reload(timeout=max(ctx.args.timeout, 60)))
     ctx.out(render.dumps(render.to_dict(response)) if ctx.json else render.reload_text(response))
     # Skipped tenant files are the operator's to fix: scripts and CI must see them.
     return FAILED if response.problems else OK
@@ -420,13 +422,13 @@ def cmd_deploy(ctx: Ctx) -> int:
         if a.dry_run or a.canary or a.max_parallel != 1:
             raise UsageError("--dry-run, --canary and --max-parallel go with --all")
         request = pb.DeployRequest(tenant=a.target, version=a.version, **_swap_options(a))
-    return _stream(ctx, "Deploy", request, lambda p: [_progress_line(p)])
+    return _stream(ctx, lambda c: c.deploy(request), lambda p: [_progress_line(p)])
 
 
 def cmd_rollback(ctx: Ctx) -> int:
     a = ctx.args
     request = pb.RollbackRequest(tenant=a.id, version=a.version or "", **_swap_options(a))
-    return _stream(ctx, "Rollback", request, lambda p: [_progress_line(p)])
+    return _stream(ctx, lambda c: c.rollback(request), lambda p: [_progress_line(p)])
 
 
 def cmd_history(ctx: Ctx) -> int:
@@ -444,7 +446,7 @@ def cmd_history(ctx: Ctx) -> int:
 
 
 def cmd_releases(ctx: Ctx) -> int:
-    response = ctx.call("ListReleases", pb.ListReleasesRequest())
+    response = ctx.using(lambda c: c.list_releases())
     if ctx.json:
         ctx.out(render.dumps([render.to_dict(r) for r in response.releases]))
     else:
@@ -459,7 +461,7 @@ def cmd_release_install(ctx: Ctx) -> int:
     request = pb.InstallReleaseRequest(path=os.path.abspath(a.path), version=a.version,
                                        find_links=[os.path.abspath(d) for d in a.find_links or []],
                                        share_packages=a.share_packages)
-    release = ctx.call("InstallRelease", request, timeout=max(ctx.args.timeout, 900))
+    release = ctx.using(lambda c: c.install_release(request, timeout=max(ctx.args.timeout, 900)))
     if ctx.json:
         ctx.out(render.dumps(render.to_dict(release)))
     else:
@@ -470,16 +472,16 @@ def cmd_release_install(ctx: Ctx) -> int:
 
 
 def cmd_release_remove(ctx: Ctx) -> int:
-    response = ctx.call("RemoveRelease", pb.RemoveReleaseRequest(version=ctx.args.version))
+    response = ctx.using(lambda c: c.remove_release(ctx.args.version))
     ctx.out(render.dumps(render.to_dict(response)) if ctx.json else response.message)
     return OK
 
 
-def _stream(ctx: Ctx, method: str, request: Any, lines: Callable[[Any], list[str]],
+def _stream(ctx: Ctx, open_stream: Callable[[Client], Iterator[Any]], lines: Callable[[Any], list[str]],
             json_lines: Callable[[Any], list[Any]] = lambda item: [render.to_dict(item)]) -> int:
     with ctx.client() as client:
         try:
-            for item in client.stream(method, request):
+            for item in open_stream(client):
                 text = [render.json_line(v) for v in json_lines(item)] if ctx.json else lines(item)
                 if text:
                     ctx.out("\n".join(text))
@@ -527,7 +529,7 @@ def cmd_logs(ctx: Ctx) -> int:
     def json_lines(item: pb.LogLines) -> list[dict[str, Any]]:
         return [render.log_record(line, item.tenant, item.service) for line in item.lines]
 
-    return _stream(ctx, "TailLogs", request, lines, json_lines)
+    return _stream(ctx, lambda c: c.tail_logs(request), lines, json_lines)
 
 
 def cmd_completion(ctx: Ctx) -> int:
@@ -540,7 +542,7 @@ def cmd_completion(ctx: Ctx) -> int:
 def cmd_events(ctx: Ctx) -> int:
     a = ctx.args
     request = pb.WatchEventsRequest(tenant=a.tenant or "", recent=a.recent, follow=a.follow)
-    return _stream(ctx, "WatchEvents", request, lambda e: [render.event_line(e)])
+    return _stream(ctx, lambda c: c.watch_events(request), lambda e: [render.event_line(e)])
 
 
 # ---- instances (the service's own API, through the daemon's ServiceCall) ---------------------
@@ -551,9 +553,10 @@ QR_REFRESH_S = 40.0  # WhatsApp QR codes expire within about a minute: show a fr
 
 def _service_call(ctx: Ctx, tenant: str, service: str, method: str, path: str,
                   body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    request = pb.ServiceCallRequest(tenant=tenant, service=service, method=method, path=path,
+    request = pb.ServiceCallRequest(tenant=tenant, service=service, service_enum=service_enum(service),
+                                    method=method, path=path,
                                     body_json=json.dumps(body) if body is not None else "")
-    response = ctx.call("ServiceCall", request, timeout=max(ctx.args.timeout, 60))
+    response = ctx.using(lambda c: c.service_call(request, timeout=max(ctx.args.timeout, 60)))
     try:
         return response.status, json.loads(response.body_json or "null")
     except ValueError:
@@ -592,7 +595,7 @@ def cmd_instances(ctx: Ctx) -> int:
     if len(words) != 1:
         raise UsageError("use `oraclectl instances ID`, `oraclectl instances connect ID INSTANCE` or "
                          "`oraclectl instances attest ID INSTANCE --network 4g --groups 3 --recharge DATE`")
-    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=words[0]))
+    tenant = ctx.using(lambda c: c.get_tenant(words[0]))
     rows, problems = _instances_of(ctx, tenant)
     if ctx.json:
         ctx.out(render.dumps({"tenant": tenant.id, "instances": rows, "problems": problems}))
@@ -621,7 +624,7 @@ def _attest(ctx: Ctx, tenant_id: str, instance: str) -> int:
             if v is not None}
     if not body:
         raise UsageError("attest needs at least one of --network 4g|proxy, --groups N, --recharge YYYY-MM-DD")
-    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=tenant_id))
+    tenant = ctx.using(lambda c: c.get_tenant(tenant_id))
     rows, problems = _instances_of(ctx, tenant)
     owner = next((r["service"] for r in rows if r["name"] == instance), None)
     if owner is None:
@@ -641,7 +644,7 @@ def _attest(ctx: Ctx, tenant_id: str, instance: str) -> int:
 
 def _connect(ctx: Ctx, tenant_id: str, instance: str) -> int:
     a = ctx.args
-    tenant = ctx.call("GetTenant", pb.GetTenantRequest(id=tenant_id))
+    tenant = ctx.using(lambda c: c.get_tenant(tenant_id))
     rows, problems = _instances_of(ctx, tenant)
     owner = next((r["service"] for r in rows if r["name"] == instance), None)
     if owner is None:
@@ -758,14 +761,14 @@ def _show_secrets(ctx: Ctx, answer: pb.WebhookSecretsResponse) -> None:
 
 
 def cmd_tenant_secrets(ctx: Ctx) -> int:
-    _show_secrets(ctx, ctx.call("WebhookSecrets", pb.WebhookSecretsRequest(id=ctx.args.id)))
+    _show_secrets(ctx, ctx.using(lambda c: c.webhook_secrets(ctx.args.id)))
     return OK
 
 
 def cmd_tenant_rotate_secret(ctx: Ctx) -> int:
     a = ctx.args
-    answer = ctx.call("RotateWebhookSecret", pb.RotateWebhookSecretRequest(id=a.id, overlap_s=a.overlap),
-                      timeout=max(ctx.args.timeout, 60))
+    request = pb.RotateWebhookSecretRequest(id=a.id, overlap_s=a.overlap)
+    answer = ctx.using(lambda c: c.rotate_webhook_secret(request, timeout=max(ctx.args.timeout, 60)))
     if not ctx.json:
         ctx.out(f"rotated: the old secret works {render.duration(a.overlap) if a.overlap else 'no'} more; "
                 "give the shop the new one below\n")
@@ -975,7 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", default="n", metavar="KEY",
                    help="n tenant (default), s state, c cpu, m memory, r restarts, g msgs/min, o outbox")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (2)")
-    for name, method in (("start", "Start"), ("stop", "Stop"), ("restart", "Restart")):
+    for name, method in (("start", Client.start), ("stop", Client.stop), ("restart", Client.restart)):
         p = command(commands, name, f"{name} a tenant's services (or one of them, or all)", _verb(method),
                     f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast\n"
                     f"  oraclectl {name} --all")

@@ -10,6 +10,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
+
 DASH = "-"
 
 
@@ -17,6 +19,8 @@ def to_dict(msg: Message) -> dict[str, Any]:
     """Every field by its proto name; unset optional fields are null; int64 stays a number."""
     out: dict[str, Any] = {}
     for field in msg.DESCRIPTOR.fields:
+        if field.enum_type is not None and field.name.endswith(("_enum", "_enums")):
+            continue    # the typed twin of a string field, which JSON shows (control.proto)
         value = getattr(msg, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
@@ -97,7 +101,7 @@ def services_table(services: Sequence[Any]) -> str:
         if not s.message or s.ready:
             continue
         lines = s.message.splitlines()
-        if s.state == "invalid":
+        if s.state_enum == pb.STATE_INVALID:
             notes += [f"  {s.tenant}.toml:"] + [f"    {line}" for line in lines]
         else:
             notes.append(f"  {s.tenant}/{s.service}: {lines[0]}")

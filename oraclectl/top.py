@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oraclectl.render import DASH, duration, size
+from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 
 Fetch = Callable[[], tuple[Sequence[Any], Sequence[Any]]]   # -> (ServiceState list, ServiceMetrics list)
 
@@ -74,7 +75,7 @@ def build_rows(states: Sequence[Any], metrics: Sequence[Any], rates: Rates) -> l
     figures = {(m.tenant, m.service): dict(m.figures) for m in metrics}
     rows = []
     for s in states:
-        if s.state == "invalid":
+        if s.state_enum == pb.STATE_INVALID:
             continue
         f = figures.get((s.tenant, s.service), {})
         pid = s.pid if s.HasField("pid") else None

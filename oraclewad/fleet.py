@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -537,24 +537,25 @@ class Fleet:
             names = [wanted]
         return names
 
-    async def _each(self, verb: str, tenant_id: str, service: str | None) -> list[ServiceView]:
+    async def _each(self, verb: Callable[[str], Awaitable[object]], tenant_id: str,
+                    service: str | None) -> list[ServiceView]:
         names = self._names(tenant_id, service)
         state = self.provisioned.get(tenant_id)
         if tenant_id != PROGRAMS and not state.done:
             raise Unavailable(f"tenant {tenant_id!r} is not provisioned yet: {state.status}")
         async with trio.open_nursery() as nursery:
             for name in names:
-                nursery.start_soon(getattr(self.supervisor, verb), name)
+                nursery.start_soon(verb, name)
         return [v for v in self.status(tenant_id) if service in (None, v.service)]
 
     async def start(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
-        return await self._each("start", tenant_id, service)
+        return await self._each(self.supervisor.start, tenant_id, service)
 
     async def stop(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
-        return await self._each("stop", tenant_id, service)
+        return await self._each(self.supervisor.stop, tenant_id, service)
 
     async def restart(self, tenant_id: str, service: str | None = None) -> list[ServiceView]:
-        return await self._each("restart", tenant_id, service)
+        return await self._each(self.supervisor.restart, tenant_id, service)
 
     async def health(self, tenant_id: str | None = None) -> list[HealthView]:
         services = [v for v in self.status(tenant_id) if v.tenant != PROGRAMS]

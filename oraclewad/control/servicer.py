@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
+from oraclewad._proto.vocabulary import service_enum, service_name, state_enum
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge, RpcFailure, invalid, rpc
 from oraclewad.control.paging import page
 from oraclewad.control.streams import LOG_LEVELS, TOO_SLOW, EventFeed, LineFilter, LogTail, Pipe, Streams
@@ -42,10 +43,25 @@ POLL_INTERVAL = 0.2
 PROGRESS_QUEUE = 4096
 
 
+# ---- the vocabulary: names <-> enums ---------------------------------------------------------
+
+def service_names(names: Iterable[str], enums: Iterable[int], field: str) -> tuple[str, ...]:
+    """The services a request names: by enum when it sets any, else by name; checked either way."""
+    enums = list(enums)
+    if enums:
+        names = [service_name(e) or f"enum {e}" for e in enums]
+    names = tuple(names)
+    bad = [n for n in names if n not in SERVICES]
+    if bad:
+        raise invalid(field, f"unknown service {bad[0]!r}: use recovery and/or broadcast")
+    return names
+
+
 # ---- views -> messages ---------------------------------------------------------------------
 
 def service_state(v: ServiceView) -> pb.ServiceState:
-    msg = pb.ServiceState(tenant=v.tenant, service=v.service, state=v.state, restarts=v.restarts,
+    msg = pb.ServiceState(tenant=v.tenant, service=v.service, service_enum=service_enum(v.service),
+                          state=v.state, state_enum=state_enum(v.state), restarts=v.restarts,
                           ready=v.ready, release=v.release, message=v.message)
     if v.pid is not None:
         msg.pid = v.pid
@@ -57,7 +73,8 @@ def service_state(v: ServiceView) -> pb.ServiceState:
 
 
 def tenant_message(v: TenantView) -> pb.Tenant:
-    return pb.Tenant(id=v.id, name=v.name, services=list(v.services), release=v.release,
+    return pb.Tenant(id=v.id, name=v.name, services=list(v.services),
+                     service_enums=[service_enum(s) for s in v.services], release=v.release,
                      ports=dict(v.ports), webhook_url=v.webhook_url, secrets_file=v.secrets_file,
                      source_file=v.source_file, provisioned=v.provisioned, problems=list(v.problems),
                      states=[service_state(s) for s in v.states])
@@ -88,7 +105,7 @@ def metrics_message(v: MetricsView) -> pb.ServiceMetrics:
 
 def event_message(v: EventView) -> pb.Event:
     return pb.Event(ts=v.ts, tenant=v.tenant, service=v.service, kind=v.kind, state=v.state,
-                    message=v.message)
+                    state_enum=state_enum(v.state), message=v.message)
 
 
 def release_message(v: ReleaseView) -> pb.Release:
@@ -112,16 +129,14 @@ def new_tenant(msg: pb.NewTenant) -> NewTenant:
     """Validate what only the request can get wrong; the daemon validates the rest like a file."""
     if not msg.id:
         raise invalid("id", "is required (a letter first, then letters, digits, '_' or '-')")
-    bad = [s for s in msg.services if s not in SERVICES]
-    if bad:
-        raise invalid("services", f"unknown service {bad[0]!r}: use recovery and/or broadcast")
-    if len(set(msg.services)) != len(msg.services):
+    services = service_names(msg.services, msg.service_enums, "services")
+    if len(set(services)) != len(services):
         raise invalid("services", "lists a service twice")
     try:
         extra = tomllib.loads(msg.extra_toml) if msg.extra_toml else {}
     except tomllib.TOMLDecodeError as e:
         raise invalid("extra_toml", f"is not valid TOML: {e}") from None
-    return NewTenant(id=msg.id, name=msg.name, services=tuple(msg.services) or SERVICES,
+    return NewTenant(id=msg.id, name=msg.name, services=services or SERVICES,
                      release=msg.release, evolution_url=msg.evolution_url,
                      evolution_api_key=msg.evolution_api_key,
                      recovery_instances=tuple(msg.recovery_instances),
@@ -185,11 +200,14 @@ class ControlServicer(pb_grpc.ControlServicer):
         actions = self.bridge.run(self.ops.repair_tenant, _required(request.id, "id"))
         return pb.RepairTenantResponse(actions=list(actions))
 
+    def _actions(self, fn: Callable[..., Any], tenant_id: str, **kwargs: Any) -> pb.RemoveTenantResponse:
+        actions = self.bridge.run(fn, _required(tenant_id, "id"), **kwargs)
+        return pb.RemoveTenantResponse(actions=list(actions))
+
     @rpc
     def RemoveTenant(self, request: pb.RemoveTenantRequest,
                      context: grpc.ServicerContext) -> pb.RemoveTenantResponse:
-        actions = self.bridge.run(self.ops.remove_tenant, _required(request.id, "id"), purge=request.purge)
-        return pb.RemoveTenantResponse(actions=list(actions))
+        return self._actions(self.ops.remove_tenant, request.id, purge=request.purge)
 
     @rpc
     def ListRemovedTenants(self, request: pb.ListRemovedTenantsRequest,
@@ -207,8 +225,7 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def PurgeTenant(self, request: pb.PurgeTenantRequest,
                     context: grpc.ServicerContext) -> pb.RemoveTenantResponse:
-        actions = self.bridge.run(self.ops.purge_tenant, _required(request.id, "id"))
-        return pb.RemoveTenantResponse(actions=list(actions))
+        return self._actions(self.ops.purge_tenant, request.id)
 
     @rpc
     def RestoreTenant(self, request: pb.RestoreTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
@@ -245,22 +262,21 @@ class ControlServicer(pb_grpc.ControlServicer):
                             request.page_size, request.page_token)
         return pb.HealthResponse(services=items, next_page_token=token)
 
-    def _verb(self, verb: str, request: pb.ServiceRequest) -> pb.StatusResponse:
-        fn = getattr(self.ops, verb)
-        views = self.bridge.run(fn, _required(request.tenant, "tenant"), request.service or None)
+    def _verb(self, verb: Callable[..., Any], request: pb.ServiceRequest) -> pb.StatusResponse:
+        views = self.bridge.run(verb, _required(request.tenant, "tenant"), request.service or None)
         return pb.StatusResponse(services=[service_state(v) for v in views])
 
     @rpc
     def Start(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
-        return self._verb("start", request)
+        return self._verb(self.ops.start, request)
 
     @rpc
     def Stop(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
-        return self._verb("stop", request)
+        return self._verb(self.ops.stop, request)
 
     @rpc
     def Restart(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
-        return self._verb("restart", request)
+        return self._verb(self.ops.restart, request)
 
     @rpc
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
@@ -271,10 +287,11 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def ServiceCall(self, request: pb.ServiceCallRequest,
                     context: grpc.ServicerContext) -> pb.ServiceCallResponse:
-        if request.service not in SERVICES:
+        service = service_name(request.service_enum) if request.service_enum else request.service
+        if service not in SERVICES:
             raise invalid("service", f"must be one of {', '.join(SERVICES)}")
         timeout = request.timeout_s if request.timeout_s > 0 else DEFAULT_SERVICE_CALL_TIMEOUT
-        answer = self.bridge.run(self.ops.service_call, _required(request.tenant, "tenant"), request.service,
+        answer = self.bridge.run(self.ops.service_call, _required(request.tenant, "tenant"), service,
                                  request.method, request.path or "/", request.body_json, timeout,
                                  deadline=context.time_remaining())
         return pb.ServiceCallResponse(status=answer.status, body_json=answer.body_json)

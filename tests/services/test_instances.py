@@ -160,24 +160,24 @@ def test_own_instances_and_the_service_call_proxy(make_daemon, pairing_sandbox) 
 
     # The proxy underneath: answers what the service answered, refuses what it cannot route.
     with Client(Target(socket=str(daemon.socket_path))) as client:
-        answer = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service="recovery",
-                                                                  method="GET", path="/instances"))
+        answer = client.service_call(pb.ServiceCallRequest(tenant=tid, service="recovery",
+                                                           method="GET", path="/instances"))
         assert answer.status == 200 and json.loads(answer.body_json)["service"] == "recovery"
-        missing = client.call("ServiceCall", pb.ServiceCallRequest(tenant=tid, service="recovery",
-                                                                   path="/instances/stranger"))
+        missing = client.service_call(pb.ServiceCallRequest(tenant=tid, service_enum=pb.SERVICE_RECOVERY,
+                                                            path="/instances/stranger"))
         assert missing.status == 404 and "not one of the recovery instances" in missing.body_json
         for request, field in ((pb.ServiceCallRequest(tenant=tid, service="shop", path="/"), "service"),
+                               (pb.ServiceCallRequest(tenant=tid, service_enum=99, path="/"), "service"),
                                (pb.ServiceCallRequest(tenant=tid, service="recovery", path="instances"),
                                 "path"),
                                (pb.ServiceCallRequest(tenant=tid, service="recovery", method="TRACE",
                                                       path="/"), "method")):
             with pytest.raises(Refused) as info:
-                client.call("ServiceCall", request)
+                client.service_call(request)
             assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in info.value.details
         daemon.ctl("stop", tid, "broadcast")
         with pytest.raises(Refused) as info:
-            client.call("ServiceCall",
-                        pb.ServiceCallRequest(tenant=tid, service="broadcast", path="/instances"))
+            client.service_call(pb.ServiceCallRequest(tenant=tid, service="broadcast", path="/instances"))
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
     result = daemon.ctl("instances", tid, check=False)
     assert result.returncode == 1 and "broadcast" in result.stderr  # says which service it could not ask

@@ -1,5 +1,6 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,11 +8,47 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Service(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVICE_UNSPECIFIED: _ClassVar[Service]
+    SERVICE_RECOVERY: _ClassVar[Service]
+    SERVICE_BROADCAST: _ClassVar[Service]
+
+class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_UNSPECIFIED: _ClassVar[State]
+    STATE_STARTING: _ClassVar[State]
+    STATE_RUNNING: _ClassVar[State]
+    STATE_UNHEALTHY: _ClassVar[State]
+    STATE_BACKOFF: _ClassVar[State]
+    STATE_DEGRADED: _ClassVar[State]
+    STATE_STOPPING: _ClassVar[State]
+    STATE_STOPPED: _ClassVar[State]
+    STATE_UNAVAILABLE: _ClassVar[State]
+    STATE_PENDING: _ClassVar[State]
+    STATE_INVALID: _ClassVar[State]
+SERVICE_UNSPECIFIED: Service
+SERVICE_RECOVERY: Service
+SERVICE_BROADCAST: Service
+STATE_UNSPECIFIED: State
+STATE_STARTING: State
+STATE_RUNNING: State
+STATE_UNHEALTHY: State
+STATE_BACKOFF: State
+STATE_DEGRADED: State
+STATE_STOPPING: State
+STATE_STOPPED: State
+STATE_UNAVAILABLE: State
+STATE_PENDING: State
+STATE_INVALID: State
+
 class ServiceState(_message.Message):
-    __slots__ = ("tenant", "service", "state", "pid", "uptime_s", "restarts", "ready", "port", "release", "message")
+    __slots__ = ("tenant", "service", "service_enum", "state", "state_enum", "pid", "uptime_s", "restarts", "ready", "port", "release", "message")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ENUM_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_ENUM_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
@@ -21,7 +58,9 @@ class ServiceState(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     service: str
+    service_enum: Service
     state: str
+    state_enum: State
     pid: int
     uptime_s: float
     restarts: int
@@ -29,10 +68,10 @@ class ServiceState(_message.Message):
     port: int
     release: str
     message: str
-    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., restarts: _Optional[int] = ..., ready: _Optional[bool] = ..., port: _Optional[int] = ..., release: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., service_enum: _Optional[_Union[Service, str]] = ..., state: _Optional[str] = ..., state_enum: _Optional[_Union[State, str]] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., restarts: _Optional[int] = ..., ready: _Optional[bool] = ..., port: _Optional[int] = ..., release: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "name", "services", "release", "ports", "webhook_url", "secrets_file", "source_file", "provisioned", "problems", "states")
+    __slots__ = ("id", "name", "services", "service_enums", "release", "ports", "webhook_url", "secrets_file", "source_file", "provisioned", "problems", "states")
     class PortsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +82,7 @@ class Tenant(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ENUMS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +94,7 @@ class Tenant(_message.Message):
     id: str
     name: str
     services: _containers.RepeatedScalarFieldContainer[str]
+    service_enums: _containers.RepeatedScalarFieldContainer[Service]
     release: str
     ports: _containers.ScalarMap[str, int]
     webhook_url: str
@@ -62,13 +103,14 @@ class Tenant(_message.Message):
     provisioned: bool
     problems: _containers.RepeatedScalarFieldContainer[str]
     states: _containers.RepeatedCompositeFieldContainer[ServiceState]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., release: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., webhook_url: _Optional[str] = ..., secrets_file: _Optional[str] = ..., source_file: _Optional[str] = ..., provisioned: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., states: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., service_enums: _Optional[_Iterable[_Union[Service, str]]] = ..., release: _Optional[str] = ..., ports: _Optional[_Mapping[str, int]] = ..., webhook_url: _Optional[str] = ..., secrets_file: _Optional[str] = ..., source_file: _Optional[str] = ..., provisioned: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., states: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
 
 class NewTenant(_message.Message):
-    __slots__ = ("id", "name", "services", "release", "evolution_url", "evolution_api_key", "recovery_instances", "broadcast_instances", "extra_toml")
+    __slots__ = ("id", "name", "services", "service_enums", "release", "evolution_url", "evolution_api_key", "recovery_instances", "broadcast_instances", "extra_toml")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ENUMS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     EVOLUTION_URL_FIELD_NUMBER: _ClassVar[int]
     EVOLUTION_API_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,13 +120,14 @@ class NewTenant(_message.Message):
     id: str
     name: str
     services: _containers.RepeatedScalarFieldContainer[str]
+    service_enums: _containers.RepeatedScalarFieldContainer[Service]
     release: str
     evolution_url: str
     evolution_api_key: str
     recovery_instances: _containers.RepeatedScalarFieldContainer[str]
     broadcast_instances: _containers.RepeatedScalarFieldContainer[str]
     extra_toml: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., release: _Optional[str] = ..., evolution_url: _Optional[str] = ..., evolution_api_key: _Optional[str] = ..., recovery_instances: _Optional[_Iterable[str]] = ..., broadcast_instances: _Optional[_Iterable[str]] = ..., extra_toml: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., service_enums: _Optional[_Iterable[_Union[Service, str]]] = ..., release: _Optional[str] = ..., evolution_url: _Optional[str] = ..., evolution_api_key: _Optional[str] = ..., recovery_instances: _Optional[_Iterable[str]] = ..., broadcast_instances: _Optional[_Iterable[str]] = ..., extra_toml: _Optional[str] = ...) -> None: ...
 
 class AddTenantRequest(_message.Message):
     __slots__ = ("tenant", "wait", "timeout_s")
@@ -485,36 +528,40 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., recent: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("ts", "tenant", "service", "kind", "state", "message")
+    __slots__ = ("ts", "tenant", "service", "kind", "state", "state_enum", "message")
     TS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_ENUM_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ts: float
     tenant: str
     service: str
     kind: str
     state: str
+    state_enum: State
     message: str
-    def __init__(self, ts: _Optional[float] = ..., tenant: _Optional[str] = ..., service: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    def __init__(self, ts: _Optional[float] = ..., tenant: _Optional[str] = ..., service: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., state_enum: _Optional[_Union[State, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ServiceCallRequest(_message.Message):
-    __slots__ = ("tenant", "service", "method", "path", "body_json", "timeout_s")
+    __slots__ = ("tenant", "service", "service_enum", "method", "path", "body_json", "timeout_s")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ENUM_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     BODY_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     service: str
+    service_enum: Service
     method: str
     path: str
     body_json: str
     timeout_s: float
-    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., body_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, tenant: _Optional[str] = ..., service: _Optional[str] = ..., service_enum: _Optional[_Union[Service, str]] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., body_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class ServiceCallResponse(_message.Message):
     __slots__ = ("status", "body_json")

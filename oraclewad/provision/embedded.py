@@ -39,6 +39,7 @@ from redis.retry import Retry
 
 from oraclewad.errors import FailedPrecondition
 from oraclewad.files import write_atomic
+from oraclewad.provision.dataservers import RedisParams
 
 PG_EXTRA_HINT = ("embedded PostgreSQL needs the 'embedded' extra: pip install 'oraclewa[embedded]', "
                  "or set [postgres] dsn in oraclewad.toml")
@@ -410,6 +411,16 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
+
+    @property
+    def address(self) -> str:
+        """For messages: the socket file clients connect to."""
+        return str(self.socket_path)
+
+    @property
+    def params(self) -> RedisParams:
+        """The admin's access (provision.dataservers.RedisServer); only once started."""
+        return RedisParams(url=self.url, username=self.username, password=self.password)
 
     @property
     def username(self) -> str:

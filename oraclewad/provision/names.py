@@ -60,3 +60,9 @@ def key_prefix(tenant_id: str, service: str) -> str:
     validate_tenant_id(tenant_id)
     validate_service(service)
     return ids.key_prefix(tenant_id, service)
+
+
+def key_glob(prefix: str) -> str:
+    """The Redis glob of every key (and channel) under `prefix`, its glob characters escaped: the
+    one pattern for ACL rules, SCAN and purge."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"

@@ -33,6 +33,7 @@ from oraclewad.errors import FailedPrecondition, NotFound, Unavailable
 from oraclewad.provision import shared
 from oraclewad.provision.names import (
     SERVICE_RE,
+    key_glob,
     key_prefix,
     resource_name,
     validate_service,
@@ -263,7 +264,7 @@ class Provisioner:
         with self._redis_admin("to count keys") as client:
             for svc in services:
                 prefix = key_prefix(tenant_id, svc)
-                pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+                pattern = key_glob(prefix)
                 count = sum(1 for _ in client.scan_iter(match=pattern, count=1000))
                 if count:
                     found.append((f"{count} Redis keys {prefix}*", 0))
@@ -283,18 +284,14 @@ class Provisioner:
             s = self._parse(tenant_id, self.store.load(tenant_id)).get(service)
         if s is None:
             raise NotFound(f"{tenant_id}/{service} has no credentials yet: it has not been provisioned")
-        params = psycopg.conninfo.conninfo_to_dict(self.servers.postgres_dsn)
-        for key in ("user", "password", "passfile", "dbname"):
-            params.pop(key, None)
-        dsn = psycopg.conninfo.make_conninfo(**params, user=s.role, password=s.password, dbname=s.database)
+        dsn = self.servers.role_dsn(s.role, s.password, s.database)
         rp = self.servers.redis
         redis_block: dict[str, Any] = {"url": rp.url, "username": s.redis_username,
                                        "password": s.redis_password, "prefix": s.key_prefix}
         for key, value in (("ca_file", rp.ca_file), ("cert_file", rp.cert_file), ("key_file", rp.key_file)):
             if value is not None:
                 redis_block[key] = str(value)
-        shared_dsn = psycopg.conninfo.make_conninfo(**params, user=s.role, password=s.password,
-                                                    dbname=shared.database(tenant_id))
+        shared_dsn = self.servers.role_dsn(s.role, s.password, shared.database(tenant_id))
         return {"postgres": {"dsn": dsn}, "redis": redis_block, "shared": {"dsn": shared_dsn}}
 
     # ---------------------------------------------------------------- helpers
@@ -459,10 +456,7 @@ class Provisioner:
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(name, password))
 
     def _tenant_conninfo(self, s: ServiceSecrets) -> dict[str, Any]:
-        params = psycopg.conninfo.conninfo_to_dict(self.servers.postgres_dsn)
-        params.pop("passfile", None)
-        params.update(user=s.role, password=s.password, dbname=s.database)
-        return params
+        return self.servers.role_conninfo(s.role, s.password, s.database)
 
     def _pg_applied(self, s: ServiceSecrets) -> list[migrations.Applied]:
         with self._pg_errors(f"read the schema of {s.database}"), \
@@ -530,7 +524,7 @@ class Provisioner:
             version = str(client.info("server").get("redis_version", "0"))
             self._redis_major = int(version.split(".")[0] or 0)
         digest = hashlib.sha256(s.redis_password.encode()).hexdigest()
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", s.key_prefix) + "*"
+        pattern = key_glob(s.key_prefix)
         # 'reset' alone keeps all channels on 6.2 (acl-pubsub-default): resetchannels explicitly.
         rules = ["reset", "resetchannels", "on", f"#{digest}", f"~{pattern}", f"&{pattern}", "+@all",
                  *_ACL_DENY]
@@ -561,7 +555,7 @@ class Provisioner:
             if client.execute_command("ACL", "DELUSER", username):
                 self._acl_save(client)
                 lines.append(f"deleted Redis ACL user {username}")
-            pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+            pattern = key_glob(prefix)
             # Every logical database that holds keys: an older daemon let tenants SELECT others.
             databases = sorted(int(name[2:]) for name in client.info("keyspace") if name[2:].isdigit())
         for db in databases or [0]:

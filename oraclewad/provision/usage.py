@@ -8,23 +8,19 @@ prefix and extrapolated beyond that, so one huge tenant cannot make a sample slo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
 
-from oraclewad.provision.servers import RedisParams
+from oraclewad.provision.dataservers import RedisParams
+from oraclewad.provision.names import key_glob
 
 
 @dataclass(frozen=True)
 class Usage:
     keys: int
     bytes: int
-
-
-def _pattern(prefix: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
 
 
 def sample(params: RedisParams, prefixes: Mapping[str, str], *, max_keys: int = 10_000) -> dict[str, Usage]:
@@ -35,7 +31,7 @@ def sample(params: RedisParams, prefixes: Mapping[str, str], *, max_keys: int = 
         for tenant, prefix in prefixes.items():
             keys = measured = total = 0
             batch: list[bytes] = []
-            for key in client.scan_iter(match=_pattern(prefix), count=1000):
+            for key in client.scan_iter(match=key_glob(prefix), count=1000):
                 keys += 1
                 if measured + len(batch) < max_keys:
                     batch.append(key)

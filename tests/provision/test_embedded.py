@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from oraclewad.errors import FailedPrecondition, InvalidArgument
+from oraclewad.provision.dataservers import ExternalPostgres, ExternalRedis, RedisParams, postgres_address
 from oraclewad.provision.embedded import EmbeddedRedis
 from oraclewad.provision.provisioner import Provisioner
 from oraclewad.provision.secretstore import ServiceSecrets
-from oraclewad.provision.servers import RedisParams, Servers, open_servers, postgres_address
+from oraclewad.provision.servers import Servers, open_servers
 from tests.provision.conftest import make_settings
 
 
@@ -118,16 +119,18 @@ def test_external_params_keep_secrets_out_of_messages(state_base: Path) -> None:
         Servers.start(make_settings(state_base, dsn="host=x password=hunter2 nonsense",
                                     redis_url="redis://127.0.0.1:6379"))
     assert "hunter2" not in str(exc.value)
-    servers = Servers(postgres_dsn="host=db password=hunter2", redis=rp)
-    assert "hunter2" not in repr(servers)
+    servers = Servers(ExternalPostgres("host=db password=hunter2"), ExternalRedis(rp))
+    assert "hunter2" not in repr(servers) and "p@ss" not in repr(servers)
+    assert servers.postgres_address == "db:5432" and servers.embedded_postgres is None
 
 
 def test_child_fragment_passes_tls_through(state_base: Path) -> None:
     settings = make_settings(state_base)
     servers = Servers(
-        postgres_dsn="host=db.example port=5433 user=admin password=adminpw dbname=postgres "
-                     "sslmode=verify-full sslrootcert=/etc/ssl/ca.pem",
-        redis=RedisParams.from_url("rediss://admin:pw@redis.example:6380/0", ca_file=Path("/etc/ssl/ca.pem")))
+        ExternalPostgres("host=db.example port=5433 user=admin password=adminpw dbname=postgres "
+                         "sslmode=verify-full sslrootcert=/etc/ssl/ca.pem passfile=/root/.pgpass"),
+        ExternalRedis(RedisParams.from_url("rediss://admin:pw@redis.example:6380/0",
+                                           ca_file=Path("/etc/ssl/ca.pem"))))
     prov = Provisioner(settings, servers)
     prov.store.save("Imperio", {"recovery": ServiceSecrets(
         database="imperio_recovery", role="imperio_recovery", password="pgpw",

@@ -5,6 +5,7 @@ import pytest
 from oraclewad.errors import InvalidArgument
 from oraclewad.provision.names import (
     PG_IDENTIFIER_MAX_BYTES,
+    key_glob,
     key_prefix,
     resource_name,
     tenant_key,
@@ -54,3 +55,9 @@ def test_invalid_services(svc: str) -> None:
         validate_service(svc)
     with pytest.raises(InvalidArgument):
         resource_name("imperio", svc)
+
+
+def test_key_glob_matches_the_prefix_literally() -> None:
+    # ACL rules, SCAN and purge share this pattern: a glob character in a prefix must not widen it.
+    assert key_glob("imperio:recovery:") == "imperio:recovery:*"
+    assert key_glob("a*b?[c]\\:") == "a\\*b\\?\\[c\\]\\\\:*"

@@ -14,8 +14,9 @@ import tomli_w
 import trio
 
 from oraclewad.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from oraclewad.provision.dataservers import ExternalRedis, RedisParams
 from oraclewad.provision.provisioner import Provisioner
-from oraclewad.provision.servers import RedisParams, Servers
+from oraclewad.provision.servers import Servers
 from tests.provision.conftest import EMBEDDED_ONLY, Backend
 
 BAD_IDS = ['a"; drop', "x$(rm)", "a b", "1abc", "a" * 41]
@@ -303,8 +304,7 @@ async def test_secrets_modes_and_no_leak(backend: Backend, prov: Provisioner, te
     passwords = [t[k] for t in doc.values() for k in ("password", "redis_password")]
     assert len(set(passwords)) == 4 and all(len(p) >= 32 for p in passwords)
     # An Unavailable message must not carry one either.
-    broken = Servers(postgres_dsn=backend.servers.postgres_dsn,
-                     redis=RedisParams(url="unix:///nonexistent/redis.sock"))
+    broken = Servers(backend.servers.postgres, ExternalRedis(RedisParams(url="unix:///nonexistent/redis.sock")))
     with pytest.raises(Unavailable) as exc:
         await Provisioner(backend.settings, broken).provision(tid, ["recovery"], {})
     await prov.purge(tid)
@@ -347,7 +347,7 @@ async def test_redis_unavailable_then_completed(backend: Backend, prov: Provisio
                                                 tenant_ids: Callable[[], str],
                                                 migration_dirs: dict[str, Path]) -> None:
     tid = tenant_ids()
-    broken = dataclasses.replace(backend.servers, redis=RedisParams(url="redis://127.0.0.1:1/0"))
+    broken = dataclasses.replace(backend.servers, redis_server=ExternalRedis(RedisParams(url="redis://127.0.0.1:1/0")))
     with pytest.raises(Unavailable, match=r"^Redis at 127\.0\.0\.1:1 is unreachable: connection refused; "
                                           r"will retry$") as exc:
         await Provisioner(backend.settings, broken).provision(tid, ["recovery"], migration_dirs)

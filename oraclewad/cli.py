@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from oraclewad import contract
 from oraclewad.errors import OracleError, Problem
 from oraclewad.secretfiles import secret_file_problem
 from oraclewad.settings import DEFAULT_CONFIG_PATHS, Settings, find_config, load_settings
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level != "debug":
         logging.getLogger("httpx").setLevel(logging.WARNING)
     path = find_config(args.config)
-    if not path.exists() and not args.config and not os.environ.get("OWA_CONFIG"):
+    if not path.exists() and not args.config and not os.environ.get(contract.ENV_CONFIG):
         looked = ", ".join(str(p.absolute()) for p in DEFAULT_CONFIG_PATHS)
         print(f"oraclewad: no config found: pass --config FILE or set $OWA_CONFIG "
               f"(looked for {looked})", file=sys.stderr)

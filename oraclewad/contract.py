@@ -19,14 +19,23 @@ OWA_ADMIN_SOCKET instead.
 
 from __future__ import annotations
 
-# ---- environment
+import os
+from collections.abc import Mapping
+
+# ---- environment (every name the daemon, oraclewad's CLI and the services read or set)
 ENV_TENANT = "OWA_TENANT"
 ENV_SERVICE = "OWA_SERVICE"
 ENV_CONFIG_FD = "OWA_CONFIG_FD"          # supervised: the config's fd number
-ENV_CONFIG = "OWA_CONFIG"                # standalone: the config file's path
+# The config file: a standalone service's JSON; for `oraclewad`/`oraclectl`, the daemon's TOML.
+# The supervisor never passes it on to a child.
+ENV_CONFIG = "OWA_CONFIG"
 ENV_ADMIN_SOCKET = "OWA_ADMIN_SOCKET"    # standalone: where to bind the admin socket
 ENV_NOTIFY = "NOTIFY_SOCKET"
 ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
+ENV_WATCHDOG_PID = "WATCHDOG_PID"
+ENV_LISTEN_FDS = "LISTEN_FDS"
+ENV_LISTEN_PID = "LISTEN_PID"            # never set by our supervisor (the pid is unknown before spawn)
+ENV_LISTEN_FDNAMES = "LISTEN_FDNAMES"
 # Set ("1") for the new process of a release swap: it serves its admin socket and sends READY, but
 # takes no connection from the shared public socket until the daemon POSTs ADMIN_ACCEPT_PATH on its
 # admin socket (at promotion). A candidate that crashes during its health gate so drops no client.
@@ -64,6 +73,40 @@ HEALTH_CHECK = "HEALTH_CHECK"
 HEALTH_OK = "ok"
 HEALTH_UNHEALTHY = "unhealthy"
 HEALTH_INTERVAL = 2.0
+
+
+def watchdog_usec(env: Mapping[str, str]) -> int | None:
+    """sd_watchdog_enabled: WATCHDOG_USEC when the watchdog is on for this process, else None.
+    ValueError (naming the variable) when it is not a positive integer."""
+    usec, pid = env.get(ENV_WATCHDOG_USEC), env.get(ENV_WATCHDOG_PID)
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        raise ValueError(f"{ENV_WATCHDOG_USEC}: {usec!r} is not an integer number of microseconds") from None
+    if value <= 0:
+        raise ValueError(f"{ENV_WATCHDOG_USEC}: must be positive")
+    return value
+
+
+# A watched process pings at a third of the timeout (systemd recommends half; a third leaves
+# room for a busy event loop).
+WATCHDOG_PINGS_PER_TIMEOUT = 3
+
+# ---- unix sockets
+MAX_UNIX_PATH = 107      # sun_path is 108 bytes, NUL included
+
+
+def unix_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a unix socket's address ("... bytes, unix sockets allow 107"), or None."""
+    size = len(os.fsencode(path))
+    return f"path is {size} bytes, unix sockets allow {MAX_UNIX_PATH}" if size > MAX_UNIX_PATH else None
+
+
+def unix_address(path: str) -> str:
+    """A leading '@' names the abstract namespace (NOTIFY_SOCKET's convention)."""
+    return "\0" + path[1:] if path.startswith("@") else path
 
 
 def parse_notify(data: bytes) -> dict[str, str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+
+from oraclewad import contract
+
+log = logging.getLogger("oraclewad")
 
 
 class SystemdNotifier:
@@ -11,15 +16,14 @@ class SystemdNotifier:
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        address = env.get("NOTIFY_SOCKET", "")
-        if address.startswith("@"):
-            address = "\0" + address[1:]
-        self.address = address or None
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        watched = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
-        # systemd recommends pinging at half the timeout; a third leaves room for a busy loop.
-        self.watchdog_interval: float | None = int(usec) / 3e6 if watched else None
+        self.address = contract.unix_address(env.get(contract.ENV_NOTIFY, "")) or None
+        try:
+            usec = contract.watchdog_usec(env)
+        except ValueError as exc:   # systemd's own value is well formed: a parent's mistake, not fatal
+            log.warning("%s; the watchdog stays off", exc)
+            usec = None
+        self.watchdog_interval: float | None = (
+            usec / 1e6 / contract.WATCHDOG_PINGS_PER_TIMEOUT if usec is not None else None)
         self._sock: socket.socket | None = None
         if self.address:
             # Non-blocking: a reader that stops reading must never stall the daemon's event loop.

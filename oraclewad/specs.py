@@ -3,14 +3,13 @@ config each service gets and the secrets in it (the Evolution key, the webhook J
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from oraclewad import releases
+from oraclewad import childconfig, contract, releases
 from oraclewad.errors import FailedPrecondition
 from oraclewad.files import write_atomic
 from oraclewad.provision import Provisioner
@@ -50,29 +49,27 @@ class SpecBuilder:
         assert svc is not None
         name = unit_name(tenant.id, service)
         release = self.release(tenant)
-        config: dict[str, Any] = {
-            "tenant": tenant.id, "service": service, "display_name": tenant.name,
-            "release": release.version,
-            "http": {"host": self.settings.bind_host, "port": port},
-            **self.shop_secrets.get(tenant.id).child_config(time.time()),
-            "evolution": {"url": tenant.evolution.url, "api_key": self.evolution_key(tenant),
-                          "api_version": tenant.evolution.api_version,
-                          # Where this service's instances post their events, and the key that
-                          # signs them (Evolution's headers.jwt_key): see docs/evolution.md.
-                          "webhook_url": f"{self.settings.public_url}:{port}/webhooks/evolution",
-                          "webhook_jwt_key": self.evolution_webhook_key(tenant.id, service)},
-            "instances": list(svc.instances),
-            "antiban": tenant.antiban, "templates": tenant.templates, "recovery": tenant.recovery,
-            **self.provisioner.child_config_fragment(tenant.id, service),
-        }
+        config = childconfig.ChildConfig(
+            tenant=tenant.id, service=service, display_name=tenant.name, release=release.version,
+            http=childconfig.Http(host=self.settings.bind_host, port=port),
+            evolution=childconfig.Evolution(
+                url=tenant.evolution.url, api_key=self.evolution_key(tenant),
+                api_version=tenant.evolution.api_version,
+                webhook_url=f"{self.settings.public_url}:{port}/webhooks/evolution",
+                webhook_jwt_key=self.evolution_webhook_key(tenant.id, service)),
+            instances=svc.instances,
+            antiban=tenant.antiban, templates=tenant.templates, recovery=tenant.recovery,
+            **_fragment(self.shop_secrets.get(tenant.id).child_config(time.time())),
+            **_fragment(self.provisioner.child_config_fragment(tenant.id, service)),
+        )
         return ProcessSpec(
             name=name, group=tenant.id,
             # -P: the daemon's working directory (a source checkout, say) must not shadow the
             # release's own package.
             argv=(release.python, "-P", "-m", f"oraclewad.services.{service}"),
-            env=(("OWA_TENANT", tenant.id), ("OWA_SERVICE", service)),
+            env=((contract.ENV_TENANT, tenant.id), (contract.ENV_SERVICE, service)),
             listen=(self.settings.bind_host, port), notify=True,
-            config=json.dumps(config, sort_keys=True),
+            config=childconfig.encode(config),
             log_dir=self.settings.log_dir / tenant.id / service, policy=svc.policy,
             user=self.user(release, uid),
             private_tmp=self.settings.shared_dir / "tmp" / id_key(tenant.id),
@@ -125,3 +122,12 @@ class SpecBuilder:
         except (OSError, ValueError) as e:
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise FailedPrecondition(f"the Evolution API key file: {why}") from None
+
+
+def _fragment(tables: dict[str, Any]) -> dict[str, Any]:
+    """Fields of the child config built elsewhere as plain dicts (provisioning, shop secrets),
+    typed through the schema: a key it does not declare is a bug here, not in the child."""
+    decoded = childconfig.decode(childconfig.ChildConfig, tables)
+    if decoded.problems:
+        raise ValueError(f"child config: {'; '.join(decoded.problems)}")
+    return {name: getattr(decoded.value, name) for name in tables}

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from oraclewad._proto.oraclewa.v1 import control_pb2 as pb
 from oraclewad._proto.oraclewa.v1 import control_pb2_grpc as pb_grpc
+from oraclewad.contract import MAX_UNIX_PATH
 from oraclewad.control.auth import TokenAuth, load_or_create_token
 from oraclewad.control.bridge import SHUTTING_DOWN, Bridge
 from oraclewad.control.servicer import ControlServicer, requests_counter
@@ -29,7 +30,6 @@ from oraclewad.settings import Settings
 log = logging.getLogger("oraclewad.control")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Control"].full_name     # oraclewa.v1.Control
-MAX_UNIX_PATH = 107     # sun_path is 108 bytes including the NUL
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from oraclewad.contract import MAX_UNIX_PATH
 from oraclewad.errors import FailedPrecondition
 from oraclewad.files import write_atomic
 from oraclewad.provision.dataservers import RedisParams
@@ -48,7 +49,6 @@ REDIS_EXTRA_HINT = ("embedded Redis needs the 'embedded' extra: pip install 'ora
 
 REDIS_ADMIN_USER = "oraclewad"
 PROBE_TIMEOUT = 2.0
-_AF_UNIX_MAX = 107
 
 
 def _import_pgserver() -> Any:
@@ -402,7 +402,7 @@ class EmbeddedRedis:
         if self.public_socket_dir is not None:
             return self.public_socket_dir / "redis.sock"
         path = self.data_dir / "redis.sock"
-        if len(os.fsencode(path)) <= _AF_UNIX_MAX:
+        if len(os.fsencode(path)) <= MAX_UNIX_PATH:
             return path
         # Too long for AF_UNIX: a private directory named after the data dir, under the tmp dir.
         digest = hashlib.sha256(os.fsencode(self.data_dir.resolve())).hexdigest()[:12]

@@ -13,28 +13,20 @@ from collections.abc import MutableMapping
 
 import trio
 
-from oraclewad.contract import HTTP_FD_NAME, LISTEN_FDS_START
+from oraclewad import contract
+from oraclewad.contract import HTTP_FD_NAME, LISTEN_FDS_START, unix_address
 from oraclewad.services.config import ConfigError
 
 DEFAULT_WATCHDOG_INTERVAL = 10.0
 _MIN_WATCHDOG_INTERVAL = 0.01  # a tiny WATCHDOG_USEC must not turn the ping loop into a busy loop
 _SEND_TIMEOUT = 1.0
-_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
 log = logging.getLogger("oraclewad.services.runtime")
 
 
-def unix_address(path: str) -> str:
-    """NOTIFY_SOCKET may name the abstract namespace with a leading '@'."""
-    if path.startswith("@"):
-        return "\0" + path[1:]
-    return path
-
-
 def check_unix_path(variable: str, path: str) -> None:
-    if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-        raise ConfigError(f"{variable}: path is {len(os.fsencode(path))} bytes, unix sockets allow "
-                          f"{_UNIX_PATH_MAX}; use a shorter path")
+    if problem := contract.unix_path_problem(path):
+        raise ConfigError(f"{variable}: {problem}; use a shorter path")
 
 
 class Notifier:
@@ -44,7 +36,7 @@ class Notifier:
         self.path = path or None
         self._sock: trio.socket.SocketType | None = None
         if self.path:
-            check_unix_path("NOTIFY_SOCKET", self.path)
+            check_unix_path(contract.ENV_NOTIFY, self.path)
 
     @property
     def enabled(self) -> bool:
@@ -76,17 +68,13 @@ class Notifier:
 
 def watchdog_interval(env: MutableMapping[str, str]) -> float:
     """Half of sd_watchdog_enabled: ping every WATCHDOG_USEC/3, or every 10 s when unset."""
-    usec = env.get("WATCHDOG_USEC")
-    pid = env.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return DEFAULT_WATCHDOG_INTERVAL
     try:
-        value = int(usec)
-    except ValueError:
-        raise ConfigError(f"WATCHDOG_USEC: {usec!r} is not an integer number of microseconds") from None
-    if value <= 0:
-        raise ConfigError("WATCHDOG_USEC: must be positive")
-    return max(value / 1e6 / 3, _MIN_WATCHDOG_INTERVAL)
+        usec = contract.watchdog_usec(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if usec is None:
+        return DEFAULT_WATCHDOG_INTERVAL
+    return max(usec / 1e6 / contract.WATCHDOG_PINGS_PER_TIMEOUT, _MIN_WATCHDOG_INTERVAL)
 
 
 def listen_http_fd(env: MutableMapping[str, str], name: str = HTTP_FD_NAME) -> int | None:
@@ -102,17 +90,17 @@ def listen_fds(env: MutableMapping[str, str], wanted: tuple[str, ...] = (HTTP_FD
     the LISTEN_* variables so a grandchild cannot mistake them for its own. A single unnamed
     socket is taken as the first wanted name.
     """
-    count = env.get("LISTEN_FDS")
-    pid = env.get("LISTEN_PID")
-    names = env.get("LISTEN_FDNAMES")
-    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+    count = env.get(contract.ENV_LISTEN_FDS)
+    pid = env.get(contract.ENV_LISTEN_PID)
+    names = env.get(contract.ENV_LISTEN_FDNAMES)
+    for key in (contract.ENV_LISTEN_FDS, contract.ENV_LISTEN_PID, contract.ENV_LISTEN_FDNAMES):
         env.pop(key, None)
     if not count or (pid and pid != str(os.getpid())):
         return {}
     try:
         n = int(count)
     except ValueError:
-        raise ConfigError(f"LISTEN_FDS: {count!r} is not a number") from None
+        raise ConfigError(f"{contract.ENV_LISTEN_FDS}: {count!r} is not a number") from None
     if n < 1:
         return {}
     fds = list(range(LISTEN_FDS_START, LISTEN_FDS_START + n))
@@ -120,8 +108,8 @@ def listen_fds(env: MutableMapping[str, str], wanted: tuple[str, ...] = (HTTP_FD
         try:
             os.set_inheritable(fd, False)
         except OSError:
-            raise ConfigError(f"LISTEN_FDS: says {n} fd(s) from {LISTEN_FDS_START}, but fd {fd} is "
-                              "not open") from None
+            raise ConfigError(f"{contract.ENV_LISTEN_FDS}: says {n} fd(s) from {LISTEN_FDS_START}, "
+                              f"but fd {fd} is not open") from None
     labels = names.split(":") if names else []
     found: dict[str, int] = {}
     if n == 1 and not labels:
@@ -129,7 +117,7 @@ def listen_fds(env: MutableMapping[str, str], wanted: tuple[str, ...] = (HTTP_FD
     else:
         found = {label: fd for label, fd in zip(labels, fds, strict=False) if label in wanted}
     if wanted[0] not in found:
-        raise ConfigError(f"LISTEN_FDNAMES: no socket named {wanted[0]!r} among {labels or n}")
+        raise ConfigError(f"{contract.ENV_LISTEN_FDNAMES}: no socket named {wanted[0]!r} among {labels or n}")
     for name, fd in found.items():
         _check_stream_socket(name, fd)
     return found
@@ -139,11 +127,11 @@ def _check_stream_socket(name: str, fd: int) -> None:
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
-        raise ConfigError(f"LISTEN_FDS: fd {fd} ({name}) is not a socket") from None
+        raise ConfigError(f"{contract.ENV_LISTEN_FDS}: fd {fd} ({name}) is not a socket") from None
     try:
         kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         family = sock.family
     finally:
         sock.detach()  # the fd stays open for hypercorn
     if kind != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-        raise ConfigError(f"LISTEN_FDS: fd {fd} ({name}) is not a stream socket")
+        raise ConfigError(f"{contract.ENV_LISTEN_FDS}: fd {fd} ({name}) is not a stream socket")

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import trio
 
-from oraclewad.contract import MAX_NOTIFY_DATAGRAM, parse_notify
+from oraclewad.contract import MAX_NOTIFY_DATAGRAM, MAX_UNIX_PATH, parse_notify
 
 log = logging.getLogger("oraclewad.supervisor")
 
 _UCRED = struct.Struct("iII")   # struct ucred: pid_t pid; uid_t uid; gid_t gid
 MAX_DATAGRAM = MAX_NOTIFY_DATAGRAM
-MAX_UNIX_PATH = 107             # sun_path is 108 bytes, NUL included
 parse_message = parse_notify
 
 Handler = Callable[[dict[str, str]], None]

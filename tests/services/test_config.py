@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from oraclewad import childconfig
 from oraclewad.services.config import ConfigError, parse
 from tests.services.helpers import base_env, write_config
 
@@ -88,3 +89,41 @@ def test_defaults_and_env_identity():
     assert full.postgres is not None and (full.postgres.pool_min, full.postgres.pool_max) == (0, 8)
     assert (full.http_port, full.graceful_timeout) == (4101, 3.0)
     assert json.dumps(full.raw)
+
+
+def test_unknown_keys_are_refused_at_every_level_with_a_suggestion():
+    message = problems({"tenant": "imperio", "http": {"prot": 4101},
+                        "redis": {"url": "redis://x", "pasword": "x"},
+                        "webhook_secrets": [{"secret": "s", "untill": 1}], "instance": ["a"]})
+    for expected in ("http.prot: unknown key; did you mean port?",
+                     "redis.pasword: unknown key; did you mean password?",
+                     "webhook_secrets[0].untill: unknown key; did you mean until?",
+                     "instance: unknown key; did you mean instances?"):
+        assert expected in message, message
+
+
+def test_a_config_of_a_newer_schema_keeps_its_unknown_keys():
+    # A tenant rolled back to an older release under a newer daemon must still start.
+    cfg = parse({"schema": childconfig.SCHEMA + 1, "tenant": "imperio", "later": {"x": 1},
+                 "http": {"later_too": 1}}, "recovery", ENV, need_port=False)
+    assert cfg.unknown_keys == ("http.later_too", "later")
+    assert "later: unknown key" in problems({"schema": childconfig.SCHEMA, "tenant": "imperio", "later": 1})
+
+
+def test_what_the_daemon_writes_the_child_reads_back():
+    written = childconfig.ChildConfig(
+        tenant="imperio", service="recovery", display_name="Imperio", release="1.2",
+        http=childconfig.Http(host="127.0.0.1", port=4101),
+        postgres=childconfig.Postgres(dsn="host=h dbname=d user=u password=p"),
+        redis=childconfig.Redis(url="redis://127.0.0.1:6379/0", username="u", password="p",
+                                prefix="imperio:r:"),
+        evolution=childconfig.Evolution(url="http://evo", api_key="apikeyvalue", webhook_jwt_key="j"),
+        instances=("imperio-1",), webhook_secrets=(childconfig.WebhookSecret("s"),),
+        antiban={"gap": [30, 120]}, recovery={"steps": []})
+    raw = json.loads(childconfig.encode(written))
+    assert "shared" not in raw and "until" not in raw["webhook_secrets"][0]   # None: left out
+    cfg = parse(raw, "recovery", ENV)
+    assert cfg.schema == written
+    assert (cfg.http_port, cfg.postgres, cfg.redis, cfg.evolution) == (
+        4101, written.postgres, written.redis, written.evolution)
+    assert "apikeyvalue" not in repr(cfg.evolution) and "password=p" not in repr(cfg.postgres)

@@ -7,13 +7,16 @@ import signal
 import httpx
 import pytest
 
+from oraclewad import childconfig
 from tests.services.helpers import base_env, listening_socket, write_config
 
 
 @pytest.mark.parametrize("service", ["recovery", "broadcast"])
 async def test_standalone_binds_the_configured_port(launch, workdir, service):
     config = {"tenant": "imperio", "service": service, "http": {"host": "127.0.0.1", "port": 0},
-              "templates": {"thanks": "Obrigado!"}, "future_key": {"from": "a newer daemon"}}
+              "templates": {"thanks": "Obrigado!"},
+              # A newer daemon's config (a newer schema): its unknown key is kept, not refused.
+              "schema": childconfig.SCHEMA + 1, "future_key": {"from": "a newer daemon"}}
     # No OWA_TENANT/OWA_SERVICE either: the config names them.
     env = base_env(OWA_CONFIG=str(write_config(workdir, config)))
     child = launch(env, module=f"oraclewad.services.{service}")

@@ -59,6 +59,7 @@ from oraclewad.settings import Settings
 from oraclewad.specs import PROGRAMS, SpecBuilder
 from oraclewad.supervisor import ProcessSpec, Supervisor
 from oraclewad.supervisor.process import can_switch_users
+from oraclewad.supervisor.spec import admin_socket_path
 from oraclewad.supervisor.status import UP, State
 from oraclewad.tenants.ids import SERVICES, id_key, id_problem, unit_name
 from oraclewad.tenants.loader import load_tenants
@@ -572,7 +573,7 @@ class Fleet:
     def admin_socket(self, tenant_id: str, service: str) -> str:
         # The serving process's: during and after a swap the two processes' sockets alternate.
         path = self.supervisor.admin_path(unit_name(tenant_id, service))
-        return str(path or self.settings.run_dir / "admin" / f"{tenant_id}-{service}.sock")
+        return str(path or admin_socket_path(self.settings.run_dir, tenant_id, service))
 
     async def service_call(self, tenant_id: str, service: str, method: str, path: str, body_json: str,
                            timeout: float) -> ServiceCallView:

@@ -67,14 +67,26 @@ async def call(name: str, socket_path: str, service: str, method: str, path: str
         async with httpx.AsyncClient(transport=transport, timeout=timeout) as client, \
                 client.stream(method, f"http://{service}{path}", content=body_json.encode() or None,
                               headers=headers) as response:
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > SERVICE_CALL_MAX_BYTES:
-                    raise Unavailable(f"{name} answered more than {SERVICE_CALL_MAX_BYTES} bytes")
-                chunks.append(chunk)
+            body = await read_capped(response, SERVICE_CALL_MAX_BYTES)
+    except TooLarge:
+        raise Unavailable(f"{name} answered more than {SERVICE_CALL_MAX_BYTES} bytes") from None
     except httpx.TimeoutException:
         raise Unavailable(f"{name} did not answer {method} {path} within {timeout:g}s") from None
     except httpx.HTTPError as e:
         raise Unavailable(f"{name}'s admin socket did not answer: {e.__class__.__name__}") from None
-    return ServiceCallView(response.status_code, b"".join(chunks).decode("utf-8", "replace"))
+    return ServiceCallView(response.status_code, body.decode("utf-8", "replace"))
+
+
+class TooLarge(ValueError):
+    pass
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """A streamed body, or TooLarge past `limit` bytes: a child cannot make the daemon hold more."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"answered more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

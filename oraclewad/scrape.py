@@ -29,6 +29,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import parse_labels
 from prometheus_client.samples import Sample
 
+from oraclewad.health import read_capped
+
 log = logging.getLogger("oraclewad.metrics")
 
 # Labels the daemon sets on every child sample; a child's own value for them is replaced.
@@ -236,13 +238,8 @@ class ChildScraper:
         async with self._client(key).stream("GET", "http://child/metrics") as response:
             if response.status_code != 200:
                 raise ValueError(f"answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_CHILD_BYTES:
-                    raise ValueError(f"answered more than {MAX_CHILD_BYTES} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", "replace")
+            body = await read_capped(response, MAX_CHILD_BYTES)
+        return body.decode("utf-8", "replace")
 
     def parse(self, results: Iterable[ChildScrape]) -> None:
         """Turn each answer into families (call it in a worker thread: it is the costly part)."""

@@ -37,7 +37,7 @@ from oraclewad.supervisor.listeners import BindError, Listeners
 from oraclewad.supervisor.logsink import Compressor, Line, LogSink, LogWatchers, pump
 from oraclewad.supervisor.notify import NotifyServer
 from oraclewad.supervisor.process import Child, SpawnError, describe_exit, spawn
-from oraclewad.supervisor.spec import ProcessSpec
+from oraclewad.supervisor.spec import ProcessSpec, admin_socket_path
 from oraclewad.supervisor.status import (
     BACKOFF,
     DEGRADED,
@@ -214,11 +214,8 @@ class Runner:
     def name(self) -> str:
         return self.spec.name
 
-    def _slot_suffix(self, slot: int) -> str:
-        return "" if slot == 0 else f".{slot}"
-
     def _admin_path(self, slot: int) -> Path:
-        return self.ctx.run_dir / "admin" / f"{self.spec.file_stem}{self._slot_suffix(slot)}.sock"
+        return admin_socket_path(self.ctx.run_dir, self.spec.group, self.spec.service, slot)
 
     @property
     def admin_path(self) -> Path:
@@ -585,8 +582,8 @@ class Runner:
             fds.append(owned[-1])
             names.append(contract.ADMIN_FD_NAME)
         if fds:
-            env["LISTEN_FDS"] = str(len(fds))
-            env["LISTEN_FDNAMES"] = ":".join(names)
+            env[contract.ENV_LISTEN_FDS] = str(len(fds))
+            env[contract.ENV_LISTEN_FDNAMES] = ":".join(names)
         if spec.config is not None:
             owned.append(sealed_memfd(spec.config))
             env[contract.ENV_CONFIG_FD] = str(contract.LISTEN_FDS_START + len(fds))

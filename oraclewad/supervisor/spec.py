@@ -48,3 +48,9 @@ class ProcessSpec:
     def file_stem(self) -> str:
         """<group>-<svc>: the stem of this service's config file and admin socket."""
         return f"{self.group}-{self.service}"
+
+
+def admin_socket_path(run_dir: Path, group: str, service: str, slot: int = 0) -> Path:
+    """Where the supervisor binds a service's admin socket; slot 1 is the other process of a
+    release swap (the two alternate)."""
+    return run_dir / "admin" / f"{group}-{service}{'' if slot == 0 else f'.{slot}'}.sock"

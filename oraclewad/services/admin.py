@@ -27,7 +27,7 @@ from oraclewad.services.web import json_error_handlers
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from oraclewad.services.runtime import ServiceContext
+    from oraclewad.services.context import ServiceContext
 
 PROBE_TIMEOUT = 2.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

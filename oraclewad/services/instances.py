@@ -31,7 +31,7 @@ from oraclewad.services.evolution import (
 )
 
 if TYPE_CHECKING:
-    from oraclewad.services.runtime import ServiceContext
+    from oraclewad.services.context import ServiceContext
 
 POLL_INTERVAL_S = 30.0
 # connection.update close codes after which Evolution does not reconnect by itself.

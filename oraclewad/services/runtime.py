@@ -17,9 +17,8 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -37,6 +36,7 @@ from oraclewad import contract
 from oraclewad.services import config as config_mod
 from oraclewad.services.admin import Health, HttpMetrics, SchemaProbe, build_admin_app
 from oraclewad.services.config import ConfigError, ServiceConfig
+from oraclewad.services.context import ServiceContext
 from oraclewad.services.evolution import EvolutionClient
 from oraclewad.services.instances import InstanceStates, admin_routes
 from oraclewad.services.logs import Redactor, channel_logger, redact_url, secrets_in, setup_logging
@@ -45,7 +45,6 @@ from oraclewad.services.notify import Notifier, check_unix_path, listen_fds, wat
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
     from redis import Redis
-    from starlette.routing import BaseRoute
     from starlette.types import ASGIApp
 
 EX_OK = contract.EX_OK
@@ -60,68 +59,12 @@ _ADMIN_GRACE = 1.0
 
 T = TypeVar("T")
 log = channel_logger("runtime")
-_PROCESS_START = time.monotonic()
 
 
 class StartupFailure(Exception):
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass(eq=False)
-class ServiceContext:
-    """What a service's `build_app(ctx)` gets: identity, config, dependencies, metrics, logs."""
-
-    tenant: str
-    service: str
-    release: str
-    display_name: str
-    config: Mapping[str, Any]  # the whole validated JSON (webhook_secret, evolution, antiban, templates...)
-    pg: ConnectionPool | None
-    redis: Redis | None
-    redis_prefix: str
-    metrics: CollectorRegistry
-    limiter: trio.CapacityLimiter  # Postgres threads; sized to the pool so no thread waits on it
-    started_at: float = field(default_factory=lambda: _PROCESS_START)  # time.monotonic(), for uptime
-    # With an [evolution] url: the client, and this service's own instances (can_send, events, health).
-    evolution: EvolutionClient | None = None
-    instances: InstanceStates | None = None
-    # What the admin socket serves besides /healthz and /metrics (the daemon's ServiceCall reaches
-    # these), and further /healthz checks: name -> () -> {"ok": bool, "detail": str, ...}.
-    admin_routes: list[BaseRoute] = field(default_factory=list)
-    health_checks: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
-    _tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = field(default_factory=list)
-
-    def log(self, channel: str) -> logging.Logger:
-        """Logger for a channel ("webhook", "broadcast", "antiban"...): the daemon files each apart."""
-        return channel_logger(channel)
-
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(conn, *args) in a worker thread with a pooled connection; commits if fn returns,
-        rolls back if it raises. Not abandoned on cancel: a transaction finishes or fails cleanly."""
-        pool = self.pg
-        if pool is None:
-            raise RuntimeError(f"{self.service}: postgres is not configured")
-
-        def call() -> T:
-            with pool.connection() as conn:
-                return fn(conn, *args)
-
-        return await trio.to_thread.run_sync(call, limiter=self.limiter)
-
-    async def kv(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(redis_client, *args) in a worker thread (batch with a pipeline inside fn)."""
-        client = self.redis
-        if client is None:
-            raise RuntimeError(f"{self.service}: redis is not configured")
-        return await trio.to_thread.run_sync(partial(fn, client, *args))
-
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Register a background task (e.g. a sender loop) from build_app. It starts once the
-        process is READY and is cancelled after in-flight requests drained. If it raises, the
-        process exits with a traceback and the supervisor restarts it."""
-        self._tasks.append((fn, args))
 
 
 BuildApp = Callable[[ServiceContext], "ASGIApp"]
@@ -138,7 +81,7 @@ def run_service(service: str, build_app: BuildApp, *, migrations: Path | None = 
 def main(service: str, build_app: BuildApp, *, migrations: Path | None = None,
          env: MutableMapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    static: dict[str, Any] = {"tenant": env.get("OWA_TENANT", ""), "service": service}
+    static: dict[str, Any] = {"tenant": env.get(contract.ENV_TENANT, ""), "service": service}
     redact = Redactor()
     setup_logging(static, redact)
     try:
@@ -148,7 +91,7 @@ def main(service: str, build_app: BuildApp, *, migrations: Path | None = None,
         redact.add(secrets_in(cfg.raw))
         static["tenant"] = cfg.tenant
         logging.getLogger().setLevel(cfg.log_level.upper())
-        notifier = Notifier(env.get("NOTIFY_SOCKET"))
+        notifier = Notifier(env.get(contract.ENV_NOTIFY))
         interval = watchdog_interval(env)
         admin_path = env.get(contract.ENV_ADMIN_SOCKET) or None
         if admin_path:
@@ -272,11 +215,7 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
 async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: ASGIApp,
                  health: Health) -> None:
     cfg = plan.cfg
-    if plan.http_fd is not None:
-        public_bind = f"fd://{plan.http_fd}"
-    else:
-        host = f"[{cfg.http_host}]" if ":" in cfg.http_host else cfg.http_host
-        public_bind = f"{host}:{cfg.http_port}"
+    public_bind = _public_bind(plan)
     public_done = trio.Event()
     admin_stop = trio.Event()
     admin_done = trio.Event()
@@ -290,16 +229,6 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
         await _serve_public(public_app, config, stopper, held, task_status)
         public_done.set()
 
-    async def run_admin(path: str, task_status: trio.TaskStatus[list[str]]) -> None:
-        # Created 0600 (umask), never reachable from the network; it outlives the public server's
-        # drain so /healthz and /metrics keep answering while requests finish.
-        bind = path if path.startswith("fd://") else f"unix:{path}"
-        admin_cfg = _hypercorn_config(bind, _ADMIN_GRACE, umask=0o177)
-        await serve(build_admin_app(health, ctx.metrics, ctx.admin_routes), admin_cfg,
-                    shutdown_trigger=admin_stop.wait,
-                    task_status=task_status, mode="asgi")
-        admin_done.set()
-
     async with trio.open_nursery() as servers:
         stopper.hard_scope = servers.cancel_scope
         where = public_bind
@@ -308,7 +237,8 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             admin_inode = None
             if plan.admin_path:
                 where = f"unix:{plan.admin_path}"
-                await servers.start(run_admin, plan.admin_path)
+                admin_app = build_admin_app(health, ctx.metrics, ctx.admin_routes)
+                await servers.start(_run_admin, admin_app, plan.admin_path, admin_stop, admin_done)
                 if not plan.admin_path.startswith("fd://"):
                     os.chmod(plan.admin_path, 0o600)
                     admin_inode = os.stat(plan.admin_path).st_ino
@@ -320,22 +250,12 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
                                                f"{getattr(exc, 'strerror', None) or exc}")
             servers.cancel_scope.cancel()
         else:
-            # READY=1 is sent once; a full notify queue must delay it, never lose it (the
-            # supervisor would kill us at the start deadline).
-            while (plan.notifier.enabled and not stopper.requested.is_set()
-                   and not await plan.notifier.send("READY=1")):
-                await trio.sleep(0.2)
-            log.info("ready", extra={"http": binds, "admin_socket": plan.admin_path,
-                                     "release": ctx.release, "pid": os.getpid(),
-                                     "postgres": redact_url(cfg.postgres.dsn) if cfg.postgres else None,
-                                     "redis": redact_url(cfg.redis.url) if cfg.redis else None,
-                                     "unknown_config_keys": cfg.unknown_keys or None})
+            await _announce_ready(plan, stopper, ctx, binds)
             if plan.notifier.enabled:
                 servers.start_soon(_watchdog, plan.notifier, plan.watchdog_interval)
                 servers.start_soon(_report_health, plan.notifier, health)
             async with trio.open_nursery() as background:
-                for fn, args in ctx._tasks:
-                    background.start_soon(fn, *args)
+                ctx.start_background(background)
                 await public_done.wait()  # stop requested and in-flight requests drained
                 background.cancel_scope.cancel()
             admin_stop.set()
@@ -345,6 +265,37 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             servers.cancel_scope.cancel()  # the watchdog
     if failure is not None:
         raise failure
+
+
+async def _run_admin(app: ASGIApp, path: str, stop: trio.Event, done: trio.Event,
+                     task_status: trio.TaskStatus[list[str]]) -> None:
+    # Created 0600 (umask), never reachable from the network; it outlives the public server's
+    # drain so /healthz and /metrics keep answering while requests finish.
+    bind = path if path.startswith("fd://") else f"unix:{path}"
+    config = _hypercorn_config(bind, _ADMIN_GRACE, umask=0o177)
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")
+    done.set()
+
+
+def _public_bind(plan: _Plan) -> str:
+    if plan.http_fd is not None:
+        return f"fd://{plan.http_fd}"
+    host = plan.cfg.http_host
+    return f"{f'[{host}]' if ':' in host else host}:{plan.cfg.http_port}"
+
+
+async def _announce_ready(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, binds: list[str]) -> None:
+    # READY=1 is sent once; a full notify queue must delay it, never lose it (the supervisor
+    # would kill us at the start deadline).
+    while (plan.notifier.enabled and not stopper.requested.is_set()
+           and not await plan.notifier.send("READY=1")):
+        await trio.sleep(0.2)
+    cfg = plan.cfg
+    log.info("ready", extra={"http": binds, "admin_socket": plan.admin_path,
+                             "release": ctx.release, "pid": os.getpid(),
+                             "postgres": redact_url(cfg.postgres.dsn) if cfg.postgres else None,
+                             "redis": redact_url(cfg.redis.url) if cfg.redis else None,
+                             "unknown_config_keys": list(cfg.unknown_keys) or None})
 
 
 async def _serve_public(app: ASGIApp, config: HypercornConfig, stopper: _Stopper, held: _HeldAccept | None,

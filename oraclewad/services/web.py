@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from oraclewad.services.runtime import ServiceContext
+    from oraclewad.services.context import ServiceContext
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

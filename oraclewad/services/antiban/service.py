@@ -19,7 +19,7 @@ from starlette.routing import Route
 from oraclewad.services.antiban.engine import Engine
 
 if TYPE_CHECKING:
-    from oraclewad.services.runtime import ServiceContext
+    from oraclewad.services.context import ServiceContext
 
 OBSERVE_EVERY = 10.0
 NETWORKS = ("4g", "proxy")

@@ -96,11 +96,24 @@ class Ctx:
 
     def show(self, items: Sequence[Any], table: Callable[[list[Any]], str]) -> int:
         """`--json`: the messages as a JSON list; otherwise the table."""
+        return self.emit(list(items), lambda: table(list(items)))
+
+    def emit(self, data: Any, text: Callable[[], str]) -> int:
+        """`--json`: `data` (a message, a list of them, or plain data) as JSON; otherwise text()."""
         if self.json:
-            self.out(render.dumps([render.to_dict(item) for item in items]))
+            self.out(render.dumps([_plain(d) for d in data] if isinstance(data, list) else _plain(data)))
         else:
-            self.out(table(list(items)))
+            self.out(text())
         return OK
+
+    def actions(self, done: str, data: dict[str, Any], actions: Sequence[str]) -> int:
+        """What a tenant command did, one action a line (`--json`: `data` plus the actions)."""
+        return self.emit({**data, "actions": list(actions)},
+                         lambda: "\n".join([done, *(f"  {line}" for line in actions)]))
+
+
+def _plain(data: Any) -> Any:
+    return render.to_dict(data) if hasattr(data, "DESCRIPTOR") else data
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -124,16 +137,14 @@ def _add(ctx: Ctx, new: pb.NewTenant) -> int:
     a = ctx.args
     request = pb.AddTenantRequest(tenant=new, wait=not a.no_wait, timeout_s=a.wait_timeout)
     tenant = ctx.using(lambda c: c.add_tenant(request, timeout=a.wait_timeout + 15))
-    if ctx.json:
-        ctx.out(render.dumps(render.to_dict(tenant)))
-        return OK
-    state = "added" if a.no_wait else "added and ready"
-    ctx.out(f"tenant {tenant.id} {state}")
-    ctx.out(render.tenant_detail(tenant))
-    if a.no_wait:
-        ctx.out(f"\nnot waiting for readiness: follow with `oraclectl status {tenant.id}`")
-    ctx.out("\n" + _next_step(new))
-    return OK
+
+    def text() -> str:
+        state = "added" if a.no_wait else "added and ready"
+        lines = [f"tenant {tenant.id} {state}", render.tenant_detail(tenant)]
+        if a.no_wait:
+            lines.append(f"\nnot waiting for readiness: follow with `oraclectl status {tenant.id}`")
+        return "\n".join([*lines, "\n" + _next_step(new)])
+    return ctx.emit(tenant, text)
 
 
 def _next_step(new: pb.NewTenant) -> str:
@@ -175,25 +186,14 @@ def cmd_tenant_remove(ctx: Ctx) -> int:
         return FAILED
     request = pb.RemoveTenantRequest(id=a.id, purge=a.purge)
     response = ctx.using(lambda c: c.remove_tenant(request, timeout=max(a.timeout, 60)))
-    if ctx.json:
-        ctx.out(render.dumps({"id": a.id, "purged": a.purge, "actions": list(response.actions)}))
-    else:
-        ctx.out(f"tenant {a.id} removed" + (" and purged" if a.purge else ""))
-        for line in response.actions:
-            ctx.out(f"  {line}")
-    return OK
+    return ctx.actions(f"tenant {a.id} removed" + (" and purged" if a.purge else ""),
+                       {"id": a.id, "purged": a.purge}, response.actions)
 
 
 def cmd_tenant_repair(ctx: Ctx) -> int:
     a = ctx.args
     response = ctx.using(lambda c: c.repair_tenant(a.id, timeout=max(a.timeout, 60)))
-    if ctx.json:
-        ctx.out(render.dumps({"id": a.id, "actions": list(response.actions)}))
-    else:
-        ctx.out(f"tenant {a.id} repaired")
-        for line in response.actions:
-            ctx.out(f"  {line}")
-    return OK
+    return ctx.actions(f"tenant {a.id} repaired", {"id": a.id}, response.actions)
 
 
 def cmd_tenant_list(ctx: Ctx) -> int:
@@ -223,31 +223,20 @@ def cmd_tenant_purge(ctx: Ctx) -> int:
     if not _confirm_purge(ctx, a.id):
         return FAILED
     response = ctx.using(lambda c: c.purge_tenant(a.id, timeout=max(a.timeout, 60)))
-    if ctx.json:
-        ctx.out(render.dumps({"id": a.id, "purged": True, "actions": list(response.actions)}))
-    else:
-        ctx.out(f"tenant {a.id} purged")
-        for line in response.actions:
-            ctx.out(f"  {line}")
-    return OK
+    return ctx.actions(f"tenant {a.id} purged", {"id": a.id, "purged": True}, response.actions)
 
 
 def cmd_tenant_restore(ctx: Ctx) -> int:
     a = ctx.args
     request = pb.RestoreTenantRequest(id=a.id, wait=not a.no_wait, timeout_s=a.wait_timeout)
     tenant = ctx.using(lambda c: c.restore_tenant(request, timeout=a.wait_timeout + 15))
-    if ctx.json:
-        ctx.out(render.dumps(render.to_dict(tenant)))
-        return OK
-    ctx.out(f"tenant {tenant.id} restored" + ("" if a.no_wait else " and ready"))
-    ctx.out(render.tenant_detail(tenant))
-    return OK
+    return ctx.emit(tenant, lambda: f"tenant {tenant.id} restored" + ("" if a.no_wait else " and ready")
+                    + "\n" + render.tenant_detail(tenant))
 
 
 def cmd_tenant_show(ctx: Ctx) -> int:
     tenant = ctx.using(lambda c: c.get_tenant(ctx.args.id))
-    ctx.out(render.dumps(render.to_dict(tenant)) if ctx.json else render.tenant_detail(tenant))
-    return OK
+    return ctx.emit(tenant, lambda: render.tenant_detail(tenant))
 
 
 def cmd_tenant_import_env(ctx: Ctx) -> int:
@@ -315,13 +304,12 @@ def cmd_health(ctx: Ctx) -> int:
     """Exit 1 when any service is unhealthy (for cron, monit): anything but ok, or stopped on purpose."""
     tenant = ctx.args.id or ""
     services = ctx.using(lambda c: c.health(tenant))
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(s) for s in services]))
-    else:
-        states = ctx.using(lambda c: c.status(tenant))
-        ctx.out(render.health_report(services, states))
-        if lines := render.instance_lines(services):
-            ctx.out("\ninstances:\n" + "\n".join(lines))
+
+    def text() -> str:
+        report = render.health_report(services, ctx.using(lambda c: c.status(tenant)))
+        lines = render.instance_lines(services)
+        return report + ("\n\ninstances:\n" + "\n".join(lines) if lines else "")
+    ctx.emit(list(services), text)
     return OK if all(s.status in ("ok", "stopped") for s in services) else FAILED
 
 
@@ -381,7 +369,7 @@ def _verb(verb: Callable[..., pb.StatusResponse]) -> Callable[[Ctx], int]:
 
 def cmd_reload(ctx: Ctx) -> int:
     response = ctx.using(lambda c: c.reload(timeout=max(ctx.args.timeout, 60)))
-    ctx.out(render.dumps(render.to_dict(response)) if ctx.json else render.reload_text(response))
+    ctx.emit(response, lambda: render.reload_text(response))
     # Skipped tenant files are the operator's to fix: scripts and CI must see them.
     return FAILED if response.problems else OK
 
@@ -432,28 +420,23 @@ def cmd_rollback(ctx: Ctx) -> int:
 
 
 def cmd_history(ctx: Ctx) -> int:
-    entries = ctx.using(lambda c: c.history(ctx.args.id))
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(e) for e in entries]))
-    else:
+    def table(entries: list[Any]) -> str:
         rows = [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), e.service, e.action,
                  e.from_version, e.to_version, e.result, f"{e.duration_s:.1f}s", "yes" if e.stable else "no",
                  e.reason or "-")
                 for e in entries]
         heads = ("WHEN", "SERVICE", "ACTION", "FROM", "TO", "RESULT", "TOOK", "STABLE", "REASON")
-        ctx.out(render.table(heads, rows) if rows else "no history")
-    return OK
+        return render.table(heads, rows) if rows else "no history"
+    return ctx.show(ctx.using(lambda c: c.history(ctx.args.id)), table)
 
 
 def cmd_releases(ctx: Ctx) -> int:
     response = ctx.using(lambda c: c.list_releases())
-    if ctx.json:
-        ctx.out(render.dumps([render.to_dict(r) for r in response.releases]))
-    else:
+    def table(releases: list[Any]) -> str:
         rows = [(r.version, " ".join(f"{k}<={v}" for k, v in sorted(r.schema.items())) or "-",
-                 ",".join(r.tenants) or "-", r.python) for r in response.releases]
-        ctx.out(render.table(("VERSION", "SCHEMA", "TENANTS", "PYTHON"), rows))
-    return OK
+                 ",".join(r.tenants) or "-", r.python) for r in releases]
+        return render.table(("VERSION", "SCHEMA", "TENANTS", "PYTHON"), rows)
+    return ctx.show(response.releases, table)
 
 
 def cmd_release_install(ctx: Ctx) -> int:
@@ -462,19 +445,17 @@ def cmd_release_install(ctx: Ctx) -> int:
                                        find_links=[os.path.abspath(d) for d in a.find_links or []],
                                        share_packages=a.share_packages)
     release = ctx.using(lambda c: c.install_release(request, timeout=max(ctx.args.timeout, 900)))
-    if ctx.json:
-        ctx.out(render.dumps(render.to_dict(release)))
-    else:
+
+    def text() -> str:
         schema = ", ".join(f"{k} 1-{v}" if v else f"{k} none" for k, v in sorted(release.schema.items()))
-        ctx.out(f"installed release {release.version} at {release.path}\n  python  {release.python}\n"
+        return (f"installed release {release.version} at {release.path}\n  python  {release.python}\n"
                 f"  schema  {schema or '-'}")
-    return OK
+    return ctx.emit(release, text)
 
 
 def cmd_release_remove(ctx: Ctx) -> int:
     response = ctx.using(lambda c: c.remove_release(ctx.args.version))
-    ctx.out(render.dumps(render.to_dict(response)) if ctx.json else response.message)
-    return OK
+    return ctx.emit(response, lambda: response.message)
 
 
 def _stream(ctx: Ctx, open_stream: Callable[[Client], Iterator[Any]], lines: Callable[[Any], list[str]],
@@ -636,10 +617,8 @@ def _attest(ctx: Ctx, tenant_id: str, instance: str) -> int:
     if status != 200:
         ctx.err(f"oraclectl: {owner}: {_service_error(answer, status)}")
         return FAILED
-    ctx.out(render.dumps(answer) if ctx.json else
-            f"{instance} ({owner}): attested network={answer.get('network')} groups={answer.get('groups')} "
-            f"recharge={answer.get('recharge')}")
-    return OK
+    return ctx.emit(answer, lambda: f"{instance} ({owner}): attested network={answer.get('network')} "
+                    f"groups={answer.get('groups')} recharge={answer.get('recharge')}")
 
 
 def _connect(ctx: Ctx, tenant_id: str, instance: str) -> int:
@@ -740,9 +719,10 @@ def curl_example(url: str, secret: str) -> str:
 
 
 def _show_secrets(ctx: Ctx, answer: pb.WebhookSecretsResponse) -> None:
-    if ctx.json:
-        ctx.out(render.dumps(render.to_dict(answer)))
-        return
+    ctx.emit(answer, lambda: _secrets_text(answer))
+
+
+def _secrets_text(answer: pb.WebhookSecretsResponse) -> str:
     lines = [f"shop webhooks of {answer.id}",
              f"  {'URL:':<16}{answer.webhook_url or '- (the tenant has no recovery service)'}",
              f"  {'secret:':<16}{answer.secret}",
@@ -757,7 +737,7 @@ def _show_secrets(ctx: Ctx, answer: pb.WebhookSecretsResponse) -> None:
     if answer.webhook_url:
         lines += ["", "try it (bash; the thank-you goes to the example phone):", "",
                   curl_example(answer.webhook_url, answer.secret)]
-    ctx.out("\n".join(lines))
+    return "\n".join(lines)
 
 
 def cmd_tenant_secrets(ctx: Ctx) -> int:
@@ -856,24 +836,56 @@ def tenant_arg(parser: argparse.ArgumentParser, **kw: Any) -> None:
     action.complete = TENANT_ID  # type: ignore[attr-defined]  (read by shtab)
 
 
+_FMT = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="oraclectl", description="Operate the oraclewad daemon.",
-                                     epilog=EPILOG, formatter_class=fmt)
+                                     epilog=EPILOG, formatter_class=_FMT)
     parser.add_argument("--version", action="version", version=f"oraclectl {version()}")
     _connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _tenant_commands(commands)
+    _service_commands(commands)
+    _release_commands(commands)
+    _other_commands(commands)
+    return parser
 
-    def command(sub: Any, name: str, help_text: str, func: Callable[[Ctx], int], epilog: str = "",
-                **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog=("examples:\n" + epilog) if epilog else None, formatter_class=fmt, **kw)
-        _connection_options(p, suppress=True)
-        p.set_defaults(func=func)
-        return p
 
+def _command(sub: Any, name: str, help_text: str, func: Callable[[Ctx], int], epilog: str = "",
+            **kw: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text,
+                       epilog=("examples:\n" + epilog) if epilog else None, formatter_class=_FMT, **kw)
+    _connection_options(p, suppress=True)
+    p.set_defaults(func=func)
+    return p
+
+
+def _wait_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="answer once the file is written; don't wait "
+                                                           "for the services to be ready")
+    p.add_argument("--timeout", dest="wait_timeout", type=float, default=120.0, metavar="S",
+                   help="how long to wait for readiness (default 120)")
+
+
+def _instance_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recovery-instance", action="append", metavar="NAME",
+                   help="an Evolution instance that sends order reminders (repeatable)")
+    p.add_argument("--broadcast-instance", action="append", metavar="NAME",
+                   help="an Evolution instance that sends campaigns (repeatable; never also recovery's)")
+    p.add_argument("--instance", action="append", help=argparse.SUPPRESS)
+
+
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--healthy-deadline", type=float, metavar="S",
+                   help="time the new process has to send READY (default: [releases] in the config, 60)")
+    p.add_argument("--min-healthy-time", type=float, metavar="S",
+                   help="seconds of passing health before the old process stops (default: config, 10)")
+
+
+def _tenant_commands(commands: Any) -> None:
     tenant = commands.add_parser("tenant", help="add, remove, restore, purge, list, show or import tenants",
-                                 description="Manage tenants (the client businesses).", formatter_class=fmt,
+                                 description="Manage tenants (the client businesses).", formatter_class=_FMT,
                                  epilog="examples:\n  oraclectl tenant list\n  oraclectl tenant add lojaABC\n"
                                         "  oraclectl tenant remove lojaABC\n"
                                         "  oraclectl tenant list --removed\n"
@@ -881,20 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "  oraclectl tenant purge lojaABC --yes")
     tsub = tenant.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
 
-    def wait_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--no-wait", action="store_true", help="answer once the file is written; don't wait "
-                                                               "for the services to be ready")
-        p.add_argument("--timeout", dest="wait_timeout", type=float, default=120.0, metavar="S",
-                       help="how long to wait for readiness (default 120)")
-
-    def instance_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--recovery-instance", action="append", metavar="NAME",
-                       help="an Evolution instance that sends order reminders (repeatable)")
-        p.add_argument("--broadcast-instance", action="append", metavar="NAME",
-                       help="an Evolution instance that sends campaigns (repeatable; never also recovery's)")
-        p.add_argument("--instance", action="append", help=argparse.SUPPRESS)
-
-    p = command(tsub, "add", "add a tenant: write tenants.d/ID.toml, provision and start its services",
+    p = _command(tsub, "add", "add a tenant: write tenants.d/ID.toml, provision and start its services",
                 cmd_tenant_add,
                 "  oraclectl tenant add lojaABC --name 'Loja ABC' --services recovery\n"
                 "  oraclectl tenant add imperio --evolution-url https://evo.example.com "
@@ -907,10 +906,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evolution-url", metavar="U", help="the Evolution API base URL")
     p.add_argument("--evolution-key-file", metavar="F",
                    help="file holding the Evolution API key; the daemon stores it 0600 (never in tenants.d)")
-    instance_options(p)
-    wait_options(p)
+    _instance_options(p)
+    _wait_options(p)
 
-    p = command(tsub, "remove", "remove a tenant: stop its services and retire its file (data kept "
+    p = _command(tsub, "remove", "remove a tenant: stop its services and retire its file (data kept "
                 "until `tenant purge`)", cmd_tenant_remove,
                 "  oraclectl tenant remove lojaABC\n  oraclectl tenant remove lojaABC --purge --yes")
     tenant_arg(p)
@@ -919,29 +918,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(works on an already removed tenant too)")
     p.add_argument("--yes", action="store_true", help="don't ask before --purge")
 
-    p = command(tsub, "list", "list tenants (or the removed ones whose data is kept)", cmd_tenant_list,
+    p = _command(tsub, "list", "list tenants (or the removed ones whose data is kept)", cmd_tenant_list,
                 "  oraclectl tenant list\n  oraclectl --json tenant list\n  oraclectl tenant list --removed")
     p.add_argument("--removed", action="store_true",
                    help="tenants removed with their data kept: what is kept, its size, since when")
-    p = command(tsub, "purge", "delete everything a removed tenant left (databases, Redis keys, "
+    p = _command(tsub, "purge", "delete everything a removed tenant left (databases, Redis keys, "
                 "secrets, ports, logs)", cmd_tenant_purge, "  oraclectl tenant purge lojaABC --yes")
     tenant_arg(p)
     p.add_argument("--yes", action="store_true", help="don't ask first")
-    p = command(tsub, "restore", "bring a removed tenant back with its data and ports", cmd_tenant_restore,
+    p = _command(tsub, "restore", "bring a removed tenant back with its data and ports", cmd_tenant_restore,
                 "  oraclectl tenant restore lojaABC")
     tenant_arg(p)
-    wait_options(p)
-    p = command(tsub, "repair", "provision a tenant again (databases, roles, passwords, Redis users) "
+    _wait_options(p)
+    p = _command(tsub, "repair", "provision a tenant again (databases, roles, passwords, Redis users) "
                 "and retry its failing services", cmd_tenant_repair, "  oraclectl tenant repair lojaABC")
     tenant_arg(p)
-    p = command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
+    p = _command(tsub, "show", "show one tenant: ports, webhook URL, where its secrets are", cmd_tenant_show,
                 "  oraclectl tenant show imperio")
     tenant_arg(p)
 
-    p = command(tsub, "secrets", "the shop-webhook URL, secret and static token, with a curl example",
+    p = _command(tsub, "secrets", "the shop-webhook URL, secret and static token, with a curl example",
                 cmd_tenant_secrets, "  oraclectl tenant secrets imperio")
     p.add_argument("id")
-    p = command(tsub, "rotate-secret", "a new webhook secret; the old one keeps working for --overlap",
+    p = _command(tsub, "rotate-secret", "a new webhook secret; the old one keeps working for --overlap",
                 cmd_tenant_rotate_secret,
                 "  oraclectl tenant rotate-secret imperio\n"
                 "  oraclectl tenant rotate-secret imperio --overlap 0")
@@ -949,51 +948,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=duration_arg, default=86400.0, metavar="DURATION",
                    help="how long the old secret stays valid: 90s, 15m, 24h (default), 7d; 0 stops it now")
 
-    p = command(tsub, "import-env", "add a tenant from a .env file of the old (v3 Node) system",
+    p = _command(tsub, "import-env", "add a tenant from a .env file of the old (v3 Node) system",
                 cmd_tenant_import_env,
                 "  oraclectl tenant import-env .env.imperio --dry-run\n"
                 "  oraclectl tenant import-env .env.novocliente --id novocliente")
     p.add_argument("file", help="the .env file (CLIENT_ID, SERVICE_TYPE, ANTIBAN_*, EVOLUTION_API_* ...)")
     p.add_argument("--id", help="tenant id (default: CLIENT_ID)")
     p.add_argument("--release", metavar="V", help="pin a release")
-    instance_options(p)
+    _instance_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help=f"print the tenant file instead of adding it (the key shows as {SECRET_PLACEHOLDER})")
-    wait_options(p)
+    _wait_options(p)
 
-    p = command(commands, "status", "supervision state of every service (or one tenant's)", cmd_status,
+
+def _service_commands(commands: Any) -> None:
+    """status, health, metrics, top, start/stop/restart, reload."""
+    p = _command(commands, "status", "supervision state of every service (or one tenant's)", cmd_status,
                 "  oraclectl status\n  oraclectl status imperio\n  oraclectl --json status\n"
                 "  oraclectl status --watch            redraw every 2 s until Ctrl-C")
     tenant_arg(p, nargs="?", help="tenant id (default: all)")
     p.add_argument("-w", "--watch", type=float, nargs="?", const=2.0, metavar="S",
                    help="redraw every S seconds (default 2) until Ctrl-C; with --json one line per round")
-    p = command(commands, "health", "ask each service for its dependency checks (exit 1 if any fails)",
+    p = _command(commands, "health", "ask each service for its dependency checks (exit 1 if any fails)",
                 cmd_health, "  oraclectl health imperio")
     tenant_arg(p, nargs="?")
-    p = command(commands, "metrics", "key figures per service", cmd_metrics, "  oraclectl metrics")
+    p = _command(commands, "metrics", "key figures per service", cmd_metrics, "  oraclectl metrics")
     tenant_arg(p, nargs="?")
-    p = command(commands, "top", "live view of every service (like htop): q or Ctrl-C quits; keys sort",
+    p = _command(commands, "top", "live view of every service (like htop): q or Ctrl-C quits; keys sort",
                 cmd_top, "  oraclectl top\n  oraclectl top imperio --sort c --interval 1")
     tenant_arg(p, nargs="?", help="only this tenant")
     p.add_argument("--sort", default="n", metavar="KEY",
                    help="n tenant (default), s state, c cpu, m memory, r restarts, g msgs/min, o outbox")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh every S seconds (2)")
     for name, method in (("start", Client.start), ("stop", Client.stop), ("restart", Client.restart)):
-        p = command(commands, name, f"{name} a tenant's services (or one of them, or all)", _verb(method),
+        p = _command(commands, name, f"{name} a tenant's services (or one of them, or all)", _verb(method),
                     f"  oraclectl {name} imperio\n  oraclectl {name} imperio broadcast\n"
                     f"  oraclectl {name} --all")
         tenant_arg(p, nargs="?", help="tenant id (or `programs`)")
         p.add_argument("service", nargs="?", help="recovery or broadcast (default: both)")
         p.add_argument("--all", action="store_true", help=f"{name} every service of every tenant")
-    command(commands, "reload", "re-read tenants.d and apply the difference (like SIGHUP)", cmd_reload,
+    _command(commands, "reload", "re-read tenants.d and apply the difference (like SIGHUP)", cmd_reload,
             "  oraclectl reload")
-    def gate_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--healthy-deadline", type=float, metavar="S",
-                       help="time the new process has to send READY (default: [releases] in the config, 60)")
-        p.add_argument("--min-healthy-time", type=float, metavar="S",
-                       help="seconds of passing health before the old process stops (default: config, 10)")
 
-    p = command(commands, "deploy", "move a tenant (or every tenant) to another release, health-gated",
+
+def _release_commands(commands: Any) -> None:
+    """deploy, rollback, history, releases, release install/remove."""
+    p = _command(commands, "deploy", "move a tenant (or every tenant) to another release, health-gated",
                 cmd_deploy, "  oraclectl deploy imperio v2.2.0\n  oraclectl deploy --all 2.2.0 --canary 1 "
                 "--max-parallel 4\n  oraclectl deploy --all 2.2.0 --dry-run")
     p.add_argument("target", metavar="ID", help="tenant id (with --all: the VERSION)")
@@ -1003,26 +1003,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int, default=1, metavar="K",
                    help="with --all: K at a time (default 1)")
     p.add_argument("--dry-run", action="store_true", help="with --all: show the plan, change nothing")
-    gate_options(p)
-    p = command(commands, "rollback", "move a tenant back (default: to its last stable release)",
+    _gate_options(p)
+    p = _command(commands, "rollback", "move a tenant back (default: to its last stable release)",
                 cmd_rollback,
                 "  oraclectl rollback imperio\n  oraclectl rollback imperio v2.1.0")
     tenant_arg(p)
     p.add_argument("version", nargs="?")
-    gate_options(p)
-    p = command(commands, "history", "a tenant's release swaps (last 50)", cmd_history,
+    _gate_options(p)
+    p = _command(commands, "history", "a tenant's release swaps (last 50)", cmd_history,
                 "  oraclectl history imperio")
     tenant_arg(p)
-    command(commands, "releases", "installed releases and the tenants on each", cmd_releases,
+    _command(commands, "releases", "installed releases and the tenants on each", cmd_releases,
             "  oraclectl releases")
     release = commands.add_parser("release", help="install or remove a release",
                                   description="Manage installed releases (releases_dir).",
-                                  formatter_class=fmt,
+                                  formatter_class=_FMT,
                                   epilog="examples:\n  oraclectl release install dist/oraclewa-2.2.0.whl "
                                          "--version 2.2.0 --find-links wheels/\n"
                                          "  oraclectl release remove 2.1.0")
     rsub = release.add_subparsers(dest="release_command", metavar="ACTION", required=True)
-    p = command(rsub, "install", "build a release from a wheel or source folder (venv + pip)",
+    p = _command(rsub, "install", "build a release from a wheel or source folder (venv + pip)",
                 cmd_release_install,
                 "  oraclectl release install ./oraclewa-src --version 2.2.0 --share-packages")
     p.add_argument("path", help="a wheel (.whl) or a source folder with pyproject.toml")
@@ -1031,10 +1031,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="install offline from this wheel directory (repeatable; implies --no-index)")
     p.add_argument("--share-packages", action="store_true",
                    help="let the release see the daemon's own packages (installs only what differs)")
-    p = command(rsub, "remove", "delete an installed release (refused while a tenant uses it)",
+    p = _command(rsub, "remove", "delete an installed release (refused while a tenant uses it)",
                 cmd_release_remove, "  oraclectl release remove 2.1.0")
     p.add_argument("version")
-    p = command(commands, "logs", "log lines of every tenant, one tenant, or one service, as readable "
+
+
+def _other_commands(commands: Any) -> None:
+    """logs, instances, completion, recovery, campaign, events."""
+    p = _command(commands, "logs", "log lines of every tenant, one tenant, or one service, as readable "
                 "lines (--json: the raw records)", cmd_logs,
                 "  oraclectl logs -f                      every tenant, prefixed tenant/service\n"
                 "  oraclectl logs imperio\n  oraclectl logs imperio recovery --channel http -n 200\n"
@@ -1053,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only records at this level or above")
     p.add_argument("--since", metavar="WHEN", help="only records since then: 90s, 10m, 2h, 1d, or a "
                                                    "local time such as 2026-12-01T09:00")
-    p = command(commands, "instances", "a tenant's WhatsApp instances (owner, state), or pair one",
+    p = _command(commands, "instances", "a tenant's WhatsApp instances (owner, state), or pair one",
                 cmd_instances,
                 "  oraclectl instances imperio\n"
                 "  oraclectl instances connect imperio imperio-1          QR code, waits until open\n"
@@ -1070,26 +1074,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=300.0, metavar="S",
                    help="how long connect waits for the instance to be open (default 300)")
     p.add_argument("--no-wait", action="store_true", help="show the QR code and return")
-    p = command(commands, "completion", "print a shell completion script", cmd_completion,
+    p = _command(commands, "completion", "print a shell completion script", cmd_completion,
                 "  oraclectl completion bash > /etc/bash_completion.d/oraclectl\n"
                 "  source <(oraclectl completion bash)          # this shell only\n"
                 "  oraclectl completion zsh > \"${fpath[1]}/_oraclectl\"")
     p.add_argument("shell", choices=("bash", "zsh"))
-    p = command(commands, "recovery", "what the reminders earned: orders expired, reminded, recovered, "
+    p = _command(commands, "recovery", "what the reminders earned: orders expired, reminded, recovered, "
                 "revenue, messages by status", cmd_recovery,
                 "  oraclectl recovery imperio\n  oraclectl recovery imperio --since 30d\n"
                 "  oraclectl --json recovery imperio")
     p.add_argument("id")
     p.add_argument("--since", type=duration_arg, default=7 * 86400.0, metavar="DURATION",
                    help="the period: 24h, 7d (default), 30d")
-    campaign.add_commands(commands, command, _service_call, UsageError)
-    p = command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
+    campaign.add_commands(commands, _command, _service_call, UsageError)
+    p = _command(commands, "events", "recent daemon events (state changes, tenants added/removed, reloads)",
                 cmd_events, "  oraclectl events\n  oraclectl events -f --tenant imperio")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--tenant", help="only this tenant's events")
     p.add_argument("-n", "--recent", type=int, default=50, metavar="N",
                    help="recent events first (default 50)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,

@@ -7,15 +7,18 @@ import os
 import re
 import shlex
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from oraclewad import contract
 from oraclewad.errors import InvalidArgument, Problem
 from oraclewad.tomlcheck import TableReader, load_toml, non_negative, port_number, positive
 
 DEFAULT_CONFIG_PATHS = (Path("oraclewad.toml"), Path("/etc/oraclewa/oraclewad.toml"))
 DEFAULT_UID_RANGE = (61000, 62999)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,8 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     """--config, then $OWA_CONFIG, then ./oraclewad.toml, then /etc/oraclewa/oraclewad.toml."""
     if explicit:
         return Path(explicit)
-    if os.environ.get("OWA_CONFIG"):
-        return Path(os.environ["OWA_CONFIG"])
+    if os.environ.get(contract.ENV_CONFIG):
+        return Path(os.environ[contract.ENV_CONFIG])
     for candidate in DEFAULT_CONFIG_PATHS:
         if candidate.exists():
             return candidate
@@ -183,6 +186,10 @@ def _memory_size(value: str) -> str | None:
     return 'must be a size like "256mb" or "1gb" ("0": no limit)'
 
 
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}      # the defaults are declared once, above
+_PORT_RANGE = [4100, 4999]
+
+
 def load_settings(path: Path) -> Settings:
     """Parse and validate the daemon config; raises InvalidArgument listing every problem."""
     problems: list[Problem] = []
@@ -190,73 +197,97 @@ def load_settings(path: Path) -> Settings:
     if doc is None:
         raise InvalidArgument(problems)
     path = path.resolve()
-    base = path.parent
     root = TableReader(doc, str(path), "", problems)
+    resolve = _resolver(path.parent)
+    daemon = _within(root, "daemon", lambda t: _daemon(t, resolve))
+    services = _within(root, "services", _services)
+    policy = _within(root, "policy", Policy().overridden)
+    logs = _within(root, "logs", _logs)
+    postgres = _within(root, "postgres", _postgres)
+    redis = _within(root, "redis", lambda t: _redis(t, resolve))
+    control = _within(root, "control", lambda t: _control(t, resolve, daemon["run_dir"], daemon["state_dir"]))
+    releases = _within(root, "releases", _releases)
+    metrics = _within(root, "metrics", _metrics)
+    programs = _programs(root.sub("programs"), resolve, path.parent, policy)
+    root.finish()
+    if problems:
+        raise InvalidArgument(problems)
+    return Settings(path=path, **daemon, **services, **metrics, policy=policy, logs=logs,
+                    postgres=postgres, redis=redis, control=control, programs=programs, releases=releases)
 
+
+def _resolver(base: Path) -> Callable[[str | None], Path | None]:
     def resolve(value: str | None) -> Path | None:
         return None if value is None else (base / Path(value).expanduser())
+    return resolve
 
-    d = root.sub("daemon")
-    state_dir = resolve(d.get("state_dir", str, "var/state"))
-    run_dir = resolve(d.get("run_dir", str, "var/run"))
-    settings_paths = {
+
+def _within(root: TableReader, name: str, read: Callable[[TableReader], T]) -> T:
+    """read(the [name] table), then report its unknown keys."""
+    table = root.sub(name)
+    value = read(table)
+    table.finish()
+    return value
+
+
+def _daemon(d: TableReader, resolve: Callable[[str | None], Path | None]) -> dict[str, Any]:
+    return {
         "tenants_dir": resolve(d.get("tenants_dir", str, "tenants.d")),
-        "state_dir": state_dir,
+        "state_dir": resolve(d.get("state_dir", str, "var/state")),
         "log_dir": resolve(d.get("log_dir", str, "var/log")),
-        "run_dir": run_dir,
+        "run_dir": resolve(d.get("run_dir", str, "var/run")),
         "releases_dir": resolve(d.get("releases_dir", str, "var/releases")),
+        "default_release": d.get("default_release", str, "bundled"),
+        "max_parallel_starts": d.get("max_parallel_starts", int, _DEFAULTS["max_parallel_starts"],
+                                     check=non_negative),
+        "tenant_symlinks": d.get("tenant_symlinks", bool, _DEFAULTS["tenant_symlinks"]),
     }
-    default_release = d.get("default_release", str, "bundled")
-    max_parallel_starts = d.get("max_parallel_starts", int, 0, check=non_negative)
-    tenant_symlinks = d.get("tenant_symlinks", bool, False)
-    d.finish()
 
-    s = root.sub("services")
+
+def _services(s: TableReader) -> dict[str, Any]:
     bind_host = s.get("bind_host", str, "127.0.0.1")
-    public_url = s.get("public_url", str, "")
-    port_range = s.get("port_range", list, [4100, 4999])
+    public_url = s.get("public_url", str, "") or f"http://{bind_host}"
+    port_range = s.get("port_range", list, _PORT_RANGE)
     uid_range = s.get("uid_range", list, list(DEFAULT_UID_RANGE))
-    s.finish()
-    if uid_range and (len(uid_range) != 2
-                      or not all(isinstance(u, int) and not isinstance(u, bool) for u in uid_range)
+    if uid_range and (len(uid_range) != 2 or not all(_is_int(u) for u in uid_range)
                       or not 1000 <= uid_range[0] <= uid_range[1] < 2**31 - 1):
-        problems.append(Problem(str(path), "services.uid_range",
-                                "must be [FIRST, LAST], uids with 1000 <= FIRST <= LAST, e.g. "
-                                "[61000, 62999], or [] to run tenants as the daemon's user"))
+        s.fail("uid_range", "must be [FIRST, LAST], uids with 1000 <= FIRST <= LAST, e.g. "
+                            "[61000, 62999], or [] to run tenants as the daemon's user")
         uid_range = list(DEFAULT_UID_RANGE)
-    if (len(port_range) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
-                                        for p in port_range)
+    if (len(port_range) != 2 or not all(_is_int(p) for p in port_range)
             or port_number(port_range[0]) or port_number(port_range[1])
             or port_range[0] > port_range[1]):
-        problems.append(Problem(str(path), "services.port_range",
-                                "must be [FIRST, LAST], two ports with FIRST <= LAST, e.g. [4100, 4999]"))
-        port_range = [4100, 4999]
-    if not public_url:
-        public_url = f"http://{bind_host}"
+        s.fail("port_range", "must be [FIRST, LAST], two ports with FIRST <= LAST, e.g. [4100, 4999]")
+        port_range = _PORT_RANGE
+    return {"bind_host": bind_host, "public_url": public_url, "port_range": (port_range[0], port_range[1]),
+            "uid_range": (uid_range[0], uid_range[1]) if uid_range else None}
 
-    policy_table = root.sub("policy")
-    policy = Policy().overridden(policy_table)
-    policy_table.finish()
 
-    lg = root.sub("logs")
-    logs = LogSettings(max_bytes=lg.get("max_bytes", int, 50 * 1024 * 1024, check=positive),
-                       backups=lg.get("backups", int, 10, check=non_negative))
-    lg.finish()
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    pg = root.sub("postgres")
-    postgres = PostgresSettings(dsn=pg.get("dsn", str) or None,
-                                connection_limit=pg.get("connection_limit", int, 0, check=non_negative))
-    pg.finish()
 
-    rd = root.sub("redis")
-    redis = RedisSettings(url=rd.get("url", str) or None,
-                          ca_file=resolve(rd.get("ca_file", str)),
-                          cert_file=resolve(rd.get("cert_file", str)),
-                          key_file=resolve(rd.get("key_file", str)),
-                          maxmemory=rd.get("maxmemory", str, "256mb", check=_memory_size))
-    rd.finish()
+def _logs(lg: TableReader) -> LogSettings:
+    default = LogSettings()
+    return LogSettings(max_bytes=lg.get("max_bytes", int, default.max_bytes, check=positive),
+                       backups=lg.get("backups", int, default.backups, check=non_negative))
 
-    c = root.sub("control")
+
+def _postgres(pg: TableReader) -> PostgresSettings:
+    limit = pg.get("connection_limit", int, PostgresSettings.connection_limit, check=non_negative)
+    return PostgresSettings(dsn=pg.get("dsn", str) or None, connection_limit=limit)
+
+
+def _redis(rd: TableReader, resolve: Callable[[str | None], Path | None]) -> RedisSettings:
+    return RedisSettings(url=rd.get("url", str) or None,
+                         ca_file=resolve(rd.get("ca_file", str)),
+                         cert_file=resolve(rd.get("cert_file", str)),
+                         key_file=resolve(rd.get("key_file", str)),
+                         maxmemory=rd.get("maxmemory", str, RedisSettings.maxmemory, check=_memory_size))
+
+
+def _control(c: TableReader, resolve: Callable[[str | None], Path | None], run_dir: Path,
+             state_dir: Path) -> ControlSettings:
     control = ControlSettings(
         socket=resolve(c.get("socket", str)) or run_dir / "oraclewad.sock",
         token_file=resolve(c.get("token_file", str)) or state_dir / "secrets" / "control.token",
@@ -266,24 +297,28 @@ def load_settings(path: Path) -> Settings:
     )
     if (control.tls_cert is None) != (control.tls_key is None):
         c.fail("tls_cert", "set both tls_cert and tls_key, or neither")
-    c.finish()
+    return control
 
-    r = root.sub("releases")
-    release_settings = ReleaseSettings(
-        healthy_deadline=r.get("healthy_deadline", float, 60.0, check=positive),
-        min_healthy_time=r.get("min_healthy_time", float, 10.0, check=non_negative))
-    r.finish()
 
-    m = root.sub("metrics")
-    metrics_listen = m.get("listen", str, "127.0.0.1:9464",
-                           check=lambda v: None if v == "" else _address(v)) or None
-    child_timeout = m.get("child_timeout", float, 1.0,
+def _releases(r: TableReader) -> ReleaseSettings:
+    default = ReleaseSettings()
+    return ReleaseSettings(
+        healthy_deadline=r.get("healthy_deadline", float, default.healthy_deadline, check=positive),
+        min_healthy_time=r.get("min_healthy_time", float, default.min_healthy_time, check=non_negative))
+
+
+def _metrics(m: TableReader) -> dict[str, Any]:
+    listen = m.get("listen", str, "127.0.0.1:9464", check=lambda v: None if v == "" else _address(v))
+    child_timeout = m.get("child_timeout", float, _DEFAULTS["metrics_child_timeout"],
                           check=lambda v: None if 0 < v <= 30 else "must be between 0 and 30 seconds")
-    usage_interval = m.get("usage_interval", (int, float), 30.0, check=non_negative)
-    m.finish()
+    usage_interval = m.get("usage_interval", (int, float), _DEFAULTS["usage_interval"], check=non_negative)
+    return {"metrics_listen": listen or None, "metrics_child_timeout": child_timeout,
+            "usage_interval": float(usage_interval)}
 
+
+def _programs(progs: TableReader, resolve: Callable[[str | None], Path | None], base: Path,
+              policy: Policy) -> tuple[ProgramSettings, ...]:
     programs = []
-    progs = root.sub("programs")
     for name in list(progs.table):
         p = progs.sub(name)
         command = p.get("command", (list, str))
@@ -299,24 +334,11 @@ def load_settings(path: Path) -> Settings:
         port = p.get("port", int, check=port_number)
         notify = p.get("notify", bool, False)
         cwd = resolve(p.get("cwd", str)) or base
-        prog_policy_table = p.sub("policy")
-        prog_policy = policy.overridden(prog_policy_table)
-        prog_policy_table.finish()
+        prog_policy = _within(p, "policy", policy.overridden)
         p.finish()
         programs.append(ProgramSettings(name=name, command=tuple(command),
                                         env=tuple(sorted(env.items())), cwd=cwd, port=port,
                                         notify=notify, policy=prog_policy))
     progs.seen.update(progs.table)
     progs.finish()
-    root.finish()
-
-    if problems:
-        raise InvalidArgument(problems)
-    return Settings(path=path, **settings_paths, bind_host=bind_host, public_url=public_url,
-                    port_range=(port_range[0], port_range[1]), metrics_listen=metrics_listen,
-                    default_release=default_release, policy=policy, logs=logs,
-                    postgres=postgres, redis=redis, control=control, programs=tuple(programs),
-                    max_parallel_starts=max_parallel_starts, tenant_symlinks=tenant_symlinks,
-                    metrics_child_timeout=child_timeout, releases=release_settings,
-                    uid_range=(uid_range[0], uid_range[1]) if uid_range else None,
-                    usage_interval=float(usage_interval))
+    return tuple(programs)

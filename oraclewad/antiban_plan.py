@@ -155,15 +155,7 @@ def _hours(hours: Any, fail: Fail) -> dict[str, str]:
         if not isinstance(out[key], str) or not _HHMM.match(out[key]):
             fail(f"working_hours.{key}", f'must be "HH:MM" (24 h), e.g. "{default}"')
             out[key] = default
-    zone = hours.get("timezone", "America/Sao_Paulo")
-    try:
-        if not isinstance(zone, str) or not zone:
-            raise ValueError
-        ZoneInfo(zone)
-    except (ValueError, ZoneInfoNotFoundError):
-        fail("working_hours.timezone", f"unknown time zone {zone!r}: use an IANA name such as "
-                                       '"America/Sao_Paulo"')
-        zone = "America/Sao_Paulo"
+    zone = time_zone(hours.get("timezone", DEFAULT_ZONE), lambda why: fail("working_hours.timezone", why))
     if minutes(out["start"]) == minutes(out["end"]):
         fail("working_hours.end", "must differ from start")
         out = {"start": "08:00", "end": "22:00"}
@@ -187,3 +179,18 @@ def _switches(rec: Any, fail: Fail) -> dict[str, bool]:
 def minutes(hhmm: str) -> int:
     hours, mins = hhmm.split(":")
     return int(hours) * 60 + int(mins)
+
+
+DEFAULT_ZONE = "America/Sao_Paulo"
+
+
+def time_zone(value: Any, fail: Callable[[str], None]) -> str:
+    """An IANA zone name, or DEFAULT_ZONE after fail(why) (also used by recovery_plan)."""
+    try:
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        fail(f'unknown time zone {value!r}: use an IANA name such as "{DEFAULT_ZONE}"')
+        return DEFAULT_ZONE
+    return value

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from oraclewad.antiban_plan import DEFAULT_ZONE, time_zone
 from oraclewad.templating import TemplateError, parse_set
 
 DEFAULT_REMINDER = [
@@ -72,14 +72,7 @@ def parse(table: dict[str, Any], *, prefix: str = "recovery", ignore: frozenset[
         if key not in KEYS and key not in ignore:
             fail(key, f"unknown key: use one of {', '.join(sorted(KEYS))}")
 
-    zone = table.get("time_zone", "America/Sao_Paulo")
-    try:
-        if not isinstance(zone, str) or not zone:
-            raise ValueError
-        ZoneInfo(zone)
-    except (ValueError, ZoneInfoNotFoundError):
-        fail("time_zone", f"unknown time zone {zone!r}: use an IANA name such as \"America/Sao_Paulo\"")
-        zone = "America/Sao_Paulo"
+    zone = time_zone(table.get("time_zone", DEFAULT_ZONE), lambda why: fail("time_zone", why))
 
     scope = table.get("opt_out_scope", "broadcast")
     if scope not in OPT_OUT_SCOPES:

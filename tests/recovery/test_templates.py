@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oraclewad import recovery_plan
+from oraclewad import antiban_plan, recovery_plan
 from oraclewad.errors import Problem
 from oraclewad.services.phones import jid_phone, normalise
 from oraclewad.settings import Policy
@@ -90,3 +90,13 @@ def test_phone_numbers():
     assert normalise("123") is None and normalise("+55 00 0000-0000") is None
     assert jid_phone("80000000000001@lid", "5511987654321@s.whatsapp.net") == "5511987654321"
     assert jid_phone("120363000000000000@g.us") is None
+
+
+def test_an_unknown_time_zone_is_named_with_the_fix_in_both_plans():
+    plan, problems = recovery_plan.parse({"time_zone": "Mars/Base"})
+    assert plan["time_zone"] == "America/Sao_Paulo"
+    assert ("recovery.time_zone", "unknown time zone 'Mars/Base': use an IANA name such as "
+            '"America/Sao_Paulo"') in problems
+    plan, problems = antiban_plan.parse({"working_hours": {"timezone": 5}})
+    assert ("antiban.working_hours.timezone", "unknown time zone 5: use an IANA name such as "
+            '"America/Sao_Paulo"') in problems

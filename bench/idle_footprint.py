@@ -4,8 +4,9 @@ Setups, one after the other in one run (each measured alone on the machine); A a
 per `--spawn` mode (default both: fork = children forked from a warm template per release,
 exec = a fresh interpreter each):
   A. oraclewad with 50 provisioned tenants (100 children: recovery + broadcast, each with its own
-     PostgreSQL database and Redis ACL user; the machine's servers at 127.0.0.1 when reachable,
-     else the embedded ones);
+     PostgreSQL database and Redis ACL user; by default on the daemon's own embedded servers,
+     whose max_connections (500) fits 100 tenants, unlike a stock shared PostgreSQL's 100;
+     `--backend external` for the machine's servers at 127.0.0.1);
   B. oraclewad with 100 `[programs.NAME]` host programs, each `python -m oraclewad.services.recovery`
      standalone (own OWA_CONFIG JSON with http.port, tenant, service, release; no postgres/redis;
      notify = true: the runtime sends READY=1/WATCHDOG=1 when NOTIFY_SOCKET is set);
@@ -330,11 +331,16 @@ def report(figs: list[Figures], backend: str, window: float, tenants: int, progr
             if f is sup:
                 continue
             tag = f.label
-            print(f"{tag} / supervisord RSS ratio: {f.rss_mib / sup.rss_mib:.2f}")
+            print(f"{tag} / supervisord RSS ratio: {f.rss_mib / sup.rss_mib:.2f}"
+                  f" (PSS {f.pss_mib / sup.pss_mib:.2f}; threads {f.threads} vs {sup.threads})")
             print(f"{tag} / supervisord idle CPU ratio: "
                   + (f"{f.cpu_pct / sup.cpu_pct:.2f}" if sup.cpu_pct > 0 else
                      f"inf (supervisord used 0 ticks; oraclewad {f.cpu_pct:.2f}% of a core)"))
-            print(f"{tag} / supervisord children PSS ratio: {f.children_pss_mib / sup.children_pss_mib:.2f}")
+            each = (f.children_pss_mib / f.children) / (sup.children_pss_mib / sup.children) \
+                if f.children and sup.children else float("nan")
+            print(f"{tag} / supervisord children PSS ratio: {f.children_pss_mib / sup.children_pss_mib:.2f}"
+                  f" (per child {each:.2f})")
+            print(f"{tag} / supervisord cold start ratio: {f.start_s / sup.start_s:.2f}")
     for f in figs:
         if f.children and " fork " in f" {f.label} ":
             each = f.children_pss_mib / f.children
@@ -353,7 +359,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="pause after all ready (default 3)")
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--programs", type=int, default=100)
-    parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
+    parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="embedded",
+                        help="servers for A (default embedded: the bench's own PostgreSQL and Redis; "
+                             "auto = the machine's when reachable)")
     parser.add_argument("--spawn", default="fork,exec", help="modes for A and B: fork,exec (default both)")
     parser.add_argument("--only", choices=("A", "B", "C"), action="append",
                         help="run only these setups (repeatable)")
@@ -362,6 +370,7 @@ def main() -> None:
     if backend == "auto":
         backend = "external" if b.external_servers_reachable() else "embedded"
     only = set(args.only or "ABC")
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     figs: list[Figures] = []
     failures: list[str] = []
     with b.bench_session("idle") as (root, cleanup):
@@ -404,6 +413,8 @@ def main() -> None:
                 failures.append(f"C: {e}")
             sub.run()
     report(figs, backend, args.window, args.tenants, args.programs)
+    print("load average (1, 5, 15 min) at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+          + f"; at the start: {load0}")
     for f in failures:
         print(f"FAILED {f}")
 

@@ -9,6 +9,7 @@ a bounded queue that the trio side fills without ever waiting; on overflow the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ class Streams:
         self.stall_timeout = stall_timeout
         self._lock = threading.Lock()
         self._open: set[Stream] = set()
+        self._wake: Callable[[], None] | None = None   # set while the watchdog waits for a stream
 
     def __len__(self) -> int:
         return len(self._open)
@@ -91,6 +93,9 @@ class Streams:
                                  f"too many open streams ({self.limit}): close an idle "
                                  "`oraclectl logs -f` or `oraclectl events -f` and retry")
             self._open.add(stream)
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
         # Runs when the call ends however it ends (client gone, dropped, server stopped).
         context.add_callback(lambda: self.close(stream))
         return stream
@@ -116,7 +121,17 @@ class Streams:
             stream.drop(code, message)
 
     async def watchdog(self, interval: float = 0.5) -> None:
+        """Checks every `interval` s while a stream is open; with none open it sleeps until one opens
+        (an idle daemon has no timer here)."""
+        token = trio.lowlevel.current_trio_token()
         while True:
+            opened = trio.Event()
+            with self._lock:
+                idle = not self._open
+                if idle:
+                    self._wake = functools.partial(token.run_sync_soon, opened.set)
+            if idle:
+                await opened.wait()
             await trio.sleep(interval)
             self.check()
 

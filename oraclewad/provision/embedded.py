@@ -514,7 +514,7 @@ class EmbeddedRedis:
         """Raises unless PING is answered within `timeout` seconds."""
         with redis.Redis(unix_socket_path=str(self.socket_path), username=REDIS_ADMIN_USER,
                          password=self.password, socket_timeout=timeout, socket_connect_timeout=timeout,
-                         retry=Retry(NoBackoff(), 0)) as c:
+                         retry=Retry(NoBackoff(), 0), driver_info=None) as c:   # no dist-info read
             c.ping()
 
     def _running_pid(self) -> int | None:

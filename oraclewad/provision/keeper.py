@@ -3,8 +3,11 @@
 `ServerKeeper.run()` (a daemon task) supervises each embedded server like any child: a server
 whose process is gone, or that has answered no probe for HANG_TIMEOUT seconds (SIGSTOP, a
 wedged process), is killed and started again with backoff; its data directory is reused, so
-nothing committed is lost. A `guard` process (oraclewad.provision.guard) learns every server
-pid and stops the servers when the daemon dies, even by SIGKILL.
+nothing committed is lost. A death is seen at once (the keeper waits on a pidfd of the
+server's process); a hang only by probing, which opens a session (a PostgreSQL backend fork)
+and so runs every PROBE_INTERVAL seconds with jitter, and every FAILING_INTERVAL while failing.
+A `guard` process (oraclewad.provision.guard) learns every server pid and stops the servers
+when the daemon dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,7 +27,9 @@ import trio
 
 log = logging.getLogger("oraclewad.provision")
 
-CHECK_INTERVAL = 1.0
+PROBE_INTERVAL = 5.0
+PROBE_JITTER = 0.2            # +-20 %: the two servers' probes do not fire together
+FAILING_INTERVAL = 1.0
 HANG_TIMEOUT = 5.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
@@ -86,8 +92,9 @@ class ServerKeeper:
         failing_since: float | None = None
         last_pid = server.pid()
         while True:
-            await trio.sleep(CHECK_INTERVAL)
-            pid = server.pid()
+            wait = (FAILING_INTERVAL if failing_since is not None
+                    else PROBE_INTERVAL * random.uniform(1 - PROBE_JITTER, 1 + PROBE_JITTER))
+            pid = await _wait_exit(server.pid(), wait)
             if pid is not None:
                 last_pid = pid
                 try:
@@ -139,6 +146,23 @@ class ServerKeeper:
                      self.restarts[server.NAME])
             self.on_change(server.NAME, "running", f"restarted, pid {server.pid()}")
             return
+
+
+async def _wait_exit(pid: int | None, timeout: float) -> int | None:
+    """Wait `timeout` seconds unless process `pid` ends first; `pid` if it still runs then."""
+    if pid is None:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    try:
+        with trio.move_on_after(timeout):
+            await trio.lowlevel.wait_readable(fd)     # readable once the process has exited
+            return None
+    finally:
+        os.close(fd)
+    return pid
 
 
 def _reap(pid: int) -> None:

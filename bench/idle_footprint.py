@@ -4,8 +4,9 @@ Setups, one after the other in one run (each measured alone on the machine); A a
 per `--spawn` mode (default both: fork = children forked from a warm template per release,
 exec = a fresh interpreter each):
   A. oraclewad with 50 provisioned tenants (100 children: recovery + broadcast, each with its own
-     PostgreSQL database and Redis ACL user; by default on the daemon's own embedded servers,
-     whose max_connections (500) fits 100 tenants, unlike a stock shared PostgreSQL's 100;
+     PostgreSQL database, Redis ACL user and WhatsApp instance in one Evolution sandbox; by
+     default on the daemon's own embedded servers, whose max_connections (500) fits 100
+     tenants, unlike a stock shared PostgreSQL's 100;
      `--backend external` for the machine's servers at 127.0.0.1);
   B. oraclewad with 100 `[programs.NAME]` host programs, each `python -m oraclewad.services.recovery`
      standalone (own OWA_CONFIG JSON with http.port, tenant, service, release; no postgres/redis;
@@ -119,8 +120,9 @@ def run_oraclewad(root: Path, cleanup: b.Cleanup, label: str, *, backend: str, t
     base = b.free_port_block(2 * len(tenants) + 10)
     config = b.write_config(root, backend=backend, port_base=base, port_count=2 * len(tenants) + 10,
                             extra=programs, policy=f'spawn = "{spawn}"')
+    evolution = _evolution_sections(root, cleanup, tenants) if tenants else {}
     for tid in tenants:
-        b.write_tenant(root, tid)
+        b.write_tenant(root, tid, body=evolution[tid])
     daemon = b.Daemon(root, config, cleanup)
     b.log(f"{label}: starting oraclewad")
     t0 = time.monotonic()
@@ -169,6 +171,26 @@ def run_oraclewad(root: Path, cleanup: b.Cleanup, label: str, *, backend: str, t
     for kind, n in sorted(daemon.warnings().items(), key=lambda kv: -kv[1])[:5]:
         fig.notes.append(f"daemon log: {n} x {kind}")
     return fig
+
+
+def _evolution_sections(root: Path, cleanup: b.Cleanup, tenants: list[str]) -> dict[str, str]:
+    """Tenants as in production: each service with its WhatsApp instance in an Evolution server
+    (the sandbox, one for all), so each child holds an Evolution client and polls its instance."""
+    import httpx
+    from recovery_webhooks import start_sandbox
+
+    url, api_key = start_sandbox(root, cleanup)
+    key_file = root / "evolution.key"
+    key_file.write_text(api_key)
+    key_file.chmod(0o600)
+    out = {}
+    for tid in tenants:
+        for n in (1, 2):
+            httpx.post(f"{url}/_sandbox/instances",
+                       json={"name": f"{tid}-{n}", "state": "open"}).raise_for_status()
+        out[tid] = (f'[recovery]\ninstances = ["{tid}-1"]\n[broadcast]\ninstances = ["{tid}-2"]\n'
+                    f'[evolution]\nurl = "{url}"\napi_key_file = "{key_file}"\n')
+    return out
 
 
 def standalone_configs(root: Path, count: int) -> list[tuple[str, Path, int]]:

@@ -12,7 +12,9 @@ Webhooks from Evolution are authenticated with `headers.jwt_key` (see `webhook_h
 from __future__ import annotations
 
 import enum
+import functools
 import json
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +128,14 @@ def classify(status: int, messages: list[str], details: list[dict[str, Any]]) ->
     return FailureKind.REJECTED
 
 
+@functools.cache
+def shared_tls() -> ssl.SSLContext:
+    """The verifying context httpx would build, once per process. A fork template builds it before
+    forking, so its children share the parsed CA bundle instead of each parsing its own (about
+    0.8 MiB per client, in every child)."""
+    return httpx.create_ssl_context()
+
+
 class EvolutionClient:
     """One Evolution server, one API key. Every method raises EvolutionError on failure."""
 
@@ -136,7 +146,7 @@ class EvolutionClient:
         self.api_version = api_version
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers={"apikey": api_key},
-                                       timeout=timeout, transport=transport)
+                                       timeout=timeout, transport=transport, verify=shared_tls())
 
     async def __aenter__(self) -> EvolutionClient:
         return self

@@ -309,3 +309,36 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+async def test_the_shared_tls_context_still_refuses_an_untrusted_certificate(tmp_path) -> None:
+    # Every client shares one verifying context (built once in a fork template): sharing must not
+    # weaken it. A self-signed certificate for the very address is refused in the handshake.
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    send, handshakes = trio.open_memory_channel[str](10)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, server_ctx, server_side=True)
+        try:
+            await tls.do_handshake()
+            await send.send("completed")
+        except trio.BrokenResourceError:
+            await send.send("refused by the client")
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        for _ in range(2):      # the second client reuses the first one's context
+            async with EvolutionClient(f"https://127.0.0.1:{port}", "key", timeout=10) as evo:
+                await failure(evo.send_text("shop-1", NUMBER, "x"))
+            assert await handshakes.receive() == "refused by the client"
+        nursery.cancel_scope.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -19,14 +18,12 @@ from oraclewad.provision.keeper import PROBE_INTERVAL, PROBE_JITTER, Guard, Serv
 
 @pytest.fixture
 def redis_server() -> Iterator[EmbeddedRedis]:
-    base = Path(tempfile.mkdtemp(prefix="owa-keeper-"))
-    server = EmbeddedRedis(base / "redis", base / "secrets", base / "sock")
-    server.start()
-    try:
-        yield server
-    finally:
+    with tempfile.TemporaryDirectory(prefix="owa-keeper-") as name:
+        base = Path(name)
+        server = EmbeddedRedis(base / "redis", base / "secrets", base / "sock")
+        server.start()
+        yield server        # pytest resumes here at teardown, passed or failed
         server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_a_killed_server_is_restarted_without_waiting_for_the_probe(

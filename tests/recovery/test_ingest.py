@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import httpx
+import psycopg
 import pytest
+import trio
 
 from tests.recovery.support import (
     SECRET,
@@ -150,3 +152,39 @@ async def test_paid_cancels_pending_reminders_and_queues_the_thank_you(child, re
         ("reminder_1", "cancelled"), ("thank_you", "pending")]
     # No reminder went out before the payment: not a recovered order.
     assert rows(recovery_db, "SELECT recovered FROM orders") == [(False,)]
+
+
+async def test_webhooks_arriving_together_share_a_commit_and_one_refused_costs_the_others_nothing(
+        child, recovery_db):
+    """Group commit: concurrent webhooks are stored in shared transactions (rows of one
+    transaction share xmin), each answered 202 only once its event is stored; an event the
+    database refuses gets its 422 and the others of its batch are stored all the same."""
+    ids = [f"G-{i}" for i in range(30)]
+    async with httpx.AsyncClient(base_url=child.url, limits=httpx.Limits(max_connections=30)) as client:
+        answers: dict[str, int] = {}
+
+        async def post(order_id: str) -> None:
+            answers[order_id] = (await post_order(client, order(order_id=order_id))).status_code
+
+        async with trio.open_nursery() as nursery:
+            for order_id in ids:
+                nursery.start_soon(post, order_id)
+        assert answers == {i: 202 for i in ids}
+        stored = rows(recovery_db,
+                      "SELECT order_id, xmin::text FROM webhook_events WHERE order_id LIKE %s", "G-%")
+        assert sorted(o for o, _ in stored) == sorted(ids)
+        assert len({x for _, x in stored}) < len(ids), "every webhook had a transaction of its own"
+
+        # A value PostgreSQL refuses (a constraint our validation does not know).
+        with psycopg.connect(recovery_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders ADD CONSTRAINT no_refused CHECK (order_id <> 'R-refused')")
+        later = [f"R-{i}" for i in range(15)] + ["R-refused"]
+        answers.clear()
+        async with trio.open_nursery() as nursery:
+            for order_id in later:
+                nursery.start_soon(post, order_id)
+    assert answers == {**{i: 202 for i in later}, "R-refused": 422}
+    stored = rows(recovery_db, "SELECT order_id FROM webhook_events WHERE order_id LIKE %s", "R-%")
+    assert sorted(o for (o,) in stored) == sorted(later[:-1])
+    messages = rows(recovery_db, "SELECT order_id FROM outbound_messages WHERE order_id LIKE %s", "R-%")
+    assert sorted(o for (o,) in messages) == sorted(later[:-1])

@@ -60,66 +60,137 @@ def _variables(ev: OrderEvent, zone: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """One verified, validated webhook waiting to be stored."""
+
+    event: OrderEvent
+    delivery_id: str | None
+    scheme: str
+    now: float
+
+
 def ingest(conn: psycopg.Connection, ev: OrderEvent, delivery_id: str | None, scheme: str, plan: Plan,
            now: float) -> Ingested:
     """Persist one order event and everything it causes, in one transaction: the 2xx is only sent
     after this commits, and a duplicate (delivery id or (order, event) seen) changes nothing."""
-    at = ts(now)
     with conn.transaction():
-        row = conn.execute(
-            "INSERT INTO webhook_events (received_at, event_kind, order_id, payload, delivery_id, scheme,"
-            " status) VALUES (%s, %s, %s, %s::jsonb, %s, %s, 'processed')"
-            " ON CONFLICT DO NOTHING RETURNING id",
-            (at, ev.kind, ev.order_id, ev.payload, delivery_id, scheme)).fetchone()
+        prepared = _Prepared(Incoming(ev, delivery_id, scheme, now), plan)
+        return prepared.result(conn.execute(_INGEST, prepared.params).fetchone())
+
+
+def ingest_many(conn: psycopg.Connection, batch: list[Incoming], plan: Plan) -> list[Ingested | Exception]:
+    """Group commit: the webhooks that arrived together, in one transaction (one commit, one
+    flush of the WAL, instead of one each) and one round trip (pipeline mode: each event is one
+    statement). Each result is its Ingested, or the database error that event alone causes: when
+    the shared transaction fails on a value PostgreSQL refuses, it is rolled back and every event
+    is stored again in its own transaction, so one bad event never costs the others their 2xx.
+    Unavailable (connection lost): raised for the whole batch.
+
+    Stored in order-id order (arrival order within one order), so two processes' batches (during
+    a release swap) take the orders' row locks in the same order and cannot deadlock."""
+    order = sorted(range(len(batch)), key=lambda k: batch[k].event.order_id)
+    prepared = [_Prepared(i, plan) for i in batch]
+    try:
+        with conn.transaction():
+            with conn.pipeline():
+                cursors = {k: conn.execute(_INGEST, prepared[k].params) for k in order}
+                rows = {k: c.fetchone() for k, c in cursors.items()}
+            return [prepared[k].result(rows[k]) for k in range(len(batch))]
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
+        if len(batch) == 1:
+            raise
+    out: list[Ingested | Exception] = []
+    for i in batch:
+        try:
+            out.append(ingest(conn, i.event, i.delivery_id, i.scheme, plan, i.now))
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            out.append(exc)
+    return out
+
+
+# One statement per event: the event (ON CONFLICT: a duplicate stops here, nothing else happens),
+# the order, for order.paid the cancelled reminders and the recovered flag, and the messages it
+# queues: the reminders unless the order is already paid (events out of order), or the thank-you.
+_INGEST = """
+WITH ev AS (
+    INSERT INTO webhook_events (received_at, event_kind, order_id, payload, delivery_id, scheme, status)
+    VALUES (%(at)s, %(kind)s, %(order_id)s, %(payload)s::jsonb, %(delivery_id)s, %(scheme)s, 'processed')
+    ON CONFLICT DO NOTHING RETURNING id
+), o AS (
+    INSERT INTO orders (order_id, customer_name, phone_raw, phone, product, total, pix_code, expires_at,
+                        expired_at, paid_at, updated_at)
+    SELECT %(order_id)s, %(name)s, %(phone_raw)s, %(phone)s::text, %(product)s, %(total)s::numeric,
+           %(pix)s::text, %(expires_at)s::timestamptz, %(expired)s::timestamptz, %(paid)s::timestamptz,
+           %(at)s FROM ev
+    ON CONFLICT (order_id) DO UPDATE SET customer_name = EXCLUDED.customer_name,
+        phone_raw = EXCLUDED.phone_raw, phone = EXCLUDED.phone, product = EXCLUDED.product,
+        total = EXCLUDED.total, pix_code = COALESCE(EXCLUDED.pix_code, orders.pix_code),
+        expires_at = COALESCE(EXCLUDED.expires_at, orders.expires_at),
+        expired_at = COALESCE(orders.expired_at, EXCLUDED.expired_at),
+        paid_at = COALESCE(orders.paid_at, EXCLUDED.paid_at), updated_at = EXCLUDED.updated_at,
+        recovered = orders.recovered OR (EXCLUDED.paid_at IS NOT NULL AND orders.reminded_at IS NOT NULL)
+    RETURNING paid_at, reminded_at
+), c AS (
+    UPDATE outbound_messages SET status = 'cancelled', reason = 'order paid', status_at = %(at)s
+    WHERE %(kind)s = 'order_paid' AND order_id = %(order_id)s AND step > 0 AND status = 'pending'
+      AND EXISTS (SELECT 1 FROM ev)
+    RETURNING 1
+), m AS (
+    INSERT INTO outbound_messages (webhook_event_id, kind, phone, body, status, send_after, order_id, step,
+                                   due_at, expires_at, reason, status_at, created_at)
+    SELECT ev.id, v.kind, %(message_phone)s, v.body, %(status)s, v.due, %(order_id)s, v.step, v.due,
+           v.expires, %(reason)s::text, %(at)s, %(at)s
+    FROM ev, o, unnest(%(kinds)s::text[], %(steps)s::int[], %(bodies)s::text[], %(dues)s::timestamptz[],
+                       %(expiries)s::timestamptz[]) AS v(kind, step, body, due, expires)
+    WHERE %(kind)s = 'order_paid' OR o.paid_at IS NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT ev.id, o.paid_at IS NULL, o.reminded_at IS NOT NULL, (SELECT count(*) FROM c) FROM ev, o
+"""
+
+
+class _Prepared:
+    """One event's parameters for _INGEST (its messages rendered), and how to read its answer."""
+
+    __slots__ = ("dues", "ev", "params", "phone")
+
+    def __init__(self, item: Incoming, plan: Plan) -> None:
+        ev, now = item.event, item.now
+        at = ts(now)
+        self.ev = ev
+        self.phone = phone = normalise(ev.phone_raw)
+        if ev.kind == "order_expired":
+            planned = [(f"reminder_{i}", i, templates, now + after, now + after + max_age)
+                       for i, (after, max_age, templates) in enumerate(plan.steps, start=1)]
+        else:
+            planned = [("thank_you", 0, plan.thank_you, now, now + plan.steps[0][1])]
+        variables = _variables(ev, plan.raw["time_zone"])
+        self.dues = [p[3] for p in planned]
+        self.params = {
+            "at": at, "kind": ev.kind, "order_id": ev.order_id, "payload": ev.payload,
+            "delivery_id": item.delivery_id, "scheme": item.scheme, "name": ev.customer_name,
+            "phone_raw": ev.phone_raw, "phone": phone, "product": ev.product, "total": ev.total,
+            "pix": ev.pix_code, "expires_at": ev.expires_at,
+            "expired": at if ev.kind == "order_expired" else None,
+            "paid": at if ev.kind == "order_paid" else None,
+            "message_phone": phone or ev.phone_raw,
+            "status": "pending" if phone else "invalid",
+            "reason": None if phone else f"impossible phone number {ev.phone_raw!r}",
+            "kinds": [p[0] for p in planned], "steps": [p[1] for p in planned],
+            "bodies": [p[2].render(variables, seed=f"{ev.order_id}:{p[0]}") for p in planned],
+            "dues": [ts(p[3]) for p in planned], "expiries": [ts(p[4]) for p in planned],
+        }
+
+    def result(self, row: tuple[Any, ...] | None) -> Ingested:
         if row is None:
             return Ingested(duplicate=True)
-        event_id = row[0]
-        phone = normalise(ev.phone_raw)
-        expired = at if ev.kind == "order_expired" else None
-        paid = at if ev.kind == "order_paid" else None
-        order = conn.execute(
-            "INSERT INTO orders (order_id, customer_name, phone_raw, phone, product, total, pix_code,"
-            " expires_at, expired_at, paid_at, updated_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (order_id) DO UPDATE SET customer_name = EXCLUDED.customer_name,"
-            " phone_raw = EXCLUDED.phone_raw, phone = EXCLUDED.phone, product = EXCLUDED.product,"
-            " total = EXCLUDED.total, pix_code = COALESCE(EXCLUDED.pix_code, orders.pix_code),"
-            " expires_at = COALESCE(EXCLUDED.expires_at, orders.expires_at),"
-            " expired_at = COALESCE(orders.expired_at, EXCLUDED.expired_at),"
-            " paid_at = COALESCE(orders.paid_at, EXCLUDED.paid_at), updated_at = EXCLUDED.updated_at"
-            " RETURNING paid_at, reminded_at",
-            (ev.order_id, ev.customer_name, ev.phone_raw, phone, ev.product, ev.total, ev.pix_code,
-             ev.expires_at, expired, paid, at)).fetchone()
-        assert order is not None
-        variables = _variables(ev, plan.raw["time_zone"])
-        rows: list[tuple[Any, ...]] = []
-        cancelled = 0
-        recovered = False
-        if ev.kind == "order_expired":
-            if order[0] is None or order[0] == paid:  # already paid (events out of order): no reminder
-                for i, (after, max_age, templates) in enumerate(plan.steps, start=1):
-                    due = now + after
-                    rows.append((event_id, f"reminder_{i}", i, templates, due, due + max_age))
-        else:
-            cancelled = conn.execute(
-                "UPDATE outbound_messages SET status = 'cancelled', reason = 'order paid', status_at = %s"
-                " WHERE order_id = %s AND step > 0 AND status = 'pending'", (at, ev.order_id)).rowcount
-            recovered = order[1] is not None
-            if recovered:
-                conn.execute("UPDATE orders SET recovered = true WHERE order_id = %s", (ev.order_id,))
-            rows.append((event_id, "thank_you", 0, plan.thank_you, now, now + plan.steps[0][1]))
-        for event, kind, step, templates, due, expires in rows:
-            body = templates.render(variables, seed=f"{ev.order_id}:{kind}")
-            status, reason = ("pending", None) if phone else (
-                "invalid", f"impossible phone number {ev.phone_raw!r}")
-            conn.execute(
-                "INSERT INTO outbound_messages (webhook_event_id, kind, phone, body, status, send_after,"
-                " order_id, step, due_at, expires_at, reason, status_at, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (event, kind, phone or ev.phone_raw, body, status, ts(due), ev.order_id, step, ts(due),
-                 ts(expires), reason, at, at))
-        first_due = min((r[4] for r in rows), default=None) if phone else None
-        return Ingested(False, event_id, len(rows), cancelled, recovered, first_due)
+        event_id, unpaid, reminded, cancelled = row
+        if self.ev.kind == "order_expired":
+            messages = len(self.dues) if unpaid else 0  # already paid (out of order): no reminder
+            return Ingested(False, event_id, messages, 0, False,
+                            min(self.dues) if messages and self.phone else None)
+        return Ingested(False, event_id, 1, cancelled, reminded, self.dues[0] if self.phone else None)
 
 
 # ---- sender side -----------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class Policy:
     backoff_max: float = 60.0
     backoff_jitter: float = 0.2
     backoff_reset_after: float = 60.0
+    # A process READY this long before its first failure (of a streak) is restarted at once, like
+    # supervisord's startsecs and PM2's min_uptime; backoff is for crash loops.
+    min_uptime: float = 1.0
     breaker_restarts: int = 5
     breaker_window: float = 600.0
     start_timeout: float = 30.0
@@ -48,7 +51,8 @@ class Policy:
                     changes["spawn"] = mode
                 continue
             kind = int if f.name == "breaker_restarts" else float
-            check = non_negative if f.name in ("backoff_jitter", "watchdog_timeout") else positive
+            check = (non_negative if f.name in ("backoff_jitter", "watchdog_timeout", "min_uptime")
+                     else positive)
             value = reader.get(f.name, kind, check=check)
             if value is not None:
                 changes[f.name] = value

@@ -195,6 +195,7 @@ class Runner:
         self._spawned_at = 0.0
         self._holding_slot = False
         self._running_since = 0.0
+        self._served_for: float | None = None  # how long the last process had been READY
         self._last_ping = 0.0
         self._start_deadline = math.inf
         self._reset_pending = False
@@ -325,7 +326,7 @@ class Runner:
             if not await self._attempt(gen) or self.removing:
                 continue
             now = trio.current_time()
-            delay = self.backoff.failure(now)
+            delay = self.backoff.failure(now, self._served_for)
             self.restarts += 1
             self.reasons[self.failure] = self.reasons.get(self.failure, 0) + 1
             self.retry_at = now + delay
@@ -349,6 +350,7 @@ class Runner:
         spec = self.spec
         self.attempts += 1
         self.ready = False
+        self._served_for = None
         self._set_state(STARTING)  # queued for a start slot counts as starting
         await self.ctx.start_slots.acquire()
         self._holding_slot = True
@@ -533,6 +535,7 @@ class Runner:
         self.ctx.notify.unregister(child.pid)
         self.ctx.children.discard(child.pid)
         if self.child is child:
+            self._served_for = trio.current_time() - self._running_since if self.ready else None
             self.last_exit = describe_exit(status)
             self.exit_code = os.waitstatus_to_exitcode(status) if status != -1 else None
             self.child = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import signal
 from dataclasses import replace
 
 import pytest
@@ -62,6 +64,29 @@ def test_staying_up_past_the_reset_starts_over_and_clears_degraded():
     assert b.reset() is False
 
 
+def test_a_first_failure_after_min_uptime_restarts_at_once_and_a_loop_backs_off():
+    b = Backoff(replace(NO_JITTER, min_uptime=1.0, breaker_restarts=100))
+    assert b.failure(100.0, up_for=99.0) == 0.0         # had served a while: back at once
+    delays = [b.failure(t, up_for=5.0) for t in (101.0, 102.0, 103.0)]
+    assert delays == pytest.approx([0.1, 0.2, 0.4])     # then a loop: from backoff_initial, doubling
+    b.reset()                                           # stayed up backoff_reset_after
+    assert b.failure(500.0, up_for=60.0) == 0.0
+
+
+def test_a_process_that_never_served_min_uptime_gets_the_backoff():
+    b = Backoff(replace(NO_JITTER, min_uptime=1.0))
+    assert b.failure(0.0, up_for=0.5) == pytest.approx(0.1)     # crashed right after READY
+    assert Backoff(NO_JITTER).failure(0.0, up_for=None) == pytest.approx(0.1)  # never READY
+    assert Backoff(replace(NO_JITTER, min_uptime=0.0)).failure(0.0, up_for=0.0) == 0.0
+
+
+def test_immediate_restarts_count_for_the_breaker():
+    b = Backoff(replace(NO_JITTER, breaker_restarts=3, breaker_window=600.0))
+    assert b.failure(0.0, up_for=30.0) == 0.0
+    b.failure(1.0, up_for=30.0)
+    assert b.failure(2.0, up_for=30.0) == 60.0 and b.tripped
+
+
 @pytest.fixture
 def fast_clock() -> MockClock:
     # Virtual time runs 20x faster than real time: backoff delays of seconds pass in a blink,
@@ -70,9 +95,10 @@ def fast_clock() -> MockClock:
 
 
 async def test_crash_loop_follows_the_backoff_and_degrades_without_a_hot_loop(fast_clock, sup, make_spec):
+    # min_uptime out of reach: at 20x a child that crashes at once may look up for a virtual second.
     crash = policy(backoff_initial=1.0, backoff_max=8.0, backoff_jitter=0.0, breaker_restarts=4,
                    breaker_window=600.0, backoff_reset_after=20.0, start_timeout=100.0,
-                   watchdog_timeout=0.0)
+                   watchdog_timeout=0.0, min_uptime=1000.0)
     events = sup.subscribe()
     t0 = trio.current_time()
     sup.apply({"t/loop": make_spec("t/loop", "--crash-after", "0", policy=crash)})
@@ -104,3 +130,32 @@ async def test_crash_loop_follows_the_backoff_and_degrades_without_a_hot_loop(fa
             if event.state == "running" and not event.degraded:
                 break
     assert not sup.status("t/loop").degraded
+
+
+async def test_kill_9_after_a_while_restarts_at_once_and_a_second_kill_waits_the_backoff(
+        fast_clock, sup, make_spec):
+    served = policy(backoff_initial=5.0, backoff_max=40.0, min_uptime=2.0, backoff_reset_after=600.0)
+    sup.apply({"t/up": make_spec("t/up", policy=served)})
+    events = sup.subscribe()
+
+    async def kill_and_time_the_restart(pid: int) -> float:
+        """Virtual seconds from the kill to the respawn."""
+        killed = trio.current_time()
+        os.kill(pid, signal.SIGKILL)
+        seen_exit = False
+        with trio.fail_after(200):
+            async for event in events:
+                seen_exit = seen_exit or event.state == "backoff"
+                if event.state == "starting" and seen_exit:
+                    return trio.current_time() - killed
+        raise AssertionError("unreachable")
+
+    first = await sup.wait_state("t/up", "running", 200)
+    await trio.sleep(3.0)                       # READY longer than min_uptime
+    assert await kill_and_time_the_restart(first.pid) < 1.0      # not the 5 s backoff
+    second = await sup.wait_state("t/up", "running", 200)
+    assert second.pid != first.pid
+    await trio.sleep(3.0)                       # served a while again, but this is a loop now
+    assert await kill_and_time_the_restart(second.pid) >= 5.0
+    status = await sup.wait_state("t/up", "running", 200)
+    assert status.restarts == 2

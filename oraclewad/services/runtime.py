@@ -356,15 +356,31 @@ async def _idle_timeout_with_grace(self: TCPServer) -> None:
     idle_since = trio.current_time()
     with trio.move_on_after(self.config.keep_alive_timeout):
         await self.context.terminated.wait()
-    if self.context.terminated.is_set():
+    if self.context.terminated.is_set() and not getattr(self, "_owa_peer_gone", False):
         # A request arriving now cancels this task (idle=False) and is served.
         await trio.sleep_until(idle_since + IDLE_GRACE)
     with trio.CancelScope(shield=True):
         await self._initiate_server_close()
 
 
-if hasattr(TCPServer, "_idle_timeout") and hasattr(TCPServer, "_initiate_server_close"):
+_read_data = TCPServer._read_data
+
+
+async def _read_data_then_end_idle(self: TCPServer) -> None:
+    """A connection whose client has closed its side can send no request: end its idle wait. By
+    itself hypercorn keeps it waiting until keep_alive_timeout (or a stop: then the grace above),
+    so every client that had just hung up made a stopping process wait IDLE_GRACE."""
+    try:
+        await _read_data(self)
+    finally:
+        self._owa_peer_gone = True  # type: ignore[attr-defined]
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
+
+
+if all(hasattr(TCPServer, n) for n in ("_idle_timeout", "_initiate_server_close", "_read_data")):
     TCPServer._idle_timeout = _idle_timeout_with_grace  # type: ignore[method-assign]
+    TCPServer._read_data = _read_data_then_end_idle  # type: ignore[method-assign]
 
 
 def _hypercorn_config(bind: str, graceful_timeout: float, umask: int | None = None) -> HypercornConfig:

@@ -197,6 +197,13 @@ class Sender:
         return claimed
 
     async def _send(self, msg: store.Claimed, lease: Lease) -> None:
+        # A stop (SIGTERM: a release swap's old process drains in milliseconds) cancels the sender;
+        # a send already on its way finishes and is recorded, else its row turns uncertain and
+        # is never sent. Bounded by stale_after, when the row would be presumed lost anyway.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.stale_after):
+            await self._send_and_record(msg, lease)
+
+    async def _send_and_record(self, msg: store.Claimed, lease: Lease) -> None:
         from oraclewad.services.evolution import EvolutionError, FailureKind
 
         started = time.perf_counter()

@@ -25,6 +25,9 @@ from oraclewad.supervisor import Candidate, ProcessSpec, Supervisor, SwapAborted
 from oraclewad.supervisor.status import BACKOFF, DEGRADED, STOPPED, UP
 
 REPORT_EVERY = 1.0      # seconds between progress lines while waiting
+# A process that dies drops the probe's connection a moment before its exit is seen (pidfd):
+# wait this long for the exit before calling a failed probe a health failure.
+EXIT_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class Swapper:
             health, detail = ("ok", "")
             if cand.admin_path is not None:
                 health, detail = await self.probe(str(cand.admin_path))
+                if health != "ok":
+                    with trio.move_on_after(EXIT_GRACE):
+                        await cand.child.exited.wait()
                 if cand.child.exited.is_set():
                     continue        # report the exit, not the failed probe it caused
             self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
@@ -196,12 +202,10 @@ class Swapper:
             if status.pid != pid or status.state not in UP:
                 return (f"the new process stopped {trio.current_time() - ready_at:.1f} s after READY, within "
                         f"min_healthy_time {gate.min_healthy_time:g} s ({status.last_exit or status.state})")
-            health, detail = ("ok", "")
-            admin = self.sup.admin_path(plan.name)
-            if admin is not None:
-                health, detail = await self.probe(str(admin))
-                if self.sup.status(plan.name).pid != pid:
-                    continue        # report the exit, not the failed probe it caused
+            probed = await self._probe_process(plan.name, pid, changed)
+            if probed is None:
+                continue            # report the exit, not the failed probe it caused
+            health, detail = probed
             self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
                       detail)
             if health != "ok":
@@ -210,6 +214,19 @@ class Swapper:
                 return None
             with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
                 await _first(changed, failed.wait)
+
+    async def _probe_process(self, name: str, pid: int | None,
+                             changed: Callable[[], Awaitable[None]]) -> tuple[str, str] | None:
+        """The service's health, or None once `pid` is no longer its process."""
+        admin = self.sup.admin_path(name)
+        if admin is None:
+            return "ok", ""
+        health, detail = await self.probe(str(admin))
+        if health != "ok":
+            with trio.move_on_after(EXIT_GRACE):
+                while self.sup.status(name).pid == pid:
+                    await changed()
+        return None if self.sup.status(name).pid != pid else (health, detail)
 
     async def _promote(self, outcome: Outcome, cand: Candidate) -> None:
         # It held its accept while gated (contract.ENV_HOLD_ACCEPT): a crash then dropped no client.

@@ -127,3 +127,26 @@ async def test_failing_health_and_a_stalled_watchdog(autojump_clock) -> None:  #
     reason, took = await run_gate(hangs, gate=Gate(min_healthy_time=60.0))
     assert reason == "the new process stopped sending WATCHDOG=1 for 30 s"
     assert took == pytest.approx(31.0)      # last ping at 0 (its spawn), noticed at the next poll
+
+
+async def test_a_probe_failing_because_the_process_died_reports_the_exit(autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    # Killed mid-probe: the connection drops first, the exit (pidfd) is seen a moment later.
+    cands: list[FakeCandidate] = []
+
+    async def dies(path: str) -> tuple[str, str]:
+        if trio.current_time() < 4.0:
+            return "ok", ""
+        cand = cands[-1]
+
+        async def exit_soon() -> None:
+            await trio.sleep(0.05)
+            cand.child.exited.set()
+        trio.lowlevel.spawn_system_task(exit_soon)
+        return "failing", "health endpoint did not answer: RemoteProtocolError"
+
+    async def behaviour(cand: FakeCandidate) -> None:
+        cands.append(cand)
+        await pinging(cand, after=1.0)
+
+    reason, _ = await run_gate(behaviour, dies)
+    assert "the new process exited" in reason and "within min_healthy_time 10 s" in reason

@@ -6,13 +6,17 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import psycopg
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from oraclewad import antiban_plan
 from oraclewad.services.antiban import Engine, Lease, Rules, Skip, Wait
 from oraclewad.services.antiban.engine import EPS
+from oraclewad.services.antiban.rules import unit
 from oraclewad.services.evolution import EvolutionError, FailureKind
 from oraclewad.services.instances import InstanceStates
 from tests.antiban.conftest import empty
@@ -39,21 +43,25 @@ rules_tables = st.fixed_dictionaries({
 })
 
 MODES = ["hold", "ok", "ok", "ok", "ok", FailureKind.CONNECTION_CLOSED, FailureKind.REJECTED]
-KINDS = ["advance", "advance", "state", "manual", "reserve", "reserve", "reserve", "reserve", "release"]
+KINDS = ["advance", "advance", "state", "manual", "reserve", "reserve", "reserve", "reserve", "release",
+         "wake", "wake", "wake"]
+# A sender wakes at the Wait's `until`; a little before it probes the edge of every rule's window.
+EARLY = [0.0, 0.0, 0.0005, 0.3, 0.9, 0.9, 1.5]
 
 
 def as_step(k: str, small: float, big: float, jump: bool, name: str, state: tuple, text: str, phone: int,
-            mode: object, error: object, after: float) -> tuple:
+            mode: object, error: object, after: float, early: float) -> tuple:
     """One step of a history. A reserve either holds its lease (a later "release" step frees it)
-    or is released when it lands, with an outcome."""
+    or is released when it lands, with an outcome; a wake moves the clock to the last Wait's until,
+    or to one instance's next slot (or just before)."""
     return {"advance": ("advance", big if jump else small), "state": ("state", name, state),
             "manual": ("manual", name), "reserve": ("reserve", text, phone, mode),
-            "release": ("release", error, after)}[k]
+            "release": ("release", error, after), "wake": ("wake", early, name if jump else None)}[k]
 
 
 step = st.builds(as_step, st.sampled_from(KINDS), st.floats(0, 300), st.floats(0, 40000), st.booleans(),
                  st.sampled_from(NAMES), st.sampled_from(STATES), st.sampled_from(TEXTS), st.integers(0, 9),
-                 st.sampled_from(MODES), st.sampled_from(ERRORS), st.floats(0, 200))
+                 st.sampled_from(MODES), st.sampled_from(ERRORS), st.floats(0, 200), st.sampled_from(EARLY))
 
 
 @dataclass
@@ -84,7 +92,7 @@ def test_no_schedule_breaks_a_rule(conn: psycopg.Connection, table: dict, seeds:
         steps = [*(("manual", n) for n in NAMES for _ in range(2)), ("advance", 3601.0), *steps]
     sent = play(engine, view, conn, steps)
     event(f"sends: {'0' if not sent else '1-4' if len(sent) < 5 else '5-14' if len(sent) < 15 else '15+'}")
-    check(engine, conn, sent, first_open=T0)
+    check(engine, conn, sent, first_open=T0, table=table, seeds=dict(zip(NAMES, seeds, strict=True)))
 
 
 def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: list[tuple]) -> list[Sent]:
@@ -92,6 +100,7 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
     manual: dict[str, int] = defaultdict(int)
     sent: list[Sent] = []
     outstanding: list[Sent] = []
+    until: float | None = None
 
     def release(record: Sent, kind: object, at: float) -> None:
         error = None if kind in (None, "ok") else EvolutionError(kind, 400, ["x"])  # type: ignore[arg-type]
@@ -101,6 +110,11 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
     for op in steps:
         if op[0] == "advance":
             now += op[1]
+        elif op[0] == "wake":
+            slot = until if op[2] is None else next(
+                s.next_slot for s in engine.observe(conn, now) if s.instance == op[2])
+            if slot is not None:
+                now = max(now, slot - op[1])
         elif op[0] == "state":
             state, reason = op[2]
             view.apply_connection_update({"instance": op[1], "state": state, "statusReason": reason})
@@ -112,6 +126,7 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
             assert isinstance(got, Lease | Wait | Skip)
             if isinstance(got, Wait) and got.until is not None:
                 assert got.until >= now - EPS
+                until = got.until
             if not isinstance(got, Lease):
                 continue
             record = Sent(got, op[1], manual[got.instance])
@@ -128,37 +143,93 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
     return sent
 
 
-def check(engine: Engine, conn: psycopg.Connection, sent: list[Sent], *, first_open: float) -> None:
-    rules, cal = engine.rules, engine.cal
-    days = {(r[0], r[1]): r[2] for r in conn.execute("SELECT instance, day, cap FROM antiban_days")}
+# The spec the schedule is checked against: the tenant table and the instance's seed, never the
+# engine's own Rules (a wrong Rules would otherwise agree with itself). The draws are replayed with
+# the engine's hash, and every value is checked against the configured range as well.
+LEASE = 30.0 + 30.0   # send_timeout (default) + the grace after which a dead process's lease expires
+
+
+def drawn(seed: int, kind: str, index: int, low: float, high: float) -> float:
+    return low + unit(seed, kind, index) * (high - low)
+
+
+def gap_of(table: dict, seed: int, seq: int) -> float:
+    """The gap (Evolution's delay) of an instance's seq-th send, in seconds."""
+    ms = round(1000 * drawn(seed, "gap", seq, table["delay_min"], table["delay_max"]))
+    assert 1000 * table["delay_min"] <= ms <= 1000 * table["delay_max"]
+    return ms / 1000
+
+
+def pause_after(table: dict, seed: int, seq: int) -> float:
+    """The batch pause after an instance's seq-th send (0 inside a batch)."""
+    if not table["batch_size"] or seq % table["batch_size"]:
+        return 0.0
+    pause = drawn(seed, "pause", seq, table["pause_min"], table["pause_max"])
+    assert table["pause_min"] <= pause <= table["pause_max"]
+    return pause
+
+
+def cap_range(table: dict, stage: int) -> tuple[int, int]:
+    name = ("day1", "day2", "day3", "mature")[stage - 1]
+    got = table["warmup"].get(name) or {}
+    lo, hi = antiban_plan.WARMUP[name]
+    return got.get("min", lo), got.get("max", hi)
+
+
+def in_hours(table: dict, t: float, *, landing: bool) -> bool:
+    """t inside the table's business hours (a landing may be the closing minute itself)."""
+    hours = table["working_hours"]
+    local = datetime.fromtimestamp(t, ZoneInfo(hours.get("timezone", "America/Sao_Paulo")))
+    m = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    start, end = antiban_plan.minutes(hours["start"]), antiban_plan.minutes(hours["end"])
+    tol = EPS / 60
+    after_start = m > start - tol if not landing else m > start
+    before_end = m <= end + tol if landing else m < end
+    return (after_start and before_end) if start < end else (after_start or before_end)
+
+
+def check(engine: Engine, conn: psycopg.Connection, sent: list[Sent], *, first_open: float,
+          table: dict, seeds: dict[str, int]) -> None:
+    cal = engine.cal
+    days = {(r[0], r[1]): (r[2], r[3])
+            for r in conn.execute("SELECT instance, day, stage, cap FROM antiban_days")}
     by_instance: dict[str, list[Sent]] = defaultdict(list)
     for record in sent:
         by_instance[record.lease.instance].append(record)
     for name, records in by_instance.items():
-        # Caps: never more sends on a day than that day's cap.
+        seed = seeds[name]
+        # Caps: the day's cap is the draw for its stage's configured range, and never exceeded.
         per_day: dict = defaultdict(int)
         for record in records:
             per_day[cal.day(record.lease.at)] += 1
         for day, count in per_day.items():
-            assert count <= days[(name, day)], (name, day)
-        for a, b in itertools.pairwise(records):
+            stage, cap = days[(name, day)]
+            lo, hi = cap_range(table, stage)
+            assert cap == lo + int(unit(seed, "cap", day.toordinal()) * (hi - lo + 1)), (name, day, stage)
+            assert count <= cap, (name, day)
+        # Gap: the k-th send on an instance plays exactly the k-th draw of its seed as its delay.
+        for k, record in enumerate(records, start=1):
+            assert record.lease.delay_ms / 1000 == gap_of(table, seed, k), (name, k)
+            assert record.lease.lands_at - record.lease.at >= gap_of(table, seed, k) - EPS
+        for k, (a, b) in enumerate(itertools.pairwise(records), start=1):
             # One in flight: the next reservation only once the previous was released (or its
             # lease expired), and never before the previous message landed.
-            released = a.released_at if a.released_at is not None else a.lease.lands_at + rules.lease_for
-            assert b.lease.at >= min(released, a.lease.lands_at + rules.lease_for) - EPS
-            assert b.lease.at >= a.lease.lands_at - EPS
-            # Gap: two landings at least delay_min apart.
-            assert b.lease.lands_at - a.lease.lands_at >= rules.delay_min - EPS
+            released = a.released_at if a.released_at is not None else a.lease.lands_at + LEASE
+            assert b.lease.at >= min(released, a.lease.lands_at + LEASE) - EPS
+            # Gap: b starts after a landed (plus a's batch pause), so two landings are at least
+            # b's drawn gap apart.
+            assert b.lease.at >= a.lease.lands_at + pause_after(table, seed, k) - EPS, (name, k)
+            assert (b.lease.lands_at - a.lease.lands_at
+                    >= gap_of(table, seed, k + 1) + pause_after(table, seed, k) - EPS), (name, k)
         for record in records:
             lease = record.lease
-            assert rules.delay_min * 1000 - 1 <= lease.delay_ms <= rules.delay_max * 1000 + 1
             # Standby and manual messages came first.
-            assert lease.at >= first_open + rules.standby - EPS
-            assert record.manual_before >= rules.manual_messages
+            assert lease.at >= first_open + table["standby_hours"] * 3600 - EPS
+            assert record.manual_before >= table["manual_messages"]
             # Business hours: it starts and lands inside them.
-            assert cal.open_at(lease.at, lease.lands_at) == lease.at
+            assert in_hours(table, lease.at, landing=False) and in_hours(table, lease.lands_at, landing=True)
             # The same text at most text_limit times in any hour on one instance.
-            if rules.text_limit:
+            if table["text_limit"]:
                 window = [r for r in records if r.text == record.text
                           and lease.at - 3600 < r.lease.at <= lease.at]
-                assert len(window) <= rules.text_limit
+                assert len(window) <= table["text_limit"]

@@ -59,6 +59,7 @@ class SpecBuilder:
                 webhook_jwt_key=self.evolution_webhook_key(tenant.id, service)),
             instances=svc.instances,
             antiban=tenant.antiban, templates=tenant.templates, recovery=tenant.recovery,
+            broadcast=tenant.broadcast,
             **_fragment(self.shop_secrets.get(tenant.id).child_config(time.time())),
             **_fragment(self.provisioner.child_config_fragment(tenant.id, service)),
         )

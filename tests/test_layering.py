@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Imported by both sides: the child contract, the schema migrator (the daemon checks, the child
 # applies) and the pure business rules both must agree on.
 SHARED = frozenset({"oraclewad.contract", "oraclewad.childconfig", "oraclewad.templating",
-                    "oraclewad.recovery_plan", "oraclewad.antiban_plan", "oraclewad.migrations"})
+                    "oraclewad.recovery_plan", "oraclewad.antiban_plan", "oraclewad.broadcast_plan",
+                    "oraclewad.migrations"})
 PROTO = "oraclewad._proto"
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oraclewad import antiban_plan, recovery_plan
+from oraclewad import antiban_plan, broadcast_plan, recovery_plan
 from oraclewad.errors import Problem
 from oraclewad.settings import Policy
 from oraclewad.tenants.ids import SERVICES, id_problem
@@ -57,6 +57,7 @@ class Tenant:
     # [metrics] token_file: a bearer token guarding /tenants/<id>/metrics (None: open, like /metrics)
     metrics_token_file: Path | None = field(default=None, compare=False)
     recovery_json: str = "{}"  # the normalised [recovery] plan (steps, templates, window...)
+    broadcast_json: str = "{}"  # the normalised [broadcast] plan (send_timeout)
     source: Path = field(default=Path(), compare=False)
 
     def service(self, name: str) -> ServiceConfig | None:
@@ -76,6 +77,10 @@ class Tenant:
     @property
     def recovery(self) -> dict[str, Any]:
         return json.loads(self.recovery_json)
+
+    @property
+    def broadcast(self) -> dict[str, Any]:
+        return json.loads(self.broadcast_json)
 
 
 def _services(value: Any, reader: TableReader) -> tuple[str, ...]:
@@ -162,6 +167,16 @@ def _recovery_plan(reader: TableReader) -> dict[str, Any]:
     return plan
 
 
+def _broadcast_plan(reader: TableReader) -> dict[str, Any]:
+    plan, problems = broadcast_plan.parse(reader.table, prefix=reader.prefix)
+    for key, message in problems:
+        reader.problems.append(Problem(reader.source, key, message))
+    return plan
+
+
+_PLANS = {"recovery": _recovery_plan, "broadcast": _broadcast_plan}
+
+
 def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
                  problems: list[Problem]) -> Tenant | None:
     """Validate one tenant document; None (with problems appended) when it is unusable."""
@@ -189,14 +204,13 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
 
     services = []
     owners: dict[str, str] = {}
-    plan: dict[str, Any] = {}
+    plans: dict[str, dict[str, Any]] = {}
     for svc in SERVICES:
         sub = root.sub(svc)
         port = sub.get("port", int, check=port_number)
         instances = _instances(sub, svc, owners)
         svc_policy = policy.overridden(sub.sub("policy"))
-        if svc == "recovery":
-            plan = _recovery_plan(sub)
+        plans[svc] = _PLANS[svc](sub)
         if svc in wanted:
             services.append(ServiceConfig(svc, port, svc_policy, instances))
 
@@ -232,6 +246,7 @@ def parse_tenant(doc: dict[str, Any], source: Path, policy: Policy,
     return Tenant(id=tenant_id, name=name, services=tuple(services), release=release,
                   evolution=evolution, antiban_json=json.dumps(antiban, sort_keys=True),
                   templates_json=json.dumps(templates, sort_keys=True),
-                  recovery_json=json.dumps(plan, sort_keys=True), source=source,
+                  recovery_json=json.dumps(plans["recovery"], sort_keys=True), source=source,
+                  broadcast_json=json.dumps(plans["broadcast"], sort_keys=True),
                   metrics_token_file=None if token_file is None
                   else source.parent / Path(token_file).expanduser())

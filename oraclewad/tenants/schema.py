@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from oraclewad import antiban_plan, recovery_plan
+from oraclewad import antiban_plan, broadcast_plan, recovery_plan
 from oraclewad.settings import Policy
 from oraclewad.tomlcheck import KEY, NAMES, Schema
 
@@ -36,7 +36,7 @@ TENANT: Schema = {
     # The recovery plan's own keys: oraclewad/recovery_plan.py validates their values.
     "recovery": {**SERVICE, **dict.fromkeys(sorted(recovery_plan.KEYS), KEY),
                  "thank_you": {"templates": KEY}},
-    "broadcast": SERVICE,
+    "broadcast": {**SERVICE, **dict.fromkeys(sorted(broadcast_plan.KEYS), KEY)},
     "evolution": {
         "url": KEY,
         "api_key_file": KEY,

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from oraclewad import broadcast_plan
 from oraclewad.services.broadcast import api, store
 from oraclewad.services.broadcast.events import EvolutionEvents
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
@@ -29,7 +30,6 @@ from oraclewad.services.web import json_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DB_WAIT = 5.0
-SEND_TIMEOUT = 30.0
 ETA_EVERY = 30.0   # seconds between the forecasts behind the ETA metric
 
 
@@ -48,13 +48,16 @@ class BroadcastService:
         self._etas: dict[int, float | None] = {}
         self._summary = (0, 0)   # running campaigns, their pending recipients (refreshed by the sweep)
         self.sender: Sender | None = None
+        plan, problems = broadcast_plan.parse(dict(ctx.config.get("broadcast") or {}))
+        if problems:
+            # The daemon validated the tenant file; a hand-written standalone config may still be wrong.
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
         client, instances = ctx.evolution, ctx.instances
         if client is not None and instances is not None and ctx.pg is not None:
             from oraclewad.services.antiban import Engine, Rules
 
-            # Past this (plus the typing gap) a send is `uncertain`. The child config's
-            # broadcast.send_timeout (the tenant file has no key for it yet) is for tests.
-            send_timeout = float((ctx.config.get("broadcast") or {}).get("send_timeout", SEND_TIMEOUT))
+            # Past this (plus the typing gap) a send is `uncertain`: [broadcast] send_timeout.
+            send_timeout = plan["send_timeout"]
             rules = Rules.for_service("broadcast", dict(ctx.config.get("antiban") or {}),
                                       send_timeout=send_timeout)
             client.timeout = send_timeout

@@ -89,15 +89,16 @@ class BroadcastService:
 
     def _figures(self, conn: Any, now: float, with_eta: bool = True) -> dict[int, dict[str, Any]]:
         """Per campaign: counts, and for running ones the ETA from the engine's schedule. Running
-        campaigns send oldest first, so campaign k finishes when the pending of 1..k have gone."""
+        campaigns take turns (round robin), so one with p left finishes once every running
+        campaign has sent min(its own left, p): the forecast for the sum of those."""
         by = store.all_counts(conn)
         out: dict[int, dict[str, Any]] = {cid: {"counts": c} for cid, c in by.items()}
-        ahead = 0
-        for cid in store.running_order(conn):
-            counts = by.get(cid, {})
-            ahead += counts.get("pending", 0) + counts.get("sending", 0)
+        left = {cid: by.get(cid, {}).get("pending", 0) + by.get(cid, {}).get("sending", 0)
+                for cid in store.running_order(conn)}
+        for cid, mine in left.items():
+            ahead = sum(min(n, mine) for n in left.values())
             eta = self._forecast(conn, now, ahead) if with_eta else {"eta": self._etas.get(cid)}
-            out.setdefault(cid, {"counts": counts}).update(eta)
+            out.setdefault(cid, {"counts": by.get(cid, {})}).update(eta)
         return out
 
     def _forecast(self, conn: Any, now: float, pending: int) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Sender:
         self.on_figures = on_figures
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.waiting: tuple[float | None, str] = (None, "")   # the engine's last Wait
+        self.turns: list[int] = []     # running campaigns, least recently served first (fair share)
         self.in_flight = 0
         self.idle_wait = IDLE_WAIT
         self.sweep_every = SWEEP_EVERY
@@ -128,12 +129,19 @@ class Sender:
             nursery.start_soon(self._send, msg, lease)
         return len(claimed)
 
+    def _served(self, campaign_id: int) -> None:
+        """Round robin: the campaign that just got a send goes to the back of the turns."""
+        if campaign_id in self.turns:
+            self.turns.remove(campaign_id)
+        self.turns.append(campaign_id)
+        del self.turns[:-64]    # only running campaigns matter; finished ones age out
+
     def _claim(self, conn: psycopg.Connection, now: float) -> list[tuple[store.Claimed, Any]]:
         from oraclewad.services.antiban import Lease, Skip
 
         claimed: list[tuple[store.Claimed, Any]] = []
         with conn.transaction():
-            due = store.due(conn, now, BATCH)
+            due = store.due(conn, now, BATCH, self.turns)
             if not due:
                 self.waiting = (None, "")
                 return claimed
@@ -158,6 +166,7 @@ class Sender:
                 if isinstance(decision, Lease):
                     claimed.append((store.claim(conn, msg, body, decision.instance, self.worker, now),
                                     decision))
+                    self._served(msg.campaign_id)
                 elif isinstance(decision, Skip):
                     store.set_status(conn, msg.id, "invalid", decision.reason, now)
                 else:  # Wait: no instance may send now; the rest of the batch waits with it

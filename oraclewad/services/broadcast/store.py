@@ -242,16 +242,20 @@ class Claimed:
     instance: str
 
 
-def due(conn: psycopg.Connection, now: float, limit: int) -> list[Due]:
+def due(conn: psycopg.Connection, now: float, limit: int, turns: list[int] | None = None) -> list[Due]:
     """Lock up to `limit` pending recipients of running campaigns (SKIP LOCKED: another process's
-    rows are skipped), oldest campaign first, in import order."""
+    rows are skipped), in import order within a campaign, round robin between campaigns: the
+    first of each, then the second of each... Campaigns take turns in the order `turns` gives
+    (least recently served first; one not listed before all, oldest first)."""
     rows = conn.execute(
-        "SELECT r.id, r.campaign_id, r.phone, r.name, r.vars, r.body, c.templates FROM recipients r"
-        " JOIN campaigns c ON c.id = r.campaign_id"
-        " WHERE c.status = 'running' AND r.status = 'pending'"
-        " AND (r.send_after IS NULL OR r.send_after <= %s)"
-        " ORDER BY c.started_at, c.id, r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
-        (ts(now), limit)).fetchall()
+        "SELECT r.id, r.campaign_id, r.phone, r.name, r.vars, r.body, c.templates FROM"
+        " (SELECT id, templates, started_at FROM campaigns WHERE status = 'running') c"
+        " CROSS JOIN LATERAL (SELECT id, campaign_id, phone, name, vars, body FROM recipients"
+        "  WHERE campaign_id = c.id AND status = 'pending' AND (send_after IS NULL OR send_after <= %s)"
+        "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) r"
+        " ORDER BY row_number() OVER (PARTITION BY c.id ORDER BY r.id),"
+        " coalesce(array_position(%s::bigint[], c.id), 0), c.started_at, c.id LIMIT %s",
+        (ts(now), limit, turns or [], limit)).fetchall()
     return [Due(*r) for r in rows]
 
 

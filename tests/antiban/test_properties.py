@@ -52,10 +52,10 @@ EARLY = [0.0, 0.0, 0.0005, 0.3, 0.9, 0.9, 1.5]
 def as_step(k: str, small: float, big: float, jump: bool, name: str, state: tuple, text: str, phone: int,
             mode: object, error: object, after: float, early: float) -> tuple:
     """One step of a history. A reserve either holds its lease (a later "release" step frees it)
-    or is released when it lands, with an outcome; a wake moves the clock to the last Wait's until,
-    or to one instance's next slot (or just before)."""
+    or is released when it lands, with an outcome; some are quiet (an operator's test message). A
+    wake moves the clock to the last Wait's until, or to one instance's next slot (or just before)."""
     return {"advance": ("advance", big if jump else small), "state": ("state", name, state),
-            "manual": ("manual", name), "reserve": ("reserve", text, phone, mode),
+            "manual": ("manual", name), "reserve": ("reserve", text, phone, mode, jump and phone < 3),
             "release": ("release", error, after), "wake": ("wake", early, name if jump else None)}[k]
 
 
@@ -69,6 +69,7 @@ class Sent:
     lease: Lease
     text: str
     manual_before: int
+    quiet: bool = False
     released_at: float | None = None
 
 
@@ -128,14 +129,14 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
             if engine.note_upsert(conn, op[1], f"m{manual[op[1]]}-{now}-{op[1]}", True, now):
                 manual[op[1]] += 1
         elif op[0] == "reserve":
-            got = engine.reserve(conn, now, text=op[1], phone=f"55119999900{op[2]:02d}")
+            got = engine.reserve(conn, now, text=op[1], phone=f"55119999900{op[2]:02d}", quiet=op[4])
             assert isinstance(got, Lease | Wait | Skip)
             if isinstance(got, Wait) and got.until is not None:
                 assert got.until >= now - EPS
                 until = got.until
             if not isinstance(got, Lease):
                 continue
-            record = Sent(got, op[1], manual[got.instance])
+            record = Sent(got, op[1], manual[got.instance], quiet=op[4])
             sent.append(record)
             if op[3] == "hold":
                 outstanding.append(record)
@@ -213,10 +214,12 @@ def check(engine: Engine, conn: psycopg.Connection, sent: list[Sent], *, first_o
             lo, hi = cap_range(table, stage)
             assert cap == lo + int(unit(seed, "cap", day.toordinal()) * (hi - lo + 1)), (name, day, stage)
             assert count <= cap, (name, day)
-        # Gap: the k-th send on an instance plays exactly the k-th draw of its seed as its delay.
+        # Gap: the k-th send on an instance plays exactly the k-th draw of its seed as its delay
+        # (a quiet one plays none: its gap is the silence before it, checked below).
         for k, record in enumerate(records, start=1):
-            assert record.lease.delay_ms / 1000 == gap_of(table, seed, k), (name, k)
-            assert record.lease.lands_at - record.lease.at >= gap_of(table, seed, k) - EPS
+            expected = 0.0 if record.quiet else gap_of(table, seed, k)
+            assert record.lease.delay_ms / 1000 == expected, (name, k)
+            assert record.lease.lands_at - record.lease.at >= expected - EPS
         for k, (a, b) in enumerate(itertools.pairwise(records), start=1):
             # One in flight: the next reservation only once the previous was released (or its
             # lease expired), and never before the previous message landed.
@@ -224,7 +227,8 @@ def check(engine: Engine, conn: psycopg.Connection, sent: list[Sent], *, first_o
             assert b.lease.at >= min(released, a.lease.lands_at + LEASE) - EPS
             # Gap: b starts after a landed (plus a's batch pause), so two landings are at least
             # b's drawn gap apart.
-            assert b.lease.at >= a.lease.lands_at + pause_after(table, seed, k) - EPS, (name, k)
+            silence = gap_of(table, seed, k + 1) if b.quiet else 0.0
+            assert b.lease.at >= a.lease.lands_at + pause_after(table, seed, k) + silence - EPS, (name, k)
             assert (b.lease.lands_at - a.lease.lands_at
                     >= gap_of(table, seed, k + 1) + pause_after(table, seed, k) - EPS), (name, k)
         for record in records:

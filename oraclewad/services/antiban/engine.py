@@ -195,7 +195,7 @@ class Engine:
         return min((today - warm_day).days + 1, 4)
 
     def _assess(self, conn: psycopg.Connection, row: dict[str, Any], days: dict[str, tuple[int, int, int]],
-                now: float, texts: dict[str, tuple[int, datetime]]) -> Status:
+                now: float, texts: dict[str, tuple[int, datetime]], quiet: bool = False) -> Status:
         name = row["instance"]
         st = self.instances.states.get(name)
         s = Status(name, getattr(st, "state", "unknown"), 0, None, 0, None, False, "", seed=row["seed"],
@@ -211,7 +211,7 @@ class Engine:
                    "attested": None if row["attested_at"] is None else {
                        "network": row["attest_network"], "groups": row["attest_groups"],
                        "recharge": row["attest_recharge"].isoformat() if row["attest_recharge"] else None}}
-        blocked = self._held(row, st, s, now) or self._timing(conn, row, s, now, texts)
+        blocked = self._held(row, st, s, now) or self._timing(conn, row, s, now, texts, quiet)
         if blocked is None:
             s.eligible, s.next_slot = True, now
         else:
@@ -298,18 +298,19 @@ class Engine:
                     "recharge and attest again"), None, False
         standby_end = _unix(row["first_open_at"]) + r.standby
         if now < standby_end:
-            return f"standby until {self._when(standby_end)} (after first open)", standby_end, True
+            return f"standby until {self.when(standby_end)} (after first open)", standby_end, True
         if r.warmup is not None and s.stage == 0:
             start = self.cal.day_start(row["warm_day"])
-            return f"warm-up starts {self._when(start)}", start, True
+            return f"warm-up starts {self.when(start)}", start, True
         if row["manual_count"] < r.manual_messages:
             return (f"waiting for {r.manual_messages - row['manual_count']} more manual message(s) "
                     "sent from the phone before automation"), None, False
         return None
 
     def _timing(self, conn: psycopg.Connection, row: dict[str, Any], s: Status, now: float,
-                texts: dict[str, tuple[int, datetime]]) -> Blocked | None:
-        """What the clock will lift: the cap, a send in flight, the gap or pause, hours, same text."""
+                texts: dict[str, tuple[int, datetime]], quiet: bool = False) -> Blocked | None:
+        """What the clock will lift: the cap, a send in flight, the gap or pause, hours, same text.
+        quiet: a send without typing, so the gap must pass in silence before it."""
         r, name = self.rules, row["instance"]
         if s.cap is not None and s.sent >= s.cap:
             return (f"today's cap {s.cap} reached ({STAGE_NAMES[s.stage]})",
@@ -317,29 +318,31 @@ class Engine:
         if row["lease_token"] is not None:
             lands = _unix(row["lease_lands_at"])
             if _unix(row["lease_until"]) > now:
-                return f"sending (lands at {self._when(lands)})", max(lands, now), True
+                return f"sending (lands at {self.when(lands)})", max(lands, now), True
             self._update(conn, name, lease_token=None, lease_lands_at=None, lease_until=None)
             self._event(name, "lease_expired",
                         "a send was never released (its process died?): instance freed")
-        if s.free_at is not None and s.free_at > now + EPS:
-            kind = "batch pause" if row["batch_count"] == 0 and row["seq"] else "gap"
-            return f"{kind} until {self._when(s.free_at)}", s.free_at, True
         delay = gap_ms(r, row["seed"], row["seq"] + 1) / 1000
-        opens = self.cal.open_at(now, now + delay)
+        free = None if s.free_at is None else s.free_at + (delay if quiet else 0.0)
+        if free is not None and free > now + EPS:
+            kind = "batch pause" if row["batch_count"] == 0 and row["seq"] else "gap"
+            return f"{kind} until {self.when(free)}", free, True
+        opens = self.cal.open_at(now, now if quiet else now + delay)
         if opens > now:
             a, b = r.hours or (0, 0)
             return (f"outside business hours ({a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d} "
-                    f"{r.zone}): opens {self._when(opens)}"), opens, True
+                    f"{r.zone}): opens {self.when(opens)}"), opens, True
         got = texts.get(name)
         if got and got[0] >= r.text_limit:
             return (f"this text went out {got[0]} times in the last hour (limit {r.text_limit})",
                     got[1].timestamp() + 3600, True)
         return None
 
-    def _when(self, t: float | None) -> str:
+    def when(self, t: float | None) -> str:
         return "-" if t is None else self.cal.local(t).strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    def statuses(self, conn: psycopg.Connection, now: float, digest: bytes | None = None) -> list[Status]:
+    def statuses(self, conn: psycopg.Connection, now: float, digest: bytes | None = None,
+                 quiet: bool = False) -> list[Status]:
         rows = self._rows(conn)
         days = self._days(conn, self.cal.day(now))
         texts: dict[str, tuple[int, datetime]] = {}
@@ -349,13 +352,17 @@ class Engine:
                 "SELECT instance, count(*), min(reserved_at) FROM antiban_sends WHERE text_hash = %s "
                 "AND reserved_at > %s AND instance = ANY(%s) GROUP BY instance",
                 (digest, _ts(now - 3600), self.names))}
-        return [self._assess(conn, row, days, now, texts) for row in rows]
+        return [self._assess(conn, row, days, now, texts, quiet) for row in rows]
 
     # ---- the sender's calls ------------------------------------------------------------------
 
     def reserve(self, conn: psycopg.Connection, now: float, *, text: str | None = None,
-                phone: str | None = None) -> Lease | Wait | Skip:
-        """A slot on the best eligible instance now, a Wait (until when, why) or a Skip."""
+                phone: str | None = None, quiet: bool = False) -> Lease | Wait | Skip:
+        """A slot on the best eligible instance now, a Wait (until when, why) or a Skip.
+
+        quiet: a send played without typing (delay 0, e.g. an operator's test message); it still
+        counts against the cap and the text limit, waits for one in flight, and goes only after
+        the instance has been silent its drawn gap since its last landing."""
         with conn.transaction():
             if phone is not None and conn.execute("SELECT 1 FROM antiban_invalid_numbers WHERE phone = %s",
                                                   (phone,)).fetchone():
@@ -363,7 +370,7 @@ class Engine:
                               extra={"phone_suffix": phone[-4:]})
                 return Skip("the number is not on WhatsApp (remembered; never tried again)")
             digest = text_hash(text) if text is not None else None
-            statuses = self.statuses(conn, now, digest)
+            statuses = self.statuses(conn, now, digest, quiet)
             self._metrics(statuses)
             ready = [s for s in statuses if s.eligible]
             if not ready:
@@ -371,7 +378,7 @@ class Engine:
             # Most remaining quota first, then least recently used, then name (stable).
             best = min(ready, key=lambda s: (-((s.cap or 0) - s.sent), s.last_send_at or float("-inf"),
                                              s.instance))
-            return self._take(conn, best, now, digest, phone)
+            return self._take(conn, best, now, digest, phone, quiet)
 
     def _wait(self, statuses: list[Status]) -> Wait:
         times = [s.next_slot for s in statuses if s.waiting and s.next_slot is not None]
@@ -386,10 +393,10 @@ class Engine:
         return Wait(until, reason)
 
     def _take(self, conn: psycopg.Connection, s: Status, now: float, digest: bytes | None,
-              phone: str | None) -> Lease:
+              phone: str | None, quiet: bool = False) -> Lease:
         r = self.rules
         seq = s.seq + 1
-        delay = gap_ms(r, s.seed, seq)
+        delay = 0 if quiet else gap_ms(r, s.seed, seq)   # quiet: the gap was the silence before
         lands = now + delay / 1000
         batch = s.batch_count + 1
         free = lands
@@ -410,7 +417,7 @@ class Engine:
             "instance": s.instance, "delay_ms": delay, "lands_at": lands,
             "reason": f"most remaining quota ({(s.cap or 0) - s.sent} of {s.cap} left today, "
                       f"{STAGE_NAMES[s.stage]}), least recently used"
-                      + (f"; batch pause after this one until {self._when(free)}"
+                      + (f"; batch pause after this one until {self.when(free)}"
                          if batch == 0 and r.batch_size else "")})
         return Lease(s.instance, token, delay, now, lands, phone, (_ts(s.free_at), s.batch_count))
 

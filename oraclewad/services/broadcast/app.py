@@ -193,7 +193,11 @@ class BroadcastService:
     async def send_test(self, campaign_id: int, phone: str, name: str | None,
                         values: dict[str, str]) -> dict[str, Any]:
         """The campaign's text, rendered for its first recipient (or the given name/vars), to a test
-        number: one message on the first instance that can send (not paced: it is the operator's)."""
+        number, through the anti-ban engine like any send from these numbers, played without
+        typing so the command answers at once: it counts against today's cap and the text limit,
+        waits for a send in flight, and goes only once the instance's gap has passed in silence.
+        When no instance may send it now: 409 with the engine's reason and when to try again."""
+        from oraclewad.services.antiban import Lease, Skip
         from oraclewad.services.evolution import EvolutionError
 
         c = await self.db(store.campaign, campaign_id)
@@ -201,20 +205,31 @@ class BroadcastService:
         s_phone, s_name, s_vars = sample if sample else (phone, "", {})
         body = render(c["templates"], campaign_id, s_phone, name if name is not None else s_name,
                       {**s_vars, **values})
-        client, instances = self.ctx.evolution, self.ctx.instances
-        ready = [n for n in (instances.states if instances else {}) if instances and instances.can_send(n)]
-        if client is None or not ready:
-            raise store.Conflict("no instance can send now (`oraclectl instances ID` shows why)")
+        client = self.ctx.evolution
+        if client is None or self.engine is None:
+            raise store.Conflict("this service has no [evolution] url or instances to send from")
+        lease = await self.db(self._reserve_test, self.clock(), body, phone)
+        if isinstance(lease, Skip):
+            raise store.Conflict(f"the test was not sent: {lease.reason}")
+        if not isinstance(lease, Lease):
+            when = "" if lease.until is None else f"; try again after {self.engine.when(lease.until)}"
+            raise store.Conflict(f"no instance may send the test now ({lease.reason}){when}")
         try:
-            sent = await client.send_text(ready[0], phone, body)
+            sent = await client.send_text(lease.instance, phone, body, delay_ms=lease.delay_ms)
         except EvolutionError as exc:
-            await self.db(store.record_test, campaign_id, phone, body, ready[0], None, "failed", self.clock())
+            await self.db(self.engine.release, lease, exc, self.clock())
+            await self.db(store.record_test, campaign_id, phone, body, lease.instance, None, "failed",
+                          self.clock())
             raise store.Conflict(f"the test message was not sent: {exc}") from None
-        await self.db(store.record_test, campaign_id, phone, body, ready[0], sent.message_id, "sent",
+        await self.db(self.engine.release, lease, None, self.clock(), sent.message_id)
+        await self.db(store.record_test, campaign_id, phone, body, lease.instance, sent.message_id, "sent",
                       self.clock())
-        self.log.info("test message sent", extra={"campaign": campaign_id, "instance": ready[0]})
-        return {"campaign": campaign_id, "phone": phone, "instance": ready[0], "text": body,
+        self.log.info("test message sent", extra={"campaign": campaign_id, "instance": lease.instance})
+        return {"campaign": campaign_id, "phone": phone, "instance": lease.instance, "text": body,
                 "message_id": sent.message_id}
+
+    def _reserve_test(self, conn: Any, now: float, body: str, phone: str) -> Any:
+        return self.engine.reserve(conn, now, text=body, phone=phone, quiet=True)
 
     async def act(self, campaign_id: int, action: str, at: float | None) -> dict[str, Any]:
         now = self.clock()

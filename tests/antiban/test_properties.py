@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -78,9 +78,10 @@ class Sent:
 @given(table=rules_tables, seeds=st.lists(st.integers(1, 2**60), min_size=3, max_size=3),
        steps=st.lists(step, min_size=20, max_size=120),
        warm=st.sampled_from(["done", "done", "manual", "none"]),
-       fleet=st.sampled_from([1, 2, 3, 3]))
+       fleet=st.sampled_from([1, 2, 3, 3]), late=st.sampled_from([None, None, 30.0, 100.0, 200.0]))
 def test_no_schedule_breaks_a_rule(conn: psycopg.Connection, table: dict, seeds: list[int],
-                                   steps: list[tuple], warm: str, fleet: int) -> None:
+                                   steps: list[tuple], warm: str, fleet: int,
+                                   late: float | None) -> None:
     # One instance sends back to back (rotation cannot hide a gap); three rotate.
     names = NAMES[:fleet]
     empty(conn)
@@ -97,9 +98,22 @@ def test_no_schedule_breaks_a_rule(conn: psycopg.Connection, table: dict, seeds:
     if warm != "none":
         steps = [*(("manual", n) for n in names for _ in range(2)),
                  *([("advance", 3601.0)] if warm == "done" else []), *steps]
+    # Some start shortly before business hours close, so a send that would land after is probed.
+    if late is not None:
+        steps = [("closing", late), *steps]
     sent = play(engine, view, conn, steps)
     event(f"sends: {'0' if not sent else '1-4' if len(sent) < 5 else '5-14' if len(sent) < 15 else '15+'}")
     check(engine, conn, sent, first_open=T0, table=table, seeds=dict(zip(NAMES, seeds, strict=True)))
+
+
+def closing_after(engine: Engine, now: float) -> float:
+    """The next time business hours close (picks a test moment; the check uses the table)."""
+    if engine.rules.hours is None:
+        return now
+    end = engine.rules.hours[1] * 60
+    day = engine.cal.day(now)
+    close = engine.cal.day_start(day) + end
+    return close if close > now else engine.cal.day_start(day + timedelta(days=1)) + end
 
 
 def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: list[tuple]) -> list[Sent]:
@@ -117,6 +131,8 @@ def play(engine: Engine, view: InstanceStates, conn: psycopg.Connection, steps: 
     for op in steps:
         if op[0] == "advance":
             now += op[1]
+        elif op[0] == "closing":
+            now = closing_after(engine, now) - op[1]
         elif op[0] == "wake":
             slot = until if op[2] is None else next(
                 (s.next_slot for s in engine.observe(conn, now) if s.instance == op[2]), until)

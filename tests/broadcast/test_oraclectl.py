@@ -22,7 +22,10 @@ def test_an_operator_runs_a_campaign_with_oraclectl_only(make_daemon, sandbox_pr
     httpx.post(f"{sandbox_process.url}/_sandbox/instances", json={"name": f"{tid}-b", "state": "open"},
                timeout=10).raise_for_status()
     evolution = f'[evolution]\nurl = "{sandbox_process.url}"\napi_key_file = "{key}"\n'
-    path = write_tenant(daemon.root, tid, f'[broadcast]\ninstances = ["{tid}-b"]\n{evolution}')
+    # No standby, manual messages or business hours: the test message may go at once, at any hour.
+    antiban = ('[antiban]\nstandby_hours = 0.0\nmanual_messages = 0\n'
+               '[antiban.working_hours]\nstart = "00:00"\nend = "24:00"\n')
+    path = write_tenant(daemon.root, tid, f'[broadcast]\ninstances = ["{tid}-b"]\n{evolution}{antiban}')
     path.write_text(path.read_text().replace('services = "all"', 'services = ["broadcast"]'))
     daemon.start()
     wait_for(lambda: all(r["ready"] for r in daemon.ctl_json("status", tid)), what="broadcast ready")
@@ -43,6 +46,10 @@ def test_an_operator_runs_a_campaign_with_oraclectl_only(make_daemon, sandbox_pr
     assert "sent to 5511911112222" in test and "Ana de Recife!" in test
     messages = httpx.get(f"{sandbox_process.url}/_sandbox/messages", timeout=10).json()
     assert [(m["number"], m["text"][-14:]) for m in messages] == [("5511911112222", "Ana de Recife!")]
+    # Paced like any send: a second one at once waits for the instance's gap (30-120 s of silence).
+    again = daemon.ctl("campaign", "test", tid, "1", "11 91111-2222", check=False)
+    assert again.returncode == 1 and "no instance may send the test now" in again.stderr
+    assert "gap until" in again.stderr and "try again after" in again.stderr
 
     bad = daemon.ctl("campaign", "edit", tid, "1", "-t", "Oi {{first_name", check=False)
     assert bad.returncode == 1 and "templates" in bad.stderr and "never closed" in bad.stderr
@@ -50,7 +57,7 @@ def test_an_operator_runs_a_campaign_with_oraclectl_only(make_daemon, sandbox_pr
     assert "campaign 1 'Natal': running" in started
     shown = json.loads(daemon.ctl("--json", "campaign", "show", tid, "1").stdout)
     assert shown["status"] == "running" and shown["total"] == 1
-    assert "eta" in shown and "eta_reason" in shown       # the engine's forecast (standby: a day away)
+    assert "eta" in shown and "eta_reason" in shown       # the engine's forecast
     assert "paused" in daemon.ctl("campaign", "pause", tid, "1").stdout
     refused = daemon.ctl("campaign", "pause", tid, "1", check=False)
     assert refused.returncode == 1 and "only a running or scheduled one pauses" in refused.stderr

@@ -37,7 +37,8 @@ async def test_test_sends_keep_the_gap_and_count_against_the_cap(nursery, mock_c
         assert status == 409 and "today's cap 2 reached" in capped["detail"], capped
         assert len(await sandbox.messages()) == 2
         with sim.pool.connection() as conn:
-            assert conn.execute("SELECT sum(sent) FROM antiban_days WHERE instance = 'bc-1'").fetchone()[0] == 2
+            sent = conn.execute("SELECT sum(sent) FROM antiban_days WHERE instance = 'bc-1'").fetchone()[0]
+        assert sent == 2
     finally:
         await sim.http.aclose()
         sim.pool.close()

@@ -200,13 +200,14 @@ def cap_range(table: dict, stage: int) -> tuple[int, int]:
 
 
 def in_hours(table: dict, t: float, *, landing: bool) -> bool:
-    """t inside the table's business hours (a landing may be the closing minute itself)."""
+    """t inside the table's business hours (a landing may be the closing moment itself, and a
+    quiet send lands the moment it starts, maybe the opening moment)."""
     hours = table["working_hours"]
     local = datetime.fromtimestamp(t, ZoneInfo(hours.get("timezone", "America/Sao_Paulo")))
     m = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
     start, end = antiban_plan.minutes(hours["start"]), antiban_plan.minutes(hours["end"])
     tol = EPS / 60
-    after_start = m > start - tol if not landing else m > start
+    after_start = m >= start - tol
     before_end = m <= end + tol if landing else m < end
     return (after_start and before_end) if start < end else (after_start or before_end)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import shutil
 import sys
 import tempfile
@@ -34,11 +33,6 @@ INSTANCES = 50
 
 
 def scratch_db(stack: list) -> tuple[str, str]:
-    import psycopg
-    from psycopg import sql
-
-    from oraclewad import migrations
-
     if b.external_servers_reachable():
         admin, where = "host=127.0.0.1 port=5432 user=postgres dbname=postgres", "the machine's PostgreSQL"
     else:
@@ -49,18 +43,8 @@ def scratch_db(stack: list) -> tuple[str, str]:
         server.start()
         stack.append(lambda: (server.stop(), shutil.rmtree(base, ignore_errors=True)))
         admin, where = server.admin_dsn, "an embedded PostgreSQL"
-    name = "owa_bench_ab_" + secrets.token_hex(4)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
+    dsn, drop = b.scratch_database(admin, "owa_bench_ab_", ROOT / "oraclewad/services/broadcast/migrations")
     stack.append(drop)
-    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
-    with psycopg.connect(dsn) as conn:
-        migrations.apply(conn, migrations.discover(ROOT / "oraclewad/services/broadcast/migrations"))
     return dsn, where
 
 

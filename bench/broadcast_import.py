@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
@@ -28,10 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _benchlib as b
 import httpx
 import psycopg
-from psycopg import sql
 
 from oraclectl.campaign import csv_parts
-from oraclewad import migrations
 from oraclewad.services.broadcast.recipients import parse_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,18 +72,8 @@ def admin_dsn(backend: str, cleanup: b.Cleanup, root: Path) -> str:
 
 
 def scratch_db(admin: str, cleanup: b.Cleanup) -> str:
-    name = "owa_bench_bc_" + secrets.token_hex(4)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    cleanup.push(f"drop database {name}", drop)
-    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
-    with psycopg.connect(dsn) as conn:
-        migrations.apply(conn, migrations.discover(MIGRATIONS))
+    dsn, drop = b.scratch_database(admin, "owa_bench_bc_", MIGRATIONS)
+    cleanup.push(f"drop database {psycopg.conninfo.conninfo_to_dict(dsn)['dbname']}", drop)
     return dsn
 
 

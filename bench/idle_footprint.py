@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -264,24 +263,7 @@ def run_supervisord(root: Path, cleanup: b.Cleanup, progs: list[tuple[str, Path,
     tracked = b.Tracked()
     b.log("supervisord: starting")
     t0 = time.monotonic()
-    with open(root / "supervisord.stderr", "wb") as stderr:
-        proc = subprocess.Popen([str(b.BIN / "supervisord"), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
-    tracked.add([proc.pid])
-
-    def stop() -> None:
-        if proc.poll() is None:
-            tracked.add(b.descendants(proc.pid))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        time.sleep(0.2)
-        left = tracked.kill_leftovers()
-        if left:
-            print(f"cleanup: killed {len(left)} leftover processes of supervisord", file=sys.stderr)
+    proc, stop = b.start_supervisord(root, conf, tracked)
 
     cleanup.push(f"stop supervisord {proc.pid}", stop)
     pending = {port for _n, _p, port in progs}

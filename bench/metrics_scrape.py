@@ -65,11 +65,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--child-timeout", type=float, default=1.0)
-    parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
+    b.backend_arg(parser)
     args = parser.parse_args()
-    backend = args.backend
-    if backend == "auto":
-        backend = "external" if b.external_servers_reachable() else "embedded"
+    backend = b.backend_of(args)
     with b.bench_session("scrape") as (root, cleanup):
         ids = [b.unique_id("ms") for _ in range(args.tenants)]
         if backend == "external":

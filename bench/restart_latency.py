@@ -108,13 +108,7 @@ def run_mode(root: Path, cleanup: b.Cleanup, mode: str, args: argparse.Namespace
                               start_new_session=True)
 
     def stop_stream() -> None:
-        if stream.poll() is None:
-            stream.terminate()
-            try:
-                stream.wait(5)
-            except subprocess.TimeoutExpired:
-                stream.kill()
-                stream.wait()
+        b.stop_process(stream, 5)
 
     cleanup.push("stop the events stream", stop_stream)
 
@@ -188,22 +182,7 @@ def run_supervisord(root: Path, cleanup: b.Cleanup, progs: list[tuple[str, Path,
     root.mkdir()
     conf = supervisord_conf(root, progs)
     tracked = b.Tracked()
-    with open(root / "supervisord.stderr", "wb") as stderr:
-        proc = subprocess.Popen([str(b.BIN / "supervisord"), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
-    tracked.add([proc.pid])
-
-    def stop() -> None:
-        if proc.poll() is None:
-            tracked.add(b.descendants(proc.pid))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        time.sleep(0.2)
-        tracked.kill_leftovers()
+    proc, stop = b.start_supervisord(root, conf, tracked)
 
     cleanup.push(f"stop supervisord {proc.pid}", stop)
     label = f"supervisord {version('supervisor')}"

@@ -58,11 +58,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=10, help="oraclectl runs (default 10)")
-    parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto")
+    b.backend_arg(parser)
     args = parser.parse_args()
-    backend = args.backend
-    if backend == "auto":
-        backend = "external" if b.external_servers_reachable() else "embedded"
+    backend = b.backend_of(args)
 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -146,11 +146,7 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = oraclectl(self.socket_path, *args, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"oraclectl {' '.join(args)} -> {result.returncode}\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result
+        return oraclectl(self.socket_path, *args, timeout=timeout, check=check)
 
     def ctl_json(self, *args: str) -> object:
         return json.loads(self.ctl("--json", *args).stdout)
@@ -207,6 +203,13 @@ def unique_id(prefix: str = "t") -> str:
     is remembered, so teardown can drop what it provisioned even if the tenant file is gone."""
     tenant_id = _unique_id(prefix)
     ISSUED_IDS.append(tenant_id)
+    return tenant_id
+
+
+def running_tenant(daemon: Daemon, prefix: str) -> str:
+    """A new tenant (unique id from prefix) added with `oraclectl tenant add`, its services ready."""
+    tenant_id = unique_id(prefix)
+    daemon.ctl("tenant", "add", tenant_id, "--timeout", "90", timeout=120)
     return tenant_id
 
 

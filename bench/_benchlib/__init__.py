@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -54,6 +55,7 @@ from tests.support.system import (  # noqa: E402, F401 (after ensure_venv; the s
     oraclectl,
     start_time,
     stat_fields,
+    stop_process,
     unique_id,
 )
 
@@ -139,28 +141,84 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12]) if fields else None  # utime + stime (all threads)
 
 
-def rss_kib(pid: int) -> int | None:
+def _proc_figure(pid: int, file: str, key: str) -> int | None:
+    """The number after `key` in /proc/PID/<file> (kB for the memory lines), None once gone."""
     with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1])
     return None
+
+
+def rss_kib(pid: int) -> int | None:
+    return _proc_figure(pid, "status", "VmRSS:")
 
 
 def pss_kib(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return None
+    return _proc_figure(pid, "smaps_rollup", "Pss:")
 
 
 def threads(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return None
+    return _proc_figure(pid, "status", "Threads:")
+
+
+def start_supervisord(root: Path, conf: Path,
+                      tracked: Tracked) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    """supervisord -c conf in its own session (stderr in root/supervisord.stderr), and its stop:
+    SIGTERM, then whatever of its tree is left is killed and counted."""
+    with open(root / "supervisord.stderr", "wb") as stderr:
+        proc = subprocess.Popen([str(BIN / "supervisord"), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+    tracked.add([proc.pid])
+
+    def stop() -> None:
+        if proc.poll() is None:
+            tracked.add(descendants(proc.pid))
+        stop_process(proc, 60)
+        time.sleep(0.2)
+        left = tracked.kill_leftovers()
+        if left:
+            print(f"cleanup: killed {len(left)} leftover processes of supervisord", file=sys.stderr)
+
+    return proc, stop
+
+
+def scratch_database(admin: str, prefix: str, migrations_dir: Path) -> tuple[str, Callable[[], None]]:
+    """A new database (prefix + random) on the server `admin` reaches, migrated from migrations_dir:
+    its DSN, and how to drop it (push that onto the cleanup)."""
+    import psycopg
+    from psycopg import sql
+
+    from oraclewad import migrations
+
+    name = prefix + secrets.token_hex(4)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    try:
+        with psycopg.connect(dsn) as conn:
+            migrations.apply(conn, migrations.discover(migrations_dir))
+    except BaseException:
+        drop()
+        raise
+    return dsn, drop
+
+
+def backend_arg(parser: Any) -> None:
+    """--backend auto|external|embedded; read it back with backend_of(args)."""
+    parser.add_argument("--backend", choices=("auto", "external", "embedded"), default="auto",
+                        help="the machine's data servers (external), embedded ones, or auto")
+
+
+def backend_of(args: Any) -> str:
+    if args.backend != "auto":
+        return str(args.backend)
+    return "external" if external_servers_reachable() else "embedded"
 
 
 # ---- ports, servers --------------------------------------------------------------------------
@@ -291,11 +349,7 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = oraclectl(self.socket_path, *args, timeout=timeout)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"oraclectl {' '.join(args)} -> exit {result.returncode}\n"
-                               f"{result.stdout}\n{result.stderr}")
-        return result
+        return oraclectl(self.socket_path, *args, timeout=timeout, check=check)
 
     def status(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """What `oraclectl --json status [ID]` prints, fetched in-process over one persistent channel:

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, ctl_in_process, free_port, running_daemon, tcp_address, unique_id, wait_for
+from tests.harness import (
+    Daemon,
+    ctl_in_process,
+    free_port,
+    running_daemon,
+    running_tenant,
+    tcp_address,
+    unique_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -187,9 +196,7 @@ def test_removed_tenants_are_listed_restored_and_purged_completely(daemon: Daemo
 @pytest.fixture(scope="module")
 def tenant(daemon: Daemon) -> str:
     """A running tenant the service, logs and TCP tests share; each leaves it running."""
-    tid = unique_id("imperio")
-    added(daemon, tid)
-    return tid
+    return running_tenant(daemon, "imperio")
 
 
 def test_service_commands_table_and_json(daemon: Daemon, tenant: str) -> None:

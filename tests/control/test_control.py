@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,9 +37,11 @@ from oraclewad.control.streams import LogTail
 from oraclewad.operations import ServiceView, TenantView
 from oraclewad.settings import LogSettings
 from oraclewad.supervisor.logsink import Compressor, LogWatchers, RotatingFile
+from tests import harness
 from tests.control.double import Harness
 from tests.harness import BIN, Daemon, free_port, running_daemon, tcp_address, unique_id, wait_for
 from tests.support.logs import logged
+from tests.support.system import in_threads
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +70,24 @@ def stub_of(daemon: Daemon) -> pb_grpc.ControlStub:
 def add(daemon: Daemon, tenant_id: str, *, wait: bool = True, **kw: object) -> pb.Tenant:
     request = pb.AddTenantRequest(tenant=pb.NewTenant(id=tenant_id, **kw), wait=wait, timeout_s=90)
     return stub_of(daemon).AddTenant(request, timeout=120)
+
+
+async def stream_error(call: Any, within: float) -> grpc.RpcError:
+    """Read a server stream to its end from a worker thread: the error it ended with (it must end
+    with one, within `within` seconds); the call is cancelled either way."""
+    def drain() -> grpc.RpcError:
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as e:
+            return e
+        raise AssertionError("the stream ended without an error")
+
+    try:
+        with trio.fail_after(within):
+            return await trio.to_thread.run_sync(drain, abandon_on_cancel=True)
+    finally:
+        call.cancel()
 
 
 def fails(call, *args, **kw) -> grpc.RpcError:  # type: ignore[no-untyped-def]
@@ -332,11 +353,7 @@ def test_two_concurrent_adds_of_one_id_one_wins(daemon: Daemon) -> None:
         except grpc.RpcError as e:
             results.append(e)
 
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(one, 2)
     winners = [r for r in results if isinstance(r, pb.Tenant)]
     losers = [r for r in results if isinstance(r, grpc.RpcError)]
     assert len(winners) == 1 and len(losers) == 1, results
@@ -346,9 +363,7 @@ def test_two_concurrent_adds_of_one_id_one_wins(daemon: Daemon) -> None:
 @pytest.fixture(scope="module")
 def ready_tenant(daemon: Daemon) -> str:
     """A running tenant the stream tests read from (they do not change it)."""
-    tid = unique_id("busy")
-    add(daemon, tid)
-    return tid
+    return harness.running_tenant(daemon, "busy")
 
 
 def test_streams_are_capped(daemon: Daemon, ready_tenant: str) -> None:
@@ -441,19 +456,7 @@ async def test_a_stalled_log_follower_is_dropped(control: Harness) -> None:
         with trio.fail_after(30):   # the watchdog's verdict, 1 s into the stall here (30 s by default)
             await dropped.wait()
 
-    def read_until_dropped() -> grpc.RpcError:
-        try:
-            for _ in stalled:
-                pass
-        except grpc.RpcError as e:
-            return e
-        raise AssertionError("the stream ended without an error")
-
-    try:
-        with trio.fail_after(30):
-            error = await trio.to_thread.run_sync(read_until_dropped, abandon_on_cancel=True)
-    finally:
-        stalled.cancel()
+    error = await stream_error(stalled, within=30)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "consumer too slow" in error.details()
 
 
@@ -478,19 +481,7 @@ async def test_a_slow_event_watcher_is_dropped_without_blocking_the_daemon(contr
             await trio.sleep(0.01)
     assert slowest < 2.0  # publishing never waited on the stalled watcher (that would be forever)
 
-    def drain() -> grpc.RpcError:
-        try:
-            for _ in watcher:
-                pass
-        except grpc.RpcError as e:
-            return e
-        raise AssertionError("the stream ended without an error")
-
-    try:
-        with trio.fail_after(20):  # a watcher the server never dropped would block here
-            error = await trio.to_thread.run_sync(drain, abandon_on_cancel=True)
-    finally:
-        watcher.cancel()
+    error = await stream_error(watcher, within=20)   # a watcher the server never dropped would block
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "consumer too slow" in error.details()
     # A fresh watcher still works.
     fresh = control.stub().WatchEvents(pb.WatchEventsRequest(recent=3))

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oraclewad.provision.embedded import EmbeddedPostgres
 from tests.harness import copy_example, unique_id, wait_for
+from tests.support.servers import private_postgres
 
 
 def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
@@ -57,15 +57,8 @@ def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
 @pytest.fixture
 def own_postgres():  # type: ignore[no-untyped-def]
     """A PostgreSQL this test can stop and start, given to the daemon as an external server."""
-    root = Path(tempfile.mkdtemp(prefix="owa-outage-"))
-    root.chmod(0o711)    # tenant users connect through root/sock, as to a server of the machine
-    server = EmbeddedPostgres(root / "pg", socket_dir=root / "sock")
-    server.start()
-    try:
+    with private_postgres(shared_socket=True) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_postgres_down_during_tenant_add_is_unavailable_then_heals(make_daemon, own_postgres) -> None:

@@ -35,17 +35,22 @@ def invalid_rows(daemon) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {r["tenant"]: r["message"] for r in rows if r["state"] == "invalid"}
 
 
+def with_a_good_tenant(make_daemon):  # type: ignore[no-untyped-def]
+    """A started daemon with one tenant whose services are ready: (daemon, its id, their pids)."""
+    daemon = make_daemon()
+    good = unique_id()
+    write_tenant(daemon.root, good)
+    daemon.start()
+    return daemon, good, wait_for(lambda: ready_pids(daemon, [good]), what="the good tenant ready")
+
+
 def oraclewad_check(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "oraclewad"), "check", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
 
 
 def test_hostile_tenant_files_are_reported_and_nobody_else_moves(make_daemon) -> None:
-    daemon = make_daemon()
-    good = unique_id()
-    write_tenant(daemon.root, good)
-    daemon.start()
-    before = wait_for(lambda: ready_pids(daemon, [good]), what="the good tenant ready")
+    daemon, good, before = with_a_good_tenant(make_daemon)
     expected = plant(daemon.root / "tenants.d")
 
     started = time.monotonic()
@@ -120,11 +125,7 @@ def test_strings_from_outside_have_limits_and_no_control_characters(tmp_path: Pa
 
 
 def test_requests_with_oversized_strings_are_invalid_argument(make_daemon) -> None:
-    daemon = make_daemon()
-    good = unique_id()
-    write_tenant(daemon.root, good)
-    daemon.start()
-    before = wait_for(lambda: ready_pids(daemon, [good]), what="the good tenant ready")
+    daemon, good, before = with_a_good_tenant(make_daemon)
     code, _, err = ctl_in_process(daemon.socket_path, "tenant", "add", unique_id(), "--name", "N" * 3_000_000)
     assert code == 1 and "at most" in err and len(err) < 1000, err[:2000]
     sock = daemon.socket_path

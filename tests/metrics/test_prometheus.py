@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import free_port_base, wait_for
 from tests.metrics.conftest import MetricsDaemon
+from tests.support.system import stop_process
 
 
 @pytest.fixture
@@ -46,12 +47,7 @@ scrape_configs:
         wait_for(lambda: _ready(url, proc), timeout=60, what="prometheus ready")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from psycopg import sql
 from oraclewad import migrations
 from oraclewad.migrations import SchemaMismatch
 from tests.provision.conftest import Backend
+from tests.support.system import in_threads
 
 
 def write(d: Path, files: dict[str, str]) -> Path:
@@ -85,18 +85,15 @@ def test_check_older_and_newer(tmp_path: Path, scratch_db: str) -> None:
         with pytest.raises(SchemaMismatch) as no_schema:
             migrations.check(conn, ms)
         assert "at schema version 0, this release needs 3" in str(no_schema.value)
-        migrations.apply(conn, ms[:1])
-        with pytest.raises(SchemaMismatch) as older:
-            migrations.check(conn, ms[:2])
-        assert str(older.value) == (
-            f"database {dbname} is at schema version 1, this release needs 2: run `oraclectl reload` "
-            "or re-provision to apply migrations")
-        migrations.apply(conn, ms)
-        with pytest.raises(SchemaMismatch) as newer:
-            migrations.check(conn, ms[:2])
-        assert str(newer.value) == (
-            f"database {dbname} is at schema version 3, newer than this release understands (2) and "
-            "not declared backward compatible (0003_c): deploy a newer release")
+        for applied, message in (
+                (ms[:1], f"database {dbname} is at schema version 1, this release needs 2: run "
+                         "`oraclectl reload` or re-provision to apply migrations"),
+                (ms, f"database {dbname} is at schema version 3, newer than this release understands (2) "
+                     "and not declared backward compatible (0003_c): deploy a newer release")):
+            migrations.apply(conn, applied)
+            with pytest.raises(SchemaMismatch) as mismatch:
+                migrations.check(conn, ms[:2])     # a release that knows 0001 and 0002
+            assert str(mismatch.value) == message
         migrations.check(conn, ms)
 
 
@@ -162,11 +159,7 @@ def test_concurrent_appliers_apply_once(tmp_path: Path, scratch_db: str) -> None
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(run, 3)
     assert not errors
     assert sorted(v for r in results for v in r) == [1, 2]
     with psycopg.connect(scratch_db) as conn:

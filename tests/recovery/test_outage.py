@@ -4,10 +4,7 @@ PostgreSQL (the machine's shared server is never stopped)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,18 +13,13 @@ import trio
 from oraclewad.provision.embedded import EmbeddedPostgres
 from tests.recovery.conftest import make_database
 from tests.recovery.support import order, post_order, rows
+from tests.support.servers import private_postgres
 
 
 @pytest.fixture
 def private_pg() -> Iterator[EmbeddedPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="owa-rec-outage-"))
-    server = EmbeddedPostgres(base / "pg")
-    server.start()
-    try:
+    with private_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_database_down_answers_503_and_loses_nothing_acknowledged(start_recovery, private_pg):

@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 EXTERNAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 EXTERNAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -115,7 +117,40 @@ def unique_id(prefix: str) -> str:
     return f"{prefix}{os.urandom(4).hex()}"
 
 
-def oraclectl(socket_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """`oraclectl --socket SOCKET ARGS...` as the operator runs it (this interpreter's venv)."""
+class OraclectlFailed(AssertionError, RuntimeError):
+    """oraclectl exited non-zero: a failed assertion to a test, a failed run to a bench script."""
+
+
+def oraclectl(socket_path: Path, *args: str, timeout: float,
+              check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`oraclectl --socket SOCKET ARGS...` as the operator runs it (this interpreter's venv);
+    check: a non-zero exit raises OraclectlFailed with what it printed."""
     argv = [str(Path(sys.executable).parent / "oraclectl"), "--socket", str(socket_path), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise OraclectlFailed(f"oraclectl {' '.join(args)} -> exit {result.returncode}\n"
+                              f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+# ---- threads and processes -------------------------------------------------------------------
+
+def in_threads(fn: Callable[[], object], count: int) -> None:
+    """Run fn in `count` threads at once (a race), and wait for them all."""
+    threads = [threading.Thread(target=fn) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

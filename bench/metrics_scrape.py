@@ -80,9 +80,6 @@ def main() -> None:
                                 policy="start_timeout = 300.0",
                                 extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
                                       f"child_timeout = {args.child_timeout}\n")
-        # write_config's own `[metrics] listen = ""` comes first; the later table must replace it.
-        text = config.read_text().replace('[metrics]\nlisten = ""\n', "", 1)
-        config.write_text(text)
         for tid in ids:
             b.write_tenant(root, tid)
         daemon = b.Daemon(root, config, cleanup)

@@ -22,6 +22,7 @@ from tests.support.system import (  # noqa: F401 (the tests import these from he
     external_servers_reachable,
     free_port,
     oraclectl,
+    write_daemon_config,
 )
 from tests.support.system import unique_id as _unique_id
 
@@ -30,33 +31,12 @@ BIN = Path(sys.executable).parent
 
 
 def write_config(root: Path, *, backend: str = "embedded", extra: str = "", policy: str = "") -> Path:
-    """A daemon config under root; backend "external" uses the machine's PostgreSQL and Redis."""
-    servers = ""
-    if backend == "external":
-        servers = ('[postgres]\ndsn = "postgresql://postgres@127.0.0.1:5432/postgres"\n'
-                   '[redis]\nurl = "redis://127.0.0.1:6379/0"\n')
-    (root / "tenants.d").mkdir(parents=True, exist_ok=True)
-    config = root / "oraclewad.toml"
-    metrics = "" if "[metrics]" in extra else '[metrics]\nlisten = ""'
-    config.write_text(f"""
-[daemon]
-tenants_dir = "tenants.d"
-state_dir = "state"
-log_dir = "log"
-run_dir = "run"
-releases_dir = "releases"
-[services]
-port_range = [{free_port_base()}, {free_port_base() + 199}]
-{metrics}
-[policy]
-backoff_initial = 0.1
-backoff_max = 2.0
-stop_grace = 3.0
-{policy}
-{servers}
-{extra}
-""")
-    return config
+    """A daemon config under root, restarting fast; backend "external" uses the machine's PostgreSQL
+    and Redis."""
+    fast = "backoff_initial = 0.1\nbackoff_max = 2.0\nstop_grace = 3.0\n"
+    base = free_port_base()
+    return write_daemon_config(root, backend=backend, port_range=(base, base + 199), policy=fast + policy,
+                               extra=extra)
 
 
 _PORT_BASE: list[int] = []
@@ -229,6 +209,17 @@ def running_daemon(root: Path, *, backend: str, extra: str = "", policy: str = "
         daemon.stop()
         if backend == "external":
             drop_external(tenant_ids(root))
+
+
+@contextmanager
+def control_daemon(root: Path, *, backend: str) -> Iterator[Daemon]:
+    """running_daemon with TCP control on and a second installed release, 2.1.0 (this interpreter)."""
+    release = root / "releases" / "2.1.0"
+    release.mkdir(parents=True)
+    (release / "release.toml").write_text(f'python = "{sys.executable}"\n')
+    tcp = f'[control]\ntcp = "127.0.0.1:{free_port()}"\n'
+    with running_daemon(root, backend=backend, extra=tcp) as daemon:
+        yield daemon
 
 
 def ctl_in_process(socket_path: Path, *argv: str, stdin: str | io.StringIO = "") -> tuple[int, str, str]:

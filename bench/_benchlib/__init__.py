@@ -57,6 +57,7 @@ from tests.support.system import (  # noqa: E402, F401 (after ensure_venv; the s
     stat_fields,
     stop_process,
     unique_id,
+    write_daemon_config,
 )
 
 BIN = Path(sys.executable).parent
@@ -251,28 +252,8 @@ def free_port_block(size: int) -> int:
 def write_config(root: Path, *, backend: str, port_base: int, port_count: int, extra: str = "",
                  policy: str = "") -> Path:
     """A daemon config under root, default policy unless `policy` overrides keys."""
-    servers = ""
-    if backend == "external":
-        servers = f'[postgres]\ndsn = "{EXTERNAL_PG}"\n[redis]\nurl = "{EXTERNAL_REDIS}"\n'
-    (root / "tenants.d").mkdir(parents=True, exist_ok=True)
-    config = root / "oraclewad.toml"
-    config.write_text(f"""
-[daemon]
-tenants_dir = "tenants.d"
-state_dir = "state"
-log_dir = "log"
-run_dir = "run"
-releases_dir = "releases"
-[services]
-port_range = [{port_base}, {port_base + port_count - 1}]
-[metrics]
-listen = ""
-[policy]
-{policy}
-{servers}
-{extra}
-""")
-    return config
+    return write_daemon_config(root, backend=backend, port_range=(port_base, port_base + port_count - 1),
+                               policy=policy, extra=extra)
 
 
 def write_tenant(root: Path, tenant_id: str, services: str = '"all"', body: str = "") -> Path:

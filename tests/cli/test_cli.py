@@ -25,9 +25,9 @@ import pytest
 
 from tests.harness import (
     Daemon,
+    control_daemon,
     ctl_in_process,
     free_port,
-    running_daemon,
     running_tenant,
     tcp_address,
     unique_id,
@@ -55,11 +55,7 @@ SOMETHING_NEW=1
 def daemon(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Daemon]:
     """One real daemon for the module, with TCP on and a second installed release."""
     root = tmp_path_factory.mktemp("cli")
-    release = root / "releases" / "2.1.0"
-    release.mkdir(parents=True)
-    (release / "release.toml").write_text(f'python = "{sys.executable}"\n')
-    extra = f'[control]\ntcp = "127.0.0.1:{free_port()}"\n'
-    with running_daemon(root, backend=backend, extra=extra) as daemon:
+    with control_daemon(root, backend=backend) as daemon:
         yield daemon
 
 

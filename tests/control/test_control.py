@@ -39,7 +39,15 @@ from oraclewad.settings import LogSettings
 from oraclewad.supervisor.logsink import Compressor, LogWatchers, RotatingFile
 from tests import harness
 from tests.control.double import Harness
-from tests.harness import BIN, Daemon, free_port, running_daemon, tcp_address, unique_id, wait_for
+from tests.harness import (
+    BIN,
+    Daemon,
+    control_daemon,
+    free_port,
+    tcp_address,
+    unique_id,
+    wait_for,
+)
 from tests.support.logs import logged
 from tests.support.system import in_threads
 
@@ -55,11 +63,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[D
     run = root / "run"
     run.mkdir(mode=0o777)
     os.chmod(run, 0o777)  # an existing, too-open directory gets tightened
-    release = root / "releases" / "2.1.0"
-    release.mkdir(parents=True)
-    (release / "release.toml").write_text(f'python = "{sys.executable}"\n')
-    extra = f'[control]\ntcp = "127.0.0.1:{free_port()}"\n'
-    with running_daemon(root, backend=backend, extra=extra) as daemon:
+    with control_daemon(root, backend=backend) as daemon:
         yield daemon
 
 

@@ -133,6 +133,37 @@ def oraclectl(socket_path: Path, *args: str, timeout: float,
     return result
 
 
+# ---- daemon configs --------------------------------------------------------------------------
+
+def write_daemon_config(root: Path, *, backend: str, port_range: tuple[int, int], policy: str = "",
+                        extra: str = "") -> Path:
+    """root/oraclewad.toml with everything under root and an empty root/tenants.d. backend
+    "external": the machine's PostgreSQL and Redis (else embedded ones); `[metrics] listen = ""`
+    (no metrics port) unless `extra` has its own [metrics] table."""
+    servers = ""
+    if backend == "external":
+        servers = f'[postgres]\ndsn = "{EXTERNAL_PG}"\n[redis]\nurl = "{EXTERNAL_REDIS}"\n'
+    (root / "tenants.d").mkdir(parents=True, exist_ok=True)
+    metrics = "" if "[metrics]" in extra else '[metrics]\nlisten = ""'
+    config = root / "oraclewad.toml"
+    config.write_text(f"""
+[daemon]
+tenants_dir = "tenants.d"
+state_dir = "state"
+log_dir = "log"
+run_dir = "run"
+releases_dir = "releases"
+[services]
+port_range = [{port_range[0]}, {port_range[1]}]
+{metrics}
+[policy]
+{policy}
+{servers}
+{extra}
+""")
+    return config
+
+
 # ---- threads and processes -------------------------------------------------------------------
 
 def in_threads(fn: Callable[[], object], count: int) -> None:

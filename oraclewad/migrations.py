@@ -12,6 +12,12 @@ Migrations are forward-only. A file whose leading comments hold the line
 it leaves (it only adds: a table, a nullable column, an index). The flag is recorded with the
 version, so an older release (which does not have the file) can tell whether it may run, and a
 rollback past undeclared migrations is refused.
+
+SQL that two services' schemas share is written once, in `oraclewad/services/sql/`, and a
+migration names it on a line of its own with psql's include-relative command, `\\ir ../../sql/x.sql`.
+`discover()` puts the file's text in place of that line, so a migration's SQL (and any digest of it)
+is the same as when it was written out in full; a runner that does not know the line sends it to
+PostgreSQL, which refuses it, rather than skipping the shared part.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = ["Applied", "Migration", "SchemaMismatch", "applied", "applied_version
            "current_version", "discover"]
 
 _COMPATIBLE = re.compile(r"^--\s*backward[-_ ]compatible\s*:\s*(yes|true)\s*$", re.IGNORECASE)
+_INCLUDE = re.compile(r"^\\ir\s+(?P<path>\S+)\s*$")
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[A-Za-z0-9][A-Za-z0-9_-]*)\.sql$")
 
 # Advisory lock key (any constant bigint; advisory locks are scoped to the current database,
@@ -103,10 +110,30 @@ def discover(directory: Path) -> list[Migration]:
         if version in found:
             raise ValueError(f"{path}: duplicate migration version {version:04d} "
                              f"(also {found[version].path.name})")
-        text = path.read_text(encoding="utf-8")
+        text = _expand(path, path.read_text(encoding="utf-8"))
         found[version] = Migration(version=version, name=m["name"], path=path, sql=text,
                                    backward_compatible=_declares_compatible(text))
     return [found[v] for v in sorted(found)]
+
+
+def _expand(path: Path, text: str, depth: int = 0) -> str:
+    """`text` with each `\\ir FILE` line replaced by FILE's text (relative to `path`'s folder)."""
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        m = _INCLUDE.match(line.strip())
+        if m is None:
+            out.append(line)
+            continue
+        target = path.parent / m["path"]
+        if depth >= 4:
+            raise ValueError(f"{path}: \\ir {m['path']}: includes nest more than 4 deep")
+        try:
+            included = target.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{path}: \\ir {m['path']}: cannot read {target} ({exc.strerror}): "
+                             "the path is relative to the migration's folder") from None
+        out.append(_expand(target, included, depth + 1))
+    return "".join(out)
 
 
 def _table_exists(conn: psycopg.Connection) -> bool:

@@ -32,14 +32,7 @@ CREATE TABLE campaign_messages (
     body                text,                    -- rendered when claimed, kept for the record
     status              text        NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'claimed', 'sent', 'failed', 'skipped', 'cancelled')),
-    claimed_by          text,
-    claimed_at          timestamptz,
-    sent_at             timestamptz,
-    attempts            integer     NOT NULL DEFAULT 0,
-    last_error          text,
-    instance            text,                    -- Evolution instance that sent it
-    provider_message_id text,                    -- Evolution's key.id, to match messages.update
-    created_at          timestamptz NOT NULL DEFAULT now(),
+\ir ../../sql/outbox_columns.sql
     UNIQUE (campaign_id, contact_id)
 );
 CREATE INDEX campaign_messages_pending_idx ON campaign_messages (campaign_id, id) WHERE status = 'pending';

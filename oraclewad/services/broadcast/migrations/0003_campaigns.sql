@@ -59,9 +59,4 @@ CREATE TABLE campaign_tests (
 
 -- Opt-outs seen on this service's instances (the tenant-wide list lives in the shared database;
 -- manual messages are the anti-ban engine's, in its antiban_* tables).
-CREATE TABLE opt_outs (
-    phone       text        PRIMARY KEY,
-    instance    text        NOT NULL,
-    word        text        NOT NULL,
-    at          timestamptz NOT NULL
-);
+\ir ../../sql/opt_outs.sql

@@ -24,14 +24,7 @@ CREATE TABLE outbound_messages (
     status              text        NOT NULL DEFAULT 'pending'
                         CHECK (status IN ('pending', 'claimed', 'sent', 'failed', 'cancelled')),
     send_after          timestamptz NOT NULL DEFAULT now(),
-    claimed_by          text,
-    claimed_at          timestamptz,
-    sent_at             timestamptz,
-    attempts            integer     NOT NULL DEFAULT 0,
-    last_error          text,
-    instance            text,                    -- Evolution instance that sent it
-    provider_message_id text,                    -- Evolution's key.id, to match messages.update
-    created_at          timestamptz NOT NULL DEFAULT now(),
+\ir ../../sql/outbox_columns.sql
     UNIQUE (webhook_event_id, kind)
 );
 -- The claim query's path: due pending rows, oldest first.

@@ -52,9 +52,4 @@ CREATE TABLE manual_messages (
 );
 
 -- Opt-outs seen on this service's instances (the tenant-wide list lives in the shared database).
-CREATE TABLE opt_outs (
-    phone       text        PRIMARY KEY,
-    instance    text        NOT NULL,
-    word        text        NOT NULL,
-    at          timestamptz NOT NULL
-);
+\ir ../../sql/opt_outs.sql

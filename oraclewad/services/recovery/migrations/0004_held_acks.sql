@@ -2,20 +2,7 @@
 -- backward-compatible: yes
 -- (it only adds a table and an index: a release of schema 3 never looks at them)
 
--- Evolution posts the SERVER_ACK of a send while its sendText answer (which carries the id) is
--- still on its way, so an ack can name an id no row holds yet. Guessing its row by phone would
--- pin it on the wrong message (several messages to one customer, or a row of a sender that died
--- before its send left): such an ack waits here until the answer brings the id (record_sent), or,
--- once no send that was in flight when it came can still claim it, resolves an `uncertain` row.
-CREATE TABLE held_acks (
-    provider_message_id text        PRIMARY KEY,
-    instance            text        NOT NULL,
-    phone               text,                    -- E.164 digits, NULL when the event named none
-    status              text        NOT NULL,    -- our status: sent, delivered, read, failed
-    received_at         timestamptz NOT NULL
-);
-CREATE INDEX held_acks_received_idx ON held_acks (received_at);
-
+\ir ../../sql/held_acks.sql
 -- Rows an unknown id may belong to: sent or in flight without a known id.
 CREATE INDEX outbound_messages_unresolved_idx ON outbound_messages (instance, phone, claimed_at)
     WHERE provider_message_id IS NULL AND status IN ('sending', 'uncertain');

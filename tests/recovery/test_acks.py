@@ -7,7 +7,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from oraclewad.services.outbox import HELD_KEEP
 from oraclewad.services.recovery import store
+
+OUTBOX = store.OUTBOX
 
 PHONE = "5511987654321"
 T0 = 1_800_000_000.0
@@ -42,18 +45,18 @@ def test_acks_that_overtake_their_answers_never_land_on_another_row(db):
     a = claimed(db, 1, T0 + 10)
     b = claimed(db, 2, T0 + 11)
     # Both acks arrive before the answers that carry their ids.
-    assert store.apply_ack(db, "rec-1", "id-a", PHONE, "SERVER_ACK", T0 + 11.1) == "held"
-    assert store.apply_ack(db, "rec-1", "id-b", PHONE, "SERVER_ACK", T0 + 11.2) == "held"
-    store.record_sent(db, a, "id-a", 50, T0 + 11.3)
-    store.record_sent(db, b, "id-b", 50, T0 + 11.4)
+    assert OUTBOX.apply_ack(db, "rec-1", "id-a", PHONE, "SERVER_ACK", T0 + 11.1) == "held"
+    assert OUTBOX.apply_ack(db, "rec-1", "id-b", PHONE, "SERVER_ACK", T0 + 11.2) == "held"
+    OUTBOX.record_sent(db, a.id, a.instance, "id-a", T0 + 11.3, 50)
+    OUTBOX.record_sent(db, b.id, b.instance, "id-b", T0 + 11.4, 50)
     assert (state(db, a), state(db, b)) == (("sent", "id-a"), ("sent", "id-b"))
     # S is swept uncertain; no ack is left over to resolve it: it was never sent, and stays unknown.
-    assert store.sweep_stale(db, T0 + 9, T0 + 30) == 1
-    assert store.settle_held(db, T0 + 30, T0 + 30) == 0
+    assert OUTBOX.sweep_stale(db, T0 + 9, T0 + 30) == 1
+    assert OUTBOX.settle_held(db, T0 + 30, T0 + 30) == 0
     assert state(db, s) == ("uncertain", None)
     assert db.execute("SELECT count(*) FROM held_acks").fetchone() == (0,)
     # Later acks go to their own rows.
-    assert store.apply_ack(db, "rec-1", "id-b", PHONE, "DELIVERY_ACK", T0 + 31) == "applied"
+    assert OUTBOX.apply_ack(db, "rec-1", "id-b", PHONE, "DELIVERY_ACK", T0 + 31) == "applied"
     assert (state(db, a), state(db, b)) == (("sent", "id-a"), ("delivered", "id-b"))
 
 
@@ -61,30 +64,30 @@ def test_a_held_ack_resolves_the_uncertain_row_once_no_send_in_flight_can_own_it
     s = claimed(db, 0, T0)                     # its send did reach Evolution; the process died
     b = claimed(db, 1, T0 + 10)                # in flight on the same instance to the same number
     # S's ack (retried by Evolution) reaches the new process while B is in flight: it cannot tell.
-    assert store.apply_ack(db, "rec-1", "id-s", PHONE, "DELIVERY_ACK", T0 + 10.5) == "held"
-    store.record_sent(db, b, "id-b", 50, T0 + 10.6)
-    assert store.settle_held(db, T0 + 10, T0 + 12) == 0       # not past the cut-off yet
-    store.sweep_stale(db, T0 + 5, T0 + 20)
-    assert store.settle_held(db, T0 + 11, T0 + 20) == 1
+    assert OUTBOX.apply_ack(db, "rec-1", "id-s", PHONE, "DELIVERY_ACK", T0 + 10.5) == "held"
+    OUTBOX.record_sent(db, b.id, b.instance, "id-b", T0 + 10.6, 50)
+    assert OUTBOX.settle_held(db, T0 + 10, T0 + 12) == 0       # not past the cut-off yet
+    OUTBOX.sweep_stale(db, T0 + 5, T0 + 20)
+    assert OUTBOX.settle_held(db, T0 + 11, T0 + 20) == 1
     assert (state(db, s), state(db, b)) == (("delivered", "id-s"), ("sent", "id-b"))
 
 
 def test_with_nothing_in_flight_an_unknown_id_resolves_the_uncertain_row_at_once(db):
     u = claimed(db, 0, T0)
-    store.set_status(db, u.id, "uncertain", "outcome unknown: timeout", T0 + 3)
+    OUTBOX.set_status(db, u.id, "uncertain", "outcome unknown: timeout", T0 + 3)
     other = claimed(db, 1, T0 + 1, instance="rec-2")   # another instance's send does not hold it up
-    assert store.apply_ack(db, "rec-1", "id-u", PHONE, "SERVER_ACK", T0 + 4) == "applied"
+    assert OUTBOX.apply_ack(db, "rec-1", "id-u", PHONE, "SERVER_ACK", T0 + 4) == "applied"
     assert state(db, u) == ("sent", "id-u")
     assert state(db, other) == ("sending", None)
-    assert store.apply_ack(db, "rec-1", "id-u", PHONE, "SERVER_ACK", T0 + 5) == "ignored"  # a replay
+    assert OUTBOX.apply_ack(db, "rec-1", "id-u", PHONE, "SERVER_ACK", T0 + 5) == "ignored"  # a replay
 
 
 def test_an_ack_that_came_before_a_claim_never_resolves_that_row(db):
     # Typed on the phone by the owner: Evolution acks a message we never sent.
-    assert store.apply_ack(db, "rec-1", "id-manual", PHONE, "SERVER_ACK", T0) == "held"
+    assert OUTBOX.apply_ack(db, "rec-1", "id-manual", PHONE, "SERVER_ACK", T0) == "held"
     later = claimed(db, 0, T0 + 1)
-    store.set_status(db, later.id, "uncertain", "outcome unknown: timeout", T0 + 3)
-    assert store.settle_held(db, T0 + 10, T0 + 10) == 0
+    OUTBOX.set_status(db, later.id, "uncertain", "outcome unknown: timeout", T0 + 3)
+    assert OUTBOX.settle_held(db, T0 + 10, T0 + 10) == 0
     assert state(db, later) == ("uncertain", None)
-    store.settle_held(db, T0, T0 + store.HELD_KEEP + 1)
+    OUTBOX.settle_held(db, T0, T0 + HELD_KEEP + 1)
     assert db.execute("SELECT count(*) FROM held_acks").fetchone() == (0,)

@@ -65,9 +65,12 @@ def broken(releases_dir: Path, version: str, script: str, migrations: dict[str, 
 
 
 def failing_migrations(root: Path) -> Path:
-    """recovery's migrations plus one that adds a table and then fails."""
-    d = root / "bad-migrations"
-    shutil.copytree(releases.bundled().migrations["recovery"], d)
+    """recovery's migrations plus one that adds a table and then fails (beside a copy of the
+    services' shared SQL, which the migrations include by a relative path)."""
+    shipped = releases.bundled().migrations["recovery"]
+    d = root / "bad" / "recovery" / "migrations"
+    shutil.copytree(shipped, d)
+    shutil.copytree(shipped.parents[1] / "sql", root / "bad" / "sql")
     (d / f"{SHIPPED + 1:04d}_half_done.sql").write_text(
         "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
     return d

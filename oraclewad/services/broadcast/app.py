@@ -19,11 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oraclewad import broadcast_plan
+from oraclewad.services import outbox
 from oraclewad.services.broadcast import api, store
-from oraclewad.services.broadcast.events import EvolutionEvents
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
 from oraclewad.services.broadcast.recipients import Parsed
 from oraclewad.services.broadcast.sender import Sender, render
+from oraclewad.services.outbox import wiring
 from oraclewad.services.runtime import ServiceContext
 from oraclewad.services.suppression import SuppressionList
 from oraclewad.services.web import json_error_handlers
@@ -67,8 +68,10 @@ class BroadcastService:
                                  metrics=self.metrics, clock=clock, log=self.log, errors=self.errors,
                                  stale_after=rules.delay_max + send_timeout + 30.0,
                                  on_figures=self.refresh_figures)
-        self.events = EvolutionEvents(db=self.db, suppression=self.suppression, metrics=self.metrics,
-                                      engine=self.engine, clock=clock, poke=self.poke, log=self.log)
+        self.events = outbox.EvolutionEvents(
+            outbox=store.OUTBOX, db=self.db, suppression=self.suppression,
+            counter=self.metrics.evolution_events, engine=self.engine, manual=None,
+            clock=clock, poke=self.poke, log=self.log)
 
     def poke(self) -> None:
         if self.sender is not None:
@@ -297,36 +300,14 @@ def _tokens(config: Any) -> Callable[[], list[str]]:
     return tokens
 
 
-async def _unauthenticated(request: Request) -> Response:
-    return JSONResponse({"error": "unauthorized", "detail": "this service has no Evolution webhook key "
-                         "([evolution] url in the tenant file)"}, status_code=401)
-
-
 def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) -> Starlette:
     service = BroadcastService(ctx, clock=clock)
-    routes = [Route("/", service.index, methods=["GET"]), *api.routes(service, token=_tokens(ctx.config))]
-    if ctx.instances is not None:
-        from oraclewad.services.instances import events_route
-
-        routes.append(events_route(ctx, service.events))
-    else:
-        routes.append(Route("/webhooks/evolution", _unauthenticated, methods=["POST"]))
-    if service.sender is not None:
-        from oraclewad.services.antiban import service as antiban_service
-
-        # GET /instances shows each instance's anti-ban state; POST /instances/{name}/attest.
-        antiban_service.attach(ctx, service.engine, service.db, clock)
-        ctx.start_soon(service.sender.run)
-    ctx.start_soon(_close_at_exit, service.suppression)
+    routes = [Route("/", service.index, methods=["GET"]), *api.routes(service, token=_tokens(ctx.config)),
+              wiring.attach(ctx, on_event=service.events, engine=service.engine, sender=service.sender,
+                            suppression=service.suppression, db=service.db, clock=clock)]
     ctx.admin_routes.extend(api.routes(service))
     ctx.health_checks["campaigns"] = service.health
     app = Starlette(routes=routes, exception_handlers=json_error_handlers())
     app.state.broadcast = service
     return app
 
-
-async def _close_at_exit(suppression: SuppressionList) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        await trio.to_thread.run_sync(suppression.close)

@@ -5,9 +5,10 @@ against the tenant's suppression list (an opt-out that arrived after the import 
 message), their text is drawn (once, seeded by campaign and phone, then kept), and the engine's
 reservation and the row's `sending` mark commit together before any byte goes to Evolution.
 A process that dies in between leaves the row `sending`; the sweep turns it `uncertain` once no
-live sender can still be waiting for Evolution's answer, and `uncertain` is never resent (a later
-messages.update for that number on that instance resolves it). So a recipient gets at most one
-message per campaign across crashes, restarts and release swaps.
+live sender can still be waiting for Evolution's answer, and `uncertain` is never resent (an ack
+for that number on that instance may resolve it: services/outbox matches acks, and records each
+send's outcome). So a recipient gets at most one message per campaign across crashes, restarts
+and release swaps.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from psycopg_pool import PoolTimeout
 from oraclewad.services.broadcast import store
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
 from oraclewad.services.broadcast.recipients import variables
+from oraclewad.services.outbox import Recorder
 from oraclewad.services.suppression import SuppressionList
 from oraclewad.templating import TemplateError, TemplateSet, parse_set
 
 BATCH = 20
 IDLE_WAIT = 5.0       # seconds between polls when nothing is due (an API call or an event wakes it)
 SWEEP_EVERY = 5.0
-RETRY_RECORD = 1.0
+OUTBOX = store.OUTBOX
 
 
 def render(templates: Any, campaign_id: int, phone: str, name: str, values: dict[str, str]) -> str:
@@ -76,6 +78,8 @@ class Sender:
         self.sweep_every = SWEEP_EVERY
         self.sleeping_until: float | None = None   # trio time it sleeps until (a test drives a clock by it)
         self._wakeup = trio.Event()
+        self.recorder = Recorder(outbox=OUTBOX, db=db, engine=engine, clock=clock, log=log, errors=errors,
+                                 observe=lambda result, _s: metrics.sends.labels(result).inc())
 
     def poke(self) -> None:
         """Something may be sendable now (a start, a resume, an instance back): look at once."""
@@ -110,10 +114,13 @@ class Sender:
                 self._wakeup = trio.Event()
 
     async def sweep(self, now: float) -> None:
-        stale = await self.db(store.sweep_stale, now - self.stale_after, now)
+        stale = await self.db(OUTBOX.sweep_stale, now - self.stale_after, now)
         if stale:
             self.errors.warning("campaign messages with unknown outcome marked uncertain (never resent)",
                                 extra={"count": stale})
+        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
+        if resolved := await self.db(OUTBOX.settle_held, now - self.stale_after, now):
+            self.log.info("uncertain messages resolved by messages.update", extra={"count": resolved})
         for campaign_id, status in await self.db(store.tick, now):
             self.log.info(f"campaign {status}", extra={"campaign": campaign_id, "status": status})
         observe = getattr(self.engine, "observe", None)
@@ -150,17 +157,17 @@ class Sender:
                        if self.suppression.enabled else set())
             for msg in due:
                 if msg.phone in blocked:
-                    store.set_status(conn, msg.id, "suppressed", "the contact opted out", now)
+                    OUTBOX.set_status(conn, msg.id, "suppressed", "the contact opted out", now)
                     self.log.info("recipient suppressed at send time",
                                   extra={"campaign": msg.campaign_id, "recipient": msg.id})
                     continue
                 try:
                     body = msg.body or render(msg.templates, msg.campaign_id, msg.phone, msg.name, msg.vars)
                 except TemplateError as exc:  # validated at create/edit; a hand-edited row may not be
-                    store.set_status(conn, msg.id, "failed", f"template: {exc}", now)
+                    OUTBOX.set_status(conn, msg.id, "failed", f"template: {exc}", now)
                     continue
                 if not body:
-                    store.set_status(conn, msg.id, "failed", "the template rendered an empty text", now)
+                    OUTBOX.set_status(conn, msg.id, "failed", "the template rendered an empty text", now)
                     continue
                 decision = self.engine.reserve(conn, now, text=body, phone=msg.phone)
                 if isinstance(decision, Lease):
@@ -168,7 +175,7 @@ class Sender:
                                     decision))
                     self._served(msg.campaign_id)
                 elif isinstance(decision, Skip):
-                    store.set_status(conn, msg.id, "invalid", decision.reason, now)
+                    OUTBOX.set_status(conn, msg.id, "invalid", decision.reason, now)
                 else:  # Wait: no instance may send now; the rest of the batch waits with it
                     store.keep_body(conn, msg.id, body)
                     self.waiting = (decision.until, decision.reason)
@@ -179,70 +186,8 @@ class Sender:
 
     async def _send(self, msg: store.Claimed, lease: Any) -> None:
         try:
-            await self._send_and_record(msg, lease)
+            await self.recorder.send(self.client, msg.id, msg.instance, msg.phone, msg.body, lease,
+                                     {"campaign": msg.campaign_id, "recipient": msg.id})
         finally:
             self.in_flight -= 1
             self.poke()
-
-    async def _send_and_record(self, msg: store.Claimed, lease: Any) -> None:
-        from oraclewad.services.evolution import EvolutionError, FailureKind
-
-        started = time.perf_counter()
-        error: EvolutionError | None = None
-        sent = None
-        try:
-            sent = await self.client.send_text(msg.instance, msg.phone, msg.body,
-                                               delay_ms=int(getattr(lease, "delay_ms", 0)))
-        except EvolutionError as exc:
-            error = exc
-        elapsed = time.perf_counter() - started
-        now = self.clock()
-        extra = {"campaign": msg.campaign_id, "recipient": msg.id, "instance": msg.instance}
-        if sent is not None:
-            await self._record(self._outcome, now, lease, None, store.record_sent,
-                               (msg, sent.message_id, now), sent.message_id)
-            self.log.info("message sent", extra={**extra, "send_ms": round(elapsed * 1000, 1)})
-            self.metrics.sends.labels("sent").inc()
-            return
-        assert error is not None
-        kind = error.kind
-        self.metrics.sends.labels(str(kind)).inc()
-        if kind == FailureKind.AMBIGUOUS:
-            await self._record(self._outcome, now, lease, error, store.set_status,
-                               (msg.id, "uncertain", f"outcome unknown: {error}", now))
-            self.errors.warning("campaign send outcome unknown: uncertain, not resent",
-                                extra={**extra, "error": str(error)})
-        elif kind == FailureKind.NOT_ON_WHATSAPP:
-            await self._record(self._outcome, now, lease, error, store.set_status,
-                               (msg.id, "invalid", "the number is not on WhatsApp", now))
-        elif kind == FailureKind.REJECTED:
-            await self._record(self._outcome, now, lease, error, store.set_status,
-                               (msg.id, "failed", f"Evolution refused it: {error}", now))
-            self.errors.error("campaign send rejected", extra={**extra, "error": str(error)})
-        else:
-            # Connection closed (another instance takes it), unauthorized, 5xx: try again later.
-            delay = {FailureKind.CONNECTION_CLOSED: 1.0, FailureKind.UNAUTHORIZED: 60.0}.get(kind, 5.0)
-            await self._record(self._outcome, now, lease, error, store.postpone,
-                               (msg.id, now + delay, f"retrying: {error}", now))
-            log = self.errors.error if kind == FailureKind.UNAUTHORIZED else self.errors.warning
-            log("campaign send failed, will retry", extra={**extra, "kind": str(kind), "error": str(error)})
-
-    def _outcome(self, conn: psycopg.Connection, now: float, lease: Any, error: Any,
-                 fn: Callable[..., Any], args: tuple[Any, ...], message_id: str | None = None) -> None:
-        # The row's outcome and the engine's release commit together.
-        with conn.transaction():
-            fn(conn, *args)
-            self.engine.release(conn, lease, error, now, message_id)
-
-    async def _record(self, fn: Callable[..., Any], *args: Any) -> None:
-        # The outcome must reach the database; until it does the row stays `sending` (and would
-        # turn `uncertain` if this process died), never pending again.
-        while True:
-            try:
-                with trio.CancelScope(shield=True):
-                    await self.db(fn, *args)
-                return
-            except (psycopg.Error, PoolTimeout) as exc:
-                self.errors.error("cannot record a campaign send outcome yet, retrying",
-                                  extra={"error": type(exc).__name__})
-                await trio.sleep(RETRY_RECORD)

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from oraclewad.services.broadcast.recipients import Row
+from oraclewad.services.outbox import Outbox, ts
 
 STATUSES = ("pending", "sending", "sent", "delivered", "read", "failed", "invalid", "suppressed",
             "uncertain", "cancelled")
 DONE = ("sent", "delivered", "read")                       # Evolution accepted it
 FINAL = ("completed", "cancelled")
 EDITABLE = ("draft", "scheduled", "paused")                # templates and recipients may change
-ACK_STATUS = {"SERVER_ACK": "sent", "DELIVERY_ACK": "delivered", "READ": "read", "PLAYED": "read",
-              "ERROR": "failed"}
-RANK = {"pending": 0, "sending": 1, "uncertain": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 2}
+# Outcomes, the stale sweep and ack matching (held_acks, migration 0004): services/outbox. Test
+# messages' ids are ours too: their acks are no recipient's.
+OUTBOX = Outbox("recipients", "broadcast-ack:", also_ours=("campaign_tests",))
 
 
 class Conflict(ValueError):
@@ -31,10 +32,6 @@ class Conflict(ValueError):
 
 class NotFound(LookupError):
     pass
-
-
-def ts(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, tz=UTC)
 
 
 def _epoch(at: datetime | None) -> float | None:
@@ -271,36 +268,6 @@ def keep_body(conn: psycopg.Connection, recipient_id: int, body: str) -> None:
     conn.execute("UPDATE recipients SET body = %s WHERE id = %s AND body IS NULL", (body, recipient_id))
 
 
-def set_status(conn: psycopg.Connection, recipient_id: int, status: str, reason: str | None,
-               now: float) -> None:
-    # Only from pending (at claim) or sending (the outcome): a messages.update that overtook the
-    # sender's answer must not be undone by a late "uncertain".
-    conn.execute("UPDATE recipients SET status = %s, reason = %s, status_at = %s"
-                 " WHERE id = %s AND status IN ('pending', 'sending')",
-                 (status, reason, ts(now), recipient_id))
-
-
-def postpone(conn: psycopg.Connection, recipient_id: int, until: float, reason: str, now: float) -> None:
-    conn.execute("UPDATE recipients SET status = 'pending', send_after = %s, reason = %s, status_at = %s"
-                 " WHERE id = %s AND status = 'sending'", (ts(until), reason, ts(now), recipient_id))
-
-
-def record_sent(conn: psycopg.Connection, msg: Claimed, provider_id: str, now: float) -> None:
-    conn.execute(
-        "UPDATE recipients SET provider_message_id = COALESCE(provider_message_id, %s),"
-        " status = CASE WHEN status IN ('sending', 'uncertain') THEN 'sent' ELSE status END,"
-        " sent_at = %s, status_at = %s, reason = NULL WHERE id = %s",
-        (provider_id, ts(now), ts(now), msg.id))
-
-
-def sweep_stale(conn: psycopg.Connection, older_than: float, now: float) -> int:
-    """'sending' rows whose process never recorded an outcome become 'uncertain' (never resent)."""
-    return conn.execute(
-        "UPDATE recipients SET status = 'uncertain', status_at = %s,"
-        " reason = 'outcome unknown: the sender stopped before recording Evolution''s answer'"
-        " WHERE status = 'sending' AND claimed_at < %s", (ts(now), ts(older_than))).rowcount
-
-
 def next_due(conn: psycopg.Connection) -> float | None:
     """When a pending recipient of a running campaign is next due (now if one is), or a scheduled
     campaign starts; None when nothing waits."""
@@ -327,40 +294,3 @@ def pending_by_campaign(conn: psycopg.Connection) -> dict[int, int]:
 def running_order(conn: psycopg.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM campaigns WHERE status = 'running'"
                                        " ORDER BY started_at, id").fetchall()]
-
-
-# ---- Evolution events ------------------------------------------------------------------------
-
-def apply_ack(conn: psycopg.Connection, instance: str, key_id: str, phone: str | None, status: str,
-              now: float) -> str | None:
-    """messages.update: forward only; an `uncertain` (or still `sending`) recipient of that phone on
-    that instance without a known id takes this id (that is how an ambiguous send resolves)."""
-    new = ACK_STATUS.get(status)
-    if new is None:
-        return None
-    allowed = ([s for s, r in RANK.items() if r < RANK[new] and s != "failed"] if new != "failed"
-               else ["sending", "uncertain", "sent"])
-    row = conn.execute("UPDATE recipients SET status = %s, status_at = %s WHERE provider_message_id = %s"
-                       " AND status = ANY(%s) RETURNING id", (new, ts(now), key_id, allowed)).fetchone()
-    if row is None and phone:
-        if is_our_message(conn, key_id):
-            return None
-        row = conn.execute(
-            "UPDATE recipients SET status = %s, status_at = %s, provider_message_id = %s,"
-            " reason = CASE WHEN status = 'uncertain' THEN 'resolved by messages.update' ELSE reason END"
-            " WHERE id = (SELECT id FROM recipients WHERE instance = %s AND phone = %s"
-            " AND provider_message_id IS NULL AND status IN ('uncertain', 'sending')"
-            " ORDER BY claimed_at DESC LIMIT 1) RETURNING id",
-            (new, ts(now), key_id, instance, phone)).fetchone()
-    return new if row else None
-
-
-def is_our_message(conn: psycopg.Connection, key_id: str) -> bool:
-    return (conn.execute("SELECT 1 FROM recipients WHERE provider_message_id = %s", (key_id,)).fetchone()
-            is not None or conn.execute("SELECT 1 FROM campaign_tests WHERE provider_message_id = %s",
-                                        (key_id,)).fetchone() is not None)
-
-
-def record_opt_out(conn: psycopg.Connection, phone: str, instance: str, word: str, now: float) -> None:
-    conn.execute("INSERT INTO opt_outs (phone, instance, word, at) VALUES (%s, %s, %s, %s)"
-                 " ON CONFLICT DO NOTHING", (phone, instance, word, ts(now)))

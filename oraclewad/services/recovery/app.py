@@ -1,7 +1,7 @@
 """The recovery service's public HTTP app: order webhooks in, WhatsApp messages out.
 
 POST /webhooks/orders      the shop's order.expired / order.paid (shopauth.py says who may post)
-POST /webhooks/evolution   Evolution's events for this service's instances (evolution_events.py)
+POST /webhooks/evolution   Evolution's events for this service's instances (services/outbox/events.py)
 GET  /                     what this service is
 Admin socket: GET /recovery/report?since=<seconds>  (oraclectl recovery, through the daemon)
 """
@@ -22,11 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oraclewad import recovery_plan
+from oraclewad.services import outbox
 from oraclewad.services.antiban import Engine, Rules
-from oraclewad.services.antiban import service as antiban_service
 from oraclewad.services.groupcommit import GroupCommit
+from oraclewad.services.outbox import wiring
 from oraclewad.services.recovery import payload, store
-from oraclewad.services.recovery.events import EvolutionEvents
 from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.recovery.sender import Sender, Settings
 from oraclewad.services.recovery.shopauth import Secret, ShopAuth, Unauthorized
@@ -58,8 +58,6 @@ class RecoveryService:
         self.errors = ctx.log("error")
         self._db_limiter = ctx.limiter
         self.suppression = SuppressionList((ctx.config.get("shared") or {}).get("dsn"), ctx.service)
-        self.events = EvolutionEvents(db=self.db, suppression=self.suppression, metrics=self.metrics,
-                                      clock=clock, poke=self.poke, log=self.log)
         self.sender: Sender | None = None
         self.antiban: Engine | None = None
         client, instances = getattr(ctx, "evolution", None), getattr(ctx, "instances", None)
@@ -76,6 +74,10 @@ class RecoveryService:
                                                              int(rules.delay_max * 1000)),
                                  suppression=self.suppression, metrics=self.metrics, clock=clock,
                                  log=ctx.log("recovery"), errors=self.errors)
+        self.events = outbox.EvolutionEvents(
+            outbox=store.OUTBOX, db=self.db, suppression=self.suppression,
+            counter=self.metrics.evolution_events, engine=self.antiban, manual=store.record_manual,
+            clock=clock, poke=self.poke, log=self.log)
 
     def poke(self, due: float | None = None) -> None:
         if self.sender is not None:
@@ -239,29 +241,12 @@ def _tokens(config: Any) -> list[Secret]:
     return out
 
 
-async def _unauthenticated(request: Request) -> Response:
-    return JSONResponse({"error": "unauthorized", "detail": "this service has no Evolution webhook key "
-                         "([evolution] url in the tenant file)"}, status_code=401)
-
-
 def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) -> Starlette:
     service = RecoveryService(ctx, clock=clock)
     routes = [Route("/", service.index, methods=["GET"]),
-              Route("/webhooks/orders", service.orders_webhook, methods=["POST"])]
-    if getattr(ctx, "instances", None) is not None:
-        from oraclewad.services.instances import events_route
-
-        on_event = service.events
-        if service.antiban is not None:
-            on_event = antiban_service.upsert_handler(service.antiban, service.db, clock, then=service.events)
-        routes.append(events_route(ctx, on_event))
-    else:
-        routes.append(Route("/webhooks/evolution", _unauthenticated, methods=["POST"]))
-    if service.sender is not None:
-        ctx.start_soon(service.sender.run)
-    if service.antiban is not None:
-        antiban_service.attach(ctx, service.antiban, service.db, clock)
-    ctx.start_soon(_close_at_exit, service.suppression)
+              Route("/webhooks/orders", service.orders_webhook, methods=["POST"]),
+              wiring.attach(ctx, on_event=service.events, engine=service.antiban, sender=service.sender,
+                            suppression=service.suppression, db=service.db, clock=clock)]
     if hasattr(ctx, "admin_routes"):
         ctx.admin_routes.append(Route("/recovery/report", service.report, methods=["GET"]))
     if hasattr(ctx, "health_checks"):
@@ -270,9 +255,3 @@ def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) ->
     app.state.recovery = service
     return app
 
-
-async def _close_at_exit(suppression: SuppressionList) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        await trio.to_thread.run_sync(suppression.close)

@@ -6,7 +6,8 @@ tenant's `opt_out_scope` is "all"), and each remaining message is marked `sendin
 instance before any byte goes to Evolution. After the send the outcome is recorded; a process that
 dies in between leaves the row `sending`, and the sweep turns it `uncertain` once no live sender
 can still be waiting for Evolution's answer. `uncertain` is never resent: a later messages.update
-for the number on that instance resolves it (store.apply_ack, store.settle_held).
+for the number on that instance resolves it (services/outbox: Outbox.apply_ack, settle_held), and
+the send and its recorded outcome are services/outbox's Recorder.
 
 The engine's reservation is made in the claim's transaction, so a claim and its slot commit or
 roll back together; the slot's `delay_ms` (the per-instance gap) goes to Evolution as `delay`.
@@ -30,6 +31,7 @@ from psycopg_pool import PoolTimeout
 
 from oraclewad import recovery_plan
 from oraclewad.services.antiban import Engine, Lease, Skip, Wait
+from oraclewad.services.outbox import Recorder
 from oraclewad.services.recovery import store
 from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.suppression import SuppressionList
@@ -37,7 +39,7 @@ from oraclewad.services.suppression import SuppressionList
 BATCH = 20
 IDLE_WAIT = 5.0          # seconds between polls when nothing is due (a new order.paid wakes it at once)
 SWEEP_EVERY = 5.0
-RETRY_RECORD = 1.0
+OUTBOX = store.OUTBOX
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class Sender:
         self._wakeup = trio.Event()
         self._wake_at = -math.inf    # when the idle wait ends (-inf while a round runs)
         self._hint = math.inf        # the earliest due time poked during the round
+        self.recorder = Recorder(outbox=OUTBOX, db=db, engine=engine, clock=clock, log=log, errors=errors,
+                                 observe=lambda result, s: metrics.send_latency.labels(
+                                     "ok" if result == "sent" else result).observe(s))
 
     def poke(self, due: float | None = None) -> None:
         """Something may be sendable at `due` (None: now; an order.paid, an instance back, a send
@@ -142,12 +147,12 @@ class Sender:
                     await self._wakeup.wait()
 
     async def _sweep(self, now: float) -> None:
-        stale = await self.db(store.sweep_stale, now - self.settings.stale_after, now)
+        stale = await self.db(OUTBOX.sweep_stale, now - self.settings.stale_after, now)
         if stale:
             self.errors.warning("messages with unknown outcome marked uncertain (never resent)",
                                 extra={"count": stale})
         # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
-        if resolved := await self.db(store.settle_held, now - self.settings.stale_after, now):
+        if resolved := await self.db(OUTBOX.settle_held, now - self.settings.stale_after, now):
             self.log.info("uncertain messages resolved by messages.update", extra={"count": resolved})
         counts, depth, age = await self.db(_outbox_figures, now)
         self.metrics.set_counts(counts, depth, age)
@@ -168,26 +173,26 @@ class Sender:
             sendable: list[store.Due] = []
             for msg in due:
                 if msg.expires_at is not None and msg.expires_at.timestamp() < now:
-                    store.set_status(conn, msg.id, "dropped",
+                    OUTBOX.set_status(conn, msg.id, "dropped",
                                      "max_age: not sent in time (no instance could send, or the window "
                                      "was closed)", now)
                     continue
                 if msg.step > 1:
                     inside, opens = in_window(now, s.time_zone, s.window)
                     if not inside:
-                        store.postpone(conn, msg.id, opens, "waiting for the send window", now)
+                        OUTBOX.postpone(conn, msg.id, opens, "waiting for the send window", now, "pending")
                         continue
                 sendable.append(msg)
             if s.opt_out_scope == "all" and sendable and self.suppression.enabled:
                 blocked = self.suppression.contains_sync(m.phone for m in sendable)
                 for msg in [m for m in sendable if m.phone in blocked]:
-                    store.set_status(conn, msg.id, "suppressed", "the customer opted out", now)
+                    OUTBOX.set_status(conn, msg.id, "suppressed", "the customer opted out", now)
                     sendable.remove(msg)
             self.next_slot = now
             for msg in sendable:
                 got = self.engine.reserve(conn, now, text=msg.body, phone=msg.phone)
                 if isinstance(got, Skip):
-                    store.set_status(conn, msg.id, "invalid", got.reason, now)
+                    OUTBOX.set_status(conn, msg.id, "invalid", got.reason, now)
                     continue
                 if isinstance(got, Wait):
                     self.next_slot = got.until
@@ -201,60 +206,11 @@ class Sender:
         # a send already on its way finishes and is recorded, else its row turns uncertain and
         # is never sent. Bounded by stale_after, when the row would be presumed lost anyway.
         with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.stale_after):
-            await self._send_and_record(msg, lease)
-
-    async def _send_and_record(self, msg: store.Claimed, lease: Lease) -> None:
-        from oraclewad.services.evolution import EvolutionError, FailureKind
-
-        started = time.perf_counter()
-        error: EvolutionError | None = None
-        sent = None
-        try:
-            sent = await self.client.send_text(msg.instance, msg.phone, msg.body, delay_ms=lease.delay_ms)
-        except EvolutionError as exc:
-            error = exc
-        elapsed = time.perf_counter() - started
-        await self._record(self.engine.release, lease, error, self.clock(),
-                           sent.message_id if sent is not None else None)
-        self.poke()   # the instance is free again
-        self.metrics.send_latency.labels("ok" if error is None else str(error.kind)).observe(elapsed)
-        now = self.clock()
-        if sent is not None:
-            await self._record(store.record_sent, msg, sent.message_id, elapsed * 1000, now)
-            self.log.info("message sent", extra={
-                "message_id": msg.id, "kind": msg.kind, "instance": msg.instance,
-                "send_ms": round(elapsed * 1000, 1)})
-            return
-        assert error is not None
-        kind = error.kind
-        if kind == FailureKind.AMBIGUOUS:
-            await self._record(store.set_status, msg.id, "uncertain", f"outcome unknown: {error}", now)
-            self.errors.warning("send outcome unknown: message is uncertain, not resent",
-                                extra={"message_id": msg.id, "instance": msg.instance, "error": str(error)})
-        elif kind == FailureKind.NOT_ON_WHATSAPP:
-            await self._record(store.set_status, msg.id, "invalid", "the number is not on WhatsApp", now)
-        elif kind == FailureKind.REJECTED:
-            await self._record(store.set_status, msg.id, "failed", f"Evolution refused it: {error}", now)
-            self.errors.error("send rejected", extra={"message_id": msg.id, "error": str(error)})
-        else:
-            # Connection closed (another instance will take it), unauthorized, 5xx: try again later.
-            delay = {FailureKind.CONNECTION_CLOSED: 1.0, FailureKind.UNAUTHORIZED: 60.0}.get(kind, 5.0)
-            await self._record(store.postpone, msg.id, now + delay, f"retrying: {error}", now, "sending")
-            log = self.errors.error if kind == FailureKind.UNAUTHORIZED else self.errors.warning
-            log("send failed, will retry", extra={"message_id": msg.id, "instance": msg.instance,
-                                                  "kind": str(kind), "error": str(error)})
-
-    async def _record(self, fn: Callable[..., Any], *args: Any) -> None:
-        # The outcome must reach the database; until it does, the row stays `sending` (and would
-        # turn `uncertain` if this process died), never pending again.
-        while True:
             try:
-                await self.db(fn, *args)
-                return
-            except (psycopg.Error, PoolTimeout) as exc:
-                self.errors.error("cannot record a send outcome yet, retrying",
-                                  extra={"error": type(exc).__name__})
-                await trio.sleep(RETRY_RECORD)
+                await self.recorder.send(self.client, msg.id, msg.instance, msg.phone, msg.body, lease,
+                                         {"message_id": msg.id, "kind": msg.kind})
+            finally:
+                self.poke()   # the instance is free again
 
 
 def _outbox_figures(conn: psycopg.Connection, now: float) -> tuple[dict[str, int], int, float]:

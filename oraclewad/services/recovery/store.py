@@ -7,23 +7,15 @@ on a mock clock and the database agrees with the sender about what is due.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
+from oraclewad.services.outbox import Outbox, ts
 from oraclewad.services.phones import normalise
 from oraclewad.services.recovery.payload import OrderEvent
 from oraclewad.templating import TemplateSet, brl, parse_set, pt_br_datetime
-
-# messages.update status -> our status, and the order in which they may replace each other.
-ACK_STATUS = {"SERVER_ACK": "sent", "DELIVERY_ACK": "delivered", "READ": "read", "PLAYED": "read",
-              "ERROR": "failed"}
-RANK = {"pending": 0, "sending": 1, "uncertain": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 2}
-
-
-def ts(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -232,50 +224,14 @@ def claim(conn: psycopg.Connection, msg: Due, instance: str, worker: str, now: f
     return Claimed(msg.id, msg.phone, msg.body, msg.step, instance, msg.kind)
 
 
-def set_status(conn: psycopg.Connection, message_id: int, status: str, reason: str | None,
-               now: float) -> None:
-    # Only from pending (claim) or sending (outcome): a messages.update that overtook the sender's
-    # answer (the row is already sent/delivered) must not be undone by a late "uncertain".
-    conn.execute("UPDATE outbound_messages SET status = %s, reason = %s, status_at = %s"
-                 " WHERE id = %s AND status IN ('pending', 'sending')",
-                 (status, reason, ts(now), message_id))
-
-
-def postpone(conn: psycopg.Connection, message_id: int, until: float, reason: str | None, now: float,
-             from_status: str = "pending") -> None:
-    conn.execute("UPDATE outbound_messages SET status = 'pending', send_after = %s, reason = %s,"
-                 " status_at = %s WHERE id = %s AND status = %s",
-                 (ts(until), reason, ts(now), message_id, from_status))
-
-
-def record_sent(conn: psycopg.Connection, msg: Claimed, provider_id: str, send_ms: float, now: float) -> None:
-    # A messages.update may have overtaken this answer: it waits in held_acks (apply_ack), and is
-    # applied here, under the instance's lock, so no ack is matched while this row lacks its id.
-    _lock_instance(conn, msg.instance)
-    conn.execute(
-        "UPDATE outbound_messages SET provider_message_id = COALESCE(provider_message_id, %s),"
-        " status = CASE WHEN status IN ('sending', 'uncertain') THEN 'sent' ELSE status END,"
-        " sent_at = %s, send_ms = %s, status_at = %s, reason = NULL WHERE id = %s",
-        (provider_id, ts(now), send_ms, ts(now), msg.id))
-    if msg.step > 0:
-        _mark_reminded(conn, msg.id, now)
-    held = conn.execute("DELETE FROM held_acks WHERE provider_message_id = %s RETURNING status",
-                        (provider_id,)).fetchone()
-    if held is not None:
-        _advance(conn, provider_id, held[0], now)
-
-
 def _mark_reminded(conn: psycopg.Connection, message_id: int, now: float) -> None:
+    # A reminder (step > 0) that reached the customer marks its order reminded (the report's base).
     conn.execute("UPDATE orders SET reminded_at = COALESCE(reminded_at, %s) FROM outbound_messages m"
-                 " WHERE m.id = %s AND m.order_id = orders.order_id", (ts(now), message_id))
+                 " WHERE m.id = %s AND m.step > 0 AND m.order_id = orders.order_id", (ts(now), message_id))
 
 
-def sweep_stale(conn: psycopg.Connection, older_than: float, now: float) -> int:
-    """'sending' rows whose process never recorded an outcome become 'uncertain' (never resent)."""
-    return conn.execute(
-        "UPDATE outbound_messages SET status = 'uncertain', status_at = %s,"
-        " reason = 'outcome unknown: the sender stopped before recording Evolution''s answer'"
-        " WHERE status = 'sending' AND claimed_at < %s", (ts(now), ts(older_than))).rowcount
+# Outcomes, the stale sweep and ack matching (held_acks, migration 0004): services/outbox.
+OUTBOX = Outbox("outbound_messages", "recovery-ack:", on_sent=_mark_reminded, send_ms=True)
 
 
 def next_due(conn: psycopg.Connection) -> float | None:
@@ -283,147 +239,10 @@ def next_due(conn: psycopg.Connection) -> float | None:
     return row[0].timestamp() if row and row[0] else None
 
 
-def sent_today(conn: psycopg.Connection, since: float) -> dict[str, int]:
-    rows = conn.execute("SELECT instance, count(*) FROM outbound_messages WHERE instance IS NOT NULL"
-                        " AND claimed_at >= %s GROUP BY instance", (ts(since),)).fetchall()
-    return {name: n for name, n in rows}
-
-
-def last_sends(conn: psycopg.Connection) -> dict[str, float]:
-    rows = conn.execute("SELECT instance, max(claimed_at) FROM outbound_messages WHERE instance IS NOT NULL"
-                        " GROUP BY instance").fetchall()
-    return {name: at.timestamp() for name, at in rows if at}
-
-
-# ---- Evolution events ------------------------------------------------------------------------
-
-def _lock_instance(conn: psycopg.Connection, instance: str) -> None:
-    """Serialise, per instance, what gives a row its Evolution id (record_sent) with what looks a
-    row up by an id (apply_ack, settle_held): an ack sees the row either with its id or in flight."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("recovery-ack:" + instance,))
-
-
-def _allowed_before(new: str) -> list[str]:
-    if new == "failed":
-        return ["sending", "uncertain", "sent"]
-    return [s for s, r in RANK.items() if r < RANK[new] and s != "failed"]
-
-
-def _advance(conn: psycopg.Connection, key_id: str, new: str, now: float) -> bool:
-    """Move the row with this Evolution id forward to `new` (never back)."""
-    row = conn.execute(
-        "UPDATE outbound_messages SET status = %s, status_at = %s WHERE provider_message_id = %s"
-        " AND status = ANY(%s) RETURNING id, step", (new, ts(now), key_id, _allowed_before(new))).fetchone()
-    if row is not None and row[1] > 0 and new != "failed":
-        _mark_reminded(conn, row[0], now)
-    return row is not None
-
-
-def _resolve_uncertain(conn: psycopg.Connection, instance: str, phone: str, key_id: str, new: str,
-                       received: float, now: float) -> bool:
-    """An ack for an id no row holds resolves the oldest `uncertain` message to that phone on that
-    instance claimed before the ack came (a message claimed later cannot be the one acked)."""
-    row = conn.execute(
-        "UPDATE outbound_messages SET status = %s, status_at = %s, provider_message_id = %s,"
-        " reason = 'resolved by messages.update'"
-        " WHERE id = (SELECT id FROM outbound_messages WHERE instance = %s AND phone = %s"
-        " AND provider_message_id IS NULL AND status = 'uncertain' AND claimed_at <= %s"
-        " ORDER BY claimed_at, id LIMIT 1) RETURNING id, step",
-        (new, ts(now), key_id, instance, phone, ts(received))).fetchone()
-    if row is not None and row[1] > 0 and new != "failed":
-        _mark_reminded(conn, row[0], now)
-    return row is not None
-
-
-# Which of two statuses a held ack keeps (the furthest along).
-_HELD_ORDER = ["sent", "delivered", "read", "failed"]
-
-
-def apply_ack(conn: psycopg.Connection, instance: str, key_id: str, phone: str | None, status: str,
-              now: float) -> str:
-    """messages.update: move our message forward (never back). Returns what happened: `applied`,
-    `held` (an id no row holds yet: kept for the send answer that will bring it, see held_acks in
-    migration 0003), or `ignored`.
-
-    An id we do not know resolves an `uncertain` message to that number on that instance only when
-    no send to it is in flight there: while one is, the ack may be that send's, whose answer is
-    still on its way (Evolution posts the ack before it answers sendText)."""
-    new = ACK_STATUS.get(status)
-    if new is None:
-        return "ignored"
-    with conn.transaction():
-        _lock_instance(conn, instance)
-        if _advance(conn, key_id, new, now):
-            return "applied"
-        if is_our_message(conn, key_id):
-            return "ignored"    # ours and already at or past this status
-        if phone is not None and not _in_flight(conn, instance, phone) \
-                and _resolve_uncertain(conn, instance, phone, key_id, new, now, now):
-            return "applied"
-        _hold(conn, key_id, instance, phone, new, now)
-        return "held"
-
-
-def _in_flight(conn: psycopg.Connection, instance: str, phone: str) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM outbound_messages WHERE instance = %s AND phone = %s AND status = 'sending'"
-        " AND provider_message_id IS NULL LIMIT 1", (instance, phone)).fetchone() is not None
-
-
-def _hold(conn: psycopg.Connection, key_id: str, instance: str, phone: str | None, new: str,
-          now: float) -> None:
-    conn.execute(
-        "INSERT INTO held_acks (provider_message_id, instance, phone, status, received_at)"
-        " VALUES (%(id)s, %(instance)s, %(phone)s, %(status)s, %(at)s)"
-        " ON CONFLICT (provider_message_id) DO UPDATE SET status = CASE WHEN"
-        " array_position(%(order)s, EXCLUDED.status) > array_position(%(order)s, held_acks.status)"
-        " THEN EXCLUDED.status ELSE held_acks.status END",
-        {"id": key_id, "instance": instance, "phone": phone, "status": new, "at": ts(now),
-         "order": _HELD_ORDER})
-
-
-HELD_KEEP = 3600.0  # seconds an ack nobody claimed is kept (a message typed on the phone, say)
-
-
-def settle_held(conn: psycopg.Connection, settled_before: float, now: float) -> int:
-    """Held acks whose id a row has taken since are applied; those older than `settled_before`
-    (every send in flight when they came has recorded its answer or turned uncertain since) may
-    resolve an `uncertain` row; the rest are forgotten after HELD_KEEP. Returns rows resolved."""
-    resolved = 0
-    with conn.transaction():
-        for key_id, status in conn.execute(
-                "DELETE FROM held_acks h USING outbound_messages m"
-                " WHERE m.provider_message_id = h.provider_message_id"
-                " RETURNING h.provider_message_id, h.status").fetchall():
-            _advance(conn, key_id, status, now)
-        old = conn.execute(
-            "SELECT provider_message_id, instance, phone, status, received_at FROM held_acks"
-            " WHERE received_at < %s AND phone IS NOT NULL ORDER BY received_at",
-            (ts(settled_before),)).fetchall()
-        for key_id, instance, phone, status, received in old:
-            _lock_instance(conn, instance)
-            if not is_our_message(conn, key_id) and _resolve_uncertain(
-                    conn, instance, phone, key_id, status, received.timestamp(), now):
-                conn.execute("DELETE FROM held_acks WHERE provider_message_id = %s", (key_id,))
-                resolved += 1
-        conn.execute("DELETE FROM held_acks WHERE received_at < %s", (ts(now - HELD_KEEP),))
-    return resolved
-
-
 def record_manual(conn: psycopg.Connection, message_id: str, instance: str, jid: str, now: float) -> bool:
     return conn.execute("INSERT INTO manual_messages (message_id, instance, remote_jid, at)"
                         " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         (message_id, instance, jid, ts(now))).rowcount == 1
-
-
-def is_our_message(conn: psycopg.Connection, key_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM outbound_messages WHERE provider_message_id = %s",
-                        (key_id,)).fetchone() is not None
-
-
-def record_opt_out(conn: psycopg.Connection, phone: str, instance: str, word: str, now: float) -> None:
-    conn.execute("INSERT INTO opt_outs (phone, instance, word, at) VALUES (%s, %s, %s, %s)"
-                 " ON CONFLICT DO NOTHING", (phone, instance, word, ts(now)))
 
 
 # ---- report ----------------------------------------------------------------------------------

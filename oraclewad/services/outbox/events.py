@@ -1,16 +1,17 @@
-"""What recovery does with Evolution's events for its instances (POST /webhooks/evolution).
+"""What a sending service does with Evolution's events for its instances (POST /webhooks/evolution).
 
 The route itself (JWT check, instance ownership, connection.update -> instance states) is
 services/instances.py's `events_route`; this is the `on_event` it calls:
 
 - messages.update: our message moves to sent/delivered/read (never backwards); an update for an
   id we do not know yet is held until the send's answer brings it, or resolves an `uncertain`
-  message to that number on that instance once no send in flight can own it (store.apply_ack).
+  message to that number on that instance once no send in flight can own it (Outbox.apply_ack).
 - messages.upsert, inbound: a message that is only an opt-out word (SAIR, PARAR, STOP, CANCELAR,
   DESCADASTRAR) puts the phone on the tenant's suppression list, matched on the phone JID even
   when the event is LID-addressed.
-- messages.upsert, fromMe, not sent by us: a manual message (counted for the anti-ban rules).
-- connection.update: wakes the sender (an instance may be open again).
+- messages.upsert, fromMe, not sent by us: a manual message, counted by the anti-ban engine (and
+  handed to the service's `manual`, recovery's record of them).
+- connection.update: wakes the sender (an instance may be open again, or gone).
 """
 
 from __future__ import annotations
@@ -22,18 +23,25 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 
+from oraclewad.services.outbox.store import Outbox, record_opt_out
 from oraclewad.services.phones import jid_phone
-from oraclewad.services.recovery import store
-from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.suppression import SuppressionList, message_text, opt_out_word
+
+# manual(conn, key_id, instance, remote_jid, now) -> whether it was new
+Manual = Callable[[psycopg.Connection, str, str, str, float], bool]
+EVENTS = ("messages.update", "messages.upsert", "connection.update")
 
 
 class EvolutionEvents:
-    def __init__(self, *, db: Callable[..., Any], suppression: SuppressionList, metrics: RecoveryMetrics,
-                 clock: Callable[[], float], poke: Callable[[], None], log: Any) -> None:
+    def __init__(self, *, outbox: Outbox, db: Callable[..., Any], suppression: SuppressionList,
+                 counter: Any, engine: Any, manual: Manual | None, clock: Callable[[], float],
+                 poke: Callable[[], None], log: Any) -> None:
+        self.outbox = outbox
         self.db = db
         self.suppression = suppression
-        self.metrics = metrics
+        self.counter = counter        # a prometheus Counter labelled (event, result)
+        self.engine = engine          # the anti-ban engine, None without instances
+        self.manual = manual
         self.clock = clock
         self.poke = poke
         self.log = log
@@ -44,15 +52,15 @@ class EvolutionEvents:
         data = event.get("data")
         if not isinstance(data, dict):
             return
-        label = name if name in ("messages.update", "messages.upsert", "connection.update") else "other"
+        label = name if name in EVENTS else "other"
         try:
             result = await self._handle(name, instance, data)
         except (psycopg.Error, PoolTimeout):
-            self.metrics.evolution_events.labels(label, "unavailable").inc()
+            self.counter.labels(label, "unavailable").inc()
             # Evolution retries a 5xx: nothing is lost while the database is away.
             raise HTTPException(503, "the database is unavailable; retry later",
                                 headers={"Retry-After": "5"}) from None
-        self.metrics.evolution_events.labels(label, result).inc()
+        self.counter.labels(label, result).inc()
 
     async def _handle(self, name: str, instance: str, data: dict[str, Any]) -> str:
         now = self.clock()
@@ -62,7 +70,7 @@ class EvolutionEvents:
             if not isinstance(key_id, str) or not isinstance(status, str):
                 return "ignored"
             phone = jid_phone(data.get("remoteJid"), data.get("remoteJidAlt"))
-            return await self.db(store.apply_ack, instance, key_id, phone, status, now)
+            return await self.db(self.outbox.apply_ack, instance, key_id, phone, status, now)
         if name == "messages.upsert":
             key = data.get("key") if isinstance(data.get("key"), dict) else {}
             remote, alt = key.get("remoteJid"), key.get("remoteJidAlt")
@@ -70,15 +78,13 @@ class EvolutionEvents:
                 key_id = key.get("id")
                 if not isinstance(key_id, str) or not isinstance(remote, str):
                     return "ignored"
-                if await self.db(_manual, key_id, instance, remote, now):
-                    return "manual"
-                return "ours"
+                return "manual" if await self.db(self._manual, key_id, instance, remote, now) else "ours"
             word = opt_out_word(message_text(data.get("message")))
             phone = jid_phone(remote, alt)
             if word is None or phone is None:
                 return "ignored"
             await self.suppression.add(phone, instance, word, now)
-            await self.db(store.record_opt_out, phone, instance, word, now)
+            await self.db(record_opt_out, phone, instance, word, now)
             self.log.info("opt-out", extra={"instance": instance, "word": word})
             return "opt_out"
         if name == "connection.update":
@@ -86,9 +92,10 @@ class EvolutionEvents:
             return "applied"
         return "ignored"
 
-
-def _manual(conn: psycopg.Connection, key_id: str, instance: str, remote: str, now: float) -> bool:
-    """A fromMe upsert is manual unless it is one of ours (API sends normally never come back as upserts)."""
-    if store.is_our_message(conn, key_id):
-        return False
-    return store.record_manual(conn, key_id, instance, remote, now)
+    def _manual(self, conn: psycopg.Connection, key_id: str, instance: str, remote: str, now: float) -> bool:
+        """A fromMe upsert is manual unless it is one of ours (API sends normally never come back)."""
+        if self.outbox.is_ours(conn, key_id):
+            return False
+        if self.engine is not None:
+            self.engine.note_upsert(conn, instance, key_id, True, now)
+        return self.manual is None or self.manual(conn, key_id, instance, remote, now)

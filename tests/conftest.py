@@ -9,6 +9,9 @@ import pytest
 from tests.harness import ISSUED_IDS, Daemon, drop_external, external_servers_reachable, write_config
 from tests.support.sandbox import Sandbox, SandboxProcess
 
+# The fixtures of the tests that run a real sending service (recovery, broadcast, anti-ban).
+pytest_plugins = ["tests.services.sending"]
+
 # OWA_TEST_BACKEND=embedded runs everything as on a machine without PostgreSQL/Redis.
 EXTERNAL = os.environ.get("OWA_TEST_BACKEND") != "embedded" and external_servers_reachable()
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.recovery.conftest import drop_database, make_database, pg_admin  # noqa: F401
+from tests.services.sending import drop_database, make_database
 
 BROADCAST = Path(__file__).resolve().parents[2] / "oraclewad" / "services" / "broadcast" / "migrations"
 TABLES = "antiban_instances, antiban_days, antiban_sends, antiban_invalid_numbers, antiban_manual"
 
 
 @pytest.fixture(scope="session")
-def antiban_dsn(pg_admin: str) -> Iterator[str]:  # noqa: F811
+def antiban_dsn(pg_admin: str) -> Iterator[str]:
     dsn = make_database(pg_admin, BROADCAST)
     yield dsn
     drop_database(pg_admin, dsn)

@@ -187,10 +187,13 @@ def test_attestation_body_is_validated(bad: dict) -> None:
 def test_both_services_carry_the_same_antiban_migration() -> None:
     from pathlib import Path
 
+    from oraclewad import migrations
+
     root = Path(__file__).resolve().parents[2] / "oraclewad" / "services"
-    recovery = (root / "recovery" / "migrations" / "0003_antiban.sql").read_text()
-    assert recovery == (root / "broadcast" / "migrations" / "0002_antiban.sql").read_text()
-    assert "-- backward-compatible: yes" in recovery.splitlines()[0]
+    recovery = {m.version: m for m in migrations.discover(root / "recovery" / "migrations")}[3]
+    broadcast = {m.version: m for m in migrations.discover(root / "broadcast" / "migrations")}[2]
+    assert recovery.sql == broadcast.sql and "CREATE TABLE antiban_instances" in recovery.sql
+    assert recovery.backward_compatible and broadcast.backward_compatible
 
 
 def test_two_processes_racing_never_share_a_slot_or_pass_a_cap(conn: psycopg.Connection,

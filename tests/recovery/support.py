@@ -3,56 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from oraclewad.services.recovery.shopauth import hmac_signature, standard_signature
-from tests.services.helpers import Child
+from tests.services.sending import merged, rows, service_config  # noqa: F401  (rows: for the tests)
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a valid base64 body
 TOKEN = "static-token-" + "x" * 20
 
 
-def admin_dsn_external() -> str:
-    return os.environ.get("OWA_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-
-
 def recovery_config(dsn: str, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "tenant": "imperio", "service": "recovery", "display_name": "Império",
-        "http": {"host": "127.0.0.1", "port": 0},
-        "postgres": {"dsn": dsn, "pool_max": 4},
-        "webhook_secret": SECRET, "webhook_token": TOKEN,
-        "recovery": {"typing_delay_ms": 0, "min_gap": 0},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-@dataclass
-class RecoveryChild:
-    process: Child
-    sock: Any
-    port: int
-    config: dict[str, Any]
-    admin_socket: Path
-    env: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    return merged(service_config("recovery", dsn, webhook_secret=SECRET, webhook_token=TOKEN,
+                                 recovery={"typing_delay_ms": 0, "min_gap": 0}), overrides)
 
 
 def order(event: str = "order.expired", order_id: str | None = None, *, phone: str = "(11) 98765-4321",
@@ -90,8 +57,3 @@ async def post_order(client: httpx.AsyncClient, doc: dict[str, Any], scheme: str
     body = encode(doc)
     headers = hmac_headers(body, **kw) if scheme == "hmac" else standard_headers(body, **kw)
     return await client.post("/webhooks/orders", content=body, headers=headers)
-
-
-def rows(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(query, args).fetchall()

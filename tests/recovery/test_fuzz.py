@@ -22,7 +22,7 @@ from tests.services.helpers import listening_socket
 
 @pytest.fixture(scope="module")
 def fuzz_child(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.recovery.conftest import drop_database, make_database
+    from tests.services.sending import drop_database, make_database
 
     dsn = make_database(pg_admin)
     work = tmp_path_factory.mktemp("fuzz")

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from oraclewad.provision.embedded import EmbeddedPostgres
-from tests.recovery.conftest import make_database
 from tests.recovery.support import order, post_order, rows
+from tests.services.sending import make_database
 from tests.support.servers import private_postgres
 
 

@@ -9,8 +9,9 @@ import httpx
 import pytest
 import trio
 
-from oraclewad.services.evolution import webhook_headers
 from tests.recovery.support import encode, order, post_order, rows, standard_headers
+from tests.services import sending as sending_
+from tests.services.sending import wait_messages, wait_rows
 
 JWT_KEY = "jwt-key-for-the-recovery-tests-0123456789"
 THANKS = "Obrigado {{first_name}}, pagamento de {{total}} recebido ({{product}})."
@@ -27,28 +28,7 @@ def evolution_config(sandbox, instances=("rec-1",), **recovery):
 
 
 async def hook_up(sandbox, child, *names):
-    """Point the instances' webhooks at the child, as `oraclectl instances connect` does."""
-    async with httpx.AsyncClient(base_url=sandbox.url, headers={"apikey": sandbox.api_key}) as http:
-        for name in names:
-            response = await http.post(f"/webhook/set/{name}", json={"webhook": {
-                "enabled": True, "url": child.url + "/webhooks/evolution",
-                "headers": webhook_headers(JWT_KEY),
-                "events": ["MESSAGES_UPDATE", "MESSAGES_UPSERT", "CONNECTION_UPDATE"]}})
-            assert response.status_code in (200, 201), response.text
-
-
-async def wait_messages(sandbox, count, timeout=15.0):
-    with trio.fail_after(timeout):
-        while len(found := await sandbox.messages()) < count:
-            await trio.sleep(0.1)
-    return found
-
-
-async def wait_rows(dsn, query, expected, timeout=15.0):
-    with trio.fail_after(timeout):
-        while (got := rows(dsn, query)) != expected:
-            await trio.sleep(0.1)
-    return got
+    await sending_.hook_up(sandbox, child, JWT_KEY, *names)
 
 
 @pytest.fixture
@@ -197,26 +177,6 @@ async def test_kill_9_under_load_loses_no_acknowledged_event_and_sends_no_duplic
     # Every stored event was sent exactly once, or (killed mid-send) is uncertain and not resent.
     assert len(sent) in range(len(stored) - uncertain, len(stored) + 1)
     assert uncertain <= 2  # at most one send in flight per instance when the process died
-
-
-@pytest.fixture
-def shared_dsn(pg_admin):
-    """The tenant's shared database, made by the provisioning code (the child reaches it as admin here)."""
-    import secrets as _secrets
-
-    import psycopg
-
-    from oraclewad.provision import shared
-
-    tenant = "t" + _secrets.token_hex(5)
-
-    def admin(dbname=None):
-        kw = {"dbname": dbname} if dbname else {}
-        return psycopg.connect(pg_admin, autocommit=True, **kw)
-
-    shared.setup(admin, tenant, [])
-    yield psycopg.conninfo.make_conninfo(pg_admin, dbname=shared.database(tenant))
-    shared.purge(admin, tenant)
 
 
 @pytest.mark.parametrize("scope", ["all", "broadcast"])

@@ -1,23 +1,13 @@
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.services.helpers import Child, NotifyReceiver, spawn
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Short and under /tmp: unix socket paths are limited to 107 bytes.
-    path = Path(tempfile.mkdtemp(prefix="owa-svc-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """What a service wires around its engine: the observe loop (standby starts, idle drop-backs,
 metrics), the anti-ban columns of GET /instances, POST /instances/{name}/attest (oraclectl
-instances attest, through the daemon) and manual messages from messages.upsert."""
+instances attest, through the daemon). Manual messages reach the engine from services/outbox's
+EvolutionEvents (note_upsert)."""
 
 from __future__ import annotations
 
@@ -101,20 +102,3 @@ def _attest_route(engine: Engine, db: Db,
         return JSONResponse({"service": engine.service, **saved})
 
     return attest
-
-
-def upsert_handler(engine: Engine, db: Db, clock: Callable[[], float],
-                   then: Callable[[dict[str, Any]], Awaitable[None]] | None = None
-                   ) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """An events_route `on_event` counting manual messages (fromMe upserts), then `then`."""
-    async def on_event(event: dict[str, Any]) -> None:
-        name = str(event.get("event") or "").lower().replace("_", ".")
-        data = event.get("data")
-        if name == "messages.upsert" and isinstance(data, dict):
-            key = data.get("key") if isinstance(data.get("key"), dict) else {}
-            if key.get("fromMe") and isinstance(key.get("id"), str):
-                await db(engine.note_upsert, str(event.get("instance") or ""), key["id"], True, clock())
-        if then is not None:
-            await then(event)
-
-    return on_event

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -26,16 +27,15 @@ from oraclewad.services.outbox.store import Outbox
 RETRY_RECORD = 1.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class Recorder:
-    def __init__(self, *, outbox: Outbox, db: Callable[..., Any], engine: Any, clock: Callable[[], float],
-                 log: Any, errors: Any, observe: Callable[[str, float], None]) -> None:
-        self.outbox = outbox
-        self.db = db
-        self.engine = engine
-        self.clock = clock
-        self.log = log
-        self.errors = errors
-        self.observe = observe        # observe("sent" or the failure kind, seconds sendText took)
+    outbox: Outbox
+    db: Callable[..., Any]
+    engine: Any                                 # the anti-ban engine: release() frees the instance
+    clock: Callable[[], float]
+    log: Any
+    errors: Any
+    observe: Callable[[str, float], None]       # ("sent" or the failure kind, seconds sendText took)
 
     async def send(self, client: Any, row_id: int, instance: str, phone: str, body: str, lease: Any,
                    extra: dict[str, Any]) -> None:

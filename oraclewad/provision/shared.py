@@ -1,9 +1,11 @@
 """The tenant's shared database `<tenant>_shared`: what both of a tenant's services may reach.
 
-Today one table, `suppressions` (the opt-out list). The database and the table belong to the
-provisioning admin, not to a tenant role; each service role of the tenant gets CONNECT on the
-database and SELECT + INSERT on the table, and nothing else (no UPDATE or DELETE: an opt-out is
-never undone by a service). Other tenants' roles cannot even connect (CONNECT revoked from PUBLIC).
+Two tables: `suppressions` (the opt-out list) and `not_on_whatsapp` (numbers Evolution answered
+`exists: false`, never tried again by either service: each lookup is a ban risk). The database
+and the tables belong to the provisioning admin, not to a tenant role; each service role of the
+tenant gets CONNECT on the database and SELECT + INSERT on the tables, and nothing else (no UPDATE
+or DELETE: a service never undoes an opt-out or a verdict). Other tenants' roles cannot even
+connect (CONNECT revoked from PUBLIC).
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ CREATE TABLE IF NOT EXISTS suppressions (
     instance text        NOT NULL,
     word     text        NOT NULL,         -- SAIR, PARAR, STOP, CANCELAR, DESCADASTRAR
     added_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS not_on_whatsapp (
+    phone    text        PRIMARY KEY,      -- E.164 digits without '+'
+    service  text        NOT NULL,         -- the service whose send got exists: false
+    instance text        NOT NULL,
+    noted_at timestamptz NOT NULL DEFAULT now()
 )
 """
+TABLES = ("suppressions", "not_on_whatsapp")
 
 Admin = Callable[..., psycopg.Connection]  # admin(dbname=None) -> autocommit connection
 
@@ -49,11 +58,12 @@ def setup(admin: Admin, tenant_id: str, roles: Sequence[str]) -> None:
     with admin(name) as conn:
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(_TABLE)
-        conn.execute("REVOKE ALL ON suppressions FROM PUBLIC")
+        tables = sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(tables))
         for role in roles:
             r = sql.Identifier(role)
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT ON suppressions TO {}").format(r))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tables, r))
 
 
 def purge(admin: Admin, tenant_id: str) -> list[str]:

@@ -138,6 +138,7 @@ class Sandbox:
         self.instances: dict[str, Instance] = {}
         self.numbers: dict[str, bool] = {}   # digits -> on WhatsApp (default: yes)
         self.looked_up: set[str] = set()     # Evolution caches on-WhatsApp lookups (7 days)
+        self.send_attempts: dict[str, int] = {}   # digits -> sendText calls that reached the number check
         self.faults: list[Fault] = []
         self.messages: list[dict[str, Any]] = []
         self.deliveries: list[dict[str, Any]] = []
@@ -148,6 +149,7 @@ class Sandbox:
         self.instances.clear()
         self.numbers.clear()
         self.looked_up.clear()
+        self.send_attempts.clear()
         self.faults.clear()
         self.messages.clear()
         self.deliveries.clear()
@@ -318,6 +320,7 @@ def build_app(sb: Sandbox) -> Starlette:  # noqa: C901 (route closures over one 
             await trio.sleep_forever()
         if fault == "connection_closed" or inst.state != "open":
             _connection_closed(sb, digits)
+        sb.send_attempts[digits] = sb.send_attempts.get(digits, 0) + 1
         if not sb.numbers.get(digits, True):
             sb.looked_up.add(digits)
             raise Refused(400, [{"jid": f"{digits}{JID}", "exists": False, "number": number}])
@@ -463,6 +466,9 @@ def build_app(sb: Sandbox) -> Starlette:  # noqa: C901 (route closures over one 
         instance = request.query_params.get("instance")
         return JSONResponse([m for m in sb.messages if instance in (None, m["instance"])])
 
+    async def attempts(request: Request) -> Response:
+        return JSONResponse(sb.send_attempts)
+
     async def reset(request: Request) -> Response:
         sb.reset()
         return JSONResponse({"reset": True})
@@ -583,6 +589,7 @@ def build_app(sb: Sandbox) -> Starlette:  # noqa: C901 (route closures over one 
         Route("/_sandbox/instances", control(make_instance), methods=["POST"]),
         Route(f"/_sandbox/instances/{i}/state", control(instance_state), methods=["POST"]),
         Route("/_sandbox/numbers", control(numbers), methods=["POST"]),
+        Route("/_sandbox/attempts", control(attempts), methods=["GET"]),
         Route("/_sandbox/faults", control(faults), methods=["GET", "POST", "DELETE"]),
         Route("/_sandbox/acks", control(acks), methods=["POST"]),
         Route("/_sandbox/inject/upsert", control(inject_upsert), methods=["POST"]),

@@ -40,3 +40,22 @@ async def test_both_roles_share_the_suppression_list_and_nothing_else(
         psycopg.connect(foreign).close()
     lines = await prov.purge(tid)
     assert any("_shared" in line for line in lines)
+
+
+async def test_both_roles_share_the_not_on_whatsapp_list_and_cannot_undo_it(
+        backend: Backend, prov: Provisioner, tenant_ids: Callable[[], str],
+        migration_dirs: dict[str, Path]) -> None:
+    tid = tenant_ids()
+    await prov.provision(tid, ["recovery", "broadcast"], migration_dirs)
+    rec = prov.child_config_fragment(tid, "recovery")["shared"]["dsn"]
+    bro = prov.child_config_fragment(tid, "broadcast")["shared"]["dsn"]
+    with psycopg.connect(rec, autocommit=True) as conn:
+        conn.execute("INSERT INTO not_on_whatsapp (phone, service, instance) "
+                     "VALUES ('5511987654321', 'recovery', 'i1')")
+    with psycopg.connect(bro, autocommit=True) as conn:
+        assert conn.execute("SELECT phone, service FROM not_on_whatsapp").fetchall() == [
+            ("5511987654321", "recovery")]
+        for statement in ("DELETE FROM not_on_whatsapp", "UPDATE not_on_whatsapp SET service = 'x'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    await prov.purge(tid)

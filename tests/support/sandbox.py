@@ -107,6 +107,10 @@ class Sandbox:
         path = "messages" + (f"?instance={instance}" if instance else "")
         return await self._control("GET", path)
 
+    async def send_attempts(self) -> dict[str, int]:
+        """sendText calls per number (digits) that got as far as the WhatsApp lookup."""
+        return await self._control("GET", "attempts")
+
     async def set_number(self, number: str, exists: bool) -> None:
         await self._control("POST", "numbers", {"number": number, "exists": exists})
 

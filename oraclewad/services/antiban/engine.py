@@ -118,8 +118,11 @@ def text_hash(text: str) -> bytes:
 
 class Engine:
     def __init__(self, *, service: str, names: Iterable[str], rules: Rules, instances: InstanceView,
-                 log: logging.Logger | None = None, registry: CollectorRegistry | None = None) -> None:
+                 log: logging.Logger | None = None, registry: CollectorRegistry | None = None,
+                 numbers: Any = None) -> None:
         self.service = service
+        # The tenant's exists:false list (services/not_on_whatsapp.py), shared with its other service.
+        self.numbers = numbers
         self.names = sorted(names)
         self.rules = rules
         self.cal = Calendar(rules)
@@ -364,8 +367,7 @@ class Engine:
         counts against the cap and the text limit, waits for one in flight, and goes only after
         the instance has been silent its drawn gap since its last landing."""
         with conn.transaction():
-            if phone is not None and conn.execute("SELECT 1 FROM antiban_invalid_numbers WHERE phone = %s",
-                                                  (phone,)).fetchone():
+            if phone is not None and self._not_on_whatsapp(conn, phone):
                 self.log.info("skip: the number answered exists:false before (never tried again)",
                               extra={"phone_suffix": phone[-4:]})
                 return Skip("the number is not on WhatsApp (remembered; never tried again)")
@@ -453,6 +455,8 @@ class Engine:
                 conn.execute("INSERT INTO antiban_invalid_numbers (phone, instance, noted_at) "
                              "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                              (lease.phone, lease.instance, _ts(now)))
+                if self.numbers is not None:
+                    self.numbers.add_sync(lease.phone, lease.instance, now)
                 self._event(lease.instance, "number_invalid", "exists:false: the number is remembered and "
                             "never tried again", phone_suffix=lease.phone[-4:])
             if ok is False:
@@ -524,6 +528,12 @@ class Engine:
 
     def explain(self, conn: psycopg.Connection, now: float) -> list[dict[str, Any]]:
         return [s.public(self.service) for s in self.observe(conn, now)]
+
+    def _not_on_whatsapp(self, conn: psycopg.Connection, phone: str) -> bool:
+        """Answered exists:false before, to this service or (the tenant's list) to its other one."""
+        if conn.execute("SELECT 1 FROM antiban_invalid_numbers WHERE phone = %s", (phone,)).fetchone():
+            return True
+        return self.numbers is not None and self.numbers.contains_sync(phone)
 
     def is_invalid(self, conn: psycopg.Connection, phones: Iterable[str]) -> set[str]:
         rows = conn.execute("SELECT phone FROM antiban_invalid_numbers WHERE phone = ANY(%s)",

@@ -24,6 +24,7 @@ from oraclewad.services.broadcast import api, store
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
 from oraclewad.services.broadcast.recipients import Parsed
 from oraclewad.services.broadcast.sender import Sender, render
+from oraclewad.services.not_on_whatsapp import NotOnWhatsApp
 from oraclewad.services.outbox import wiring
 from oraclewad.services.runtime import ServiceContext
 from oraclewad.services.suppression import SuppressionList
@@ -63,7 +64,8 @@ class BroadcastService:
                                       send_timeout=send_timeout)
             client.timeout = send_timeout
             self.engine = Engine(service="broadcast", names=list(instances.states), rules=rules,
-                                 instances=instances, log=ctx.log("antiban"), registry=ctx.metrics)
+                                 instances=instances, log=ctx.log("antiban"), registry=ctx.metrics,
+                                 numbers=NotOnWhatsApp(self.suppression.pool, ctx.service, self.errors))
             self.sender = Sender(db=self.db, client=client, engine=self.engine, suppression=self.suppression,
                                  metrics=self.metrics, clock=clock, log=self.log, errors=self.errors,
                                  stale_after=rules.delay_max + send_timeout + 30.0,

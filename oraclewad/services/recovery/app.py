@@ -25,6 +25,7 @@ from oraclewad import recovery_plan
 from oraclewad.services import outbox
 from oraclewad.services.antiban import Engine, Rules
 from oraclewad.services.groupcommit import GroupCommit
+from oraclewad.services.not_on_whatsapp import NotOnWhatsApp
 from oraclewad.services.outbox import wiring
 from oraclewad.services.recovery import payload, store
 from oraclewad.services.recovery.metrics import RecoveryMetrics
@@ -68,7 +69,8 @@ class RecoveryService:
             rules = Rules.for_service("recovery", ctx.config.get("antiban"), recovery=plan,
                                       send_timeout=plan["send_timeout"])
             self.antiban = Engine(service="recovery", names=names, rules=rules, instances=instances,
-                                  log=ctx.log("antiban"), registry=ctx.metrics)
+                                  log=ctx.log("antiban"), registry=ctx.metrics,
+                                  numbers=NotOnWhatsApp(self.suppression.pool, ctx.service, self.errors))
             self.sender = Sender(db=self.db, client=client, engine=self.antiban,
                                  settings=Settings.from_plan(plan, plan["send_timeout"],
                                                              int(rules.delay_max * 1000)),

@@ -42,7 +42,7 @@ rules_tables = st.fixed_dictionaries({
                                       {"start": "00:00", "end": "24:00"}]),
 })
 
-MODES = ["hold", "ok", "ok", "ok", "ok", FailureKind.CONNECTION_CLOSED, FailureKind.REJECTED]
+MODES = ["hold", "hold", "ok", "ok", "ok", "ok", FailureKind.CONNECTION_CLOSED, FailureKind.REJECTED]
 KINDS = ["advance", "advance", "state", "manual", "reserve", "reserve", "reserve", "reserve", "release",
          "wake", "wake", "wake"]
 # A sender wakes at the Wait's `until`; a little before it probes the edge of every rule's window.
@@ -95,12 +95,14 @@ def test_no_schedule_breaks_a_rule(conn: psycopg.Connection, table: dict, seeds:
     engine.observe(conn, T0)   # all open now: standby starts for each
     # Most histories get past standby and the manual messages: the rules after them matter too.
     # Some have the manual messages in standby, so its end is probed (wake steps).
+    prelude: list[tuple] = []
     if warm != "none":
-        steps = [*(("manual", n) for n in names for _ in range(2)),
-                 *([("advance", 3601.0)] if warm == "done" else []), *steps]
-    # Some start shortly before business hours close, so a send that would land after is probed.
+        prelude = [*(("manual", n) for n in names for _ in range(2)),
+                   *([("advance", 3601.0)] if warm == "done" else [])]
+    # Some go on shortly before business hours close, so a send that would land after is probed.
     if late is not None:
-        steps = [("closing", late), *steps]
+        prelude.append(("closing", late))
+    steps = [*prelude, *steps]
     sent = play(engine, view, conn, steps)
     event(f"sends: {'0' if not sent else '1-4' if len(sent) < 5 else '5-14' if len(sent) < 15 else '15+'}")
     check(engine, conn, sent, first_open=T0, table=table, seeds=dict(zip(NAMES, seeds, strict=True)))

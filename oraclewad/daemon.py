@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 
 from oraclewad.control import serve_control
 from oraclewad.fleet import Fleet
-from oraclewad.metrics import serve_metrics
 from oraclewad.operations import EventView
 from oraclewad.pidfile import PidFile
 from oraclewad.provision import Provisioner, Servers, open_servers
@@ -78,6 +77,9 @@ async def run_daemon(settings: Settings, notifier: SystemdNotifier | None = None
                 await nursery.start(partial(serve_control, settings, fleet, registry=registry))
                 ready = trio.Event()                # /readyz: first start done, not stopping
                 if settings.metrics_listen:
+                    # Imported only when serving: hypercorn and starlette are about 3 MiB of RSS.
+                    from oraclewad.metrics import serve_metrics
+
                     await nursery.start(partial(
                         serve_metrics, settings.metrics_listen, fleet, registry=registry,
                         child_timeout=settings.metrics_child_timeout,

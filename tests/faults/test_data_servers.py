@@ -27,6 +27,7 @@ from tests.support.system import alive
 
 @pytest.fixture
 def embedded_root() -> Iterator[Path]:
+    # Asked for before make_daemon, so it is removed after the daemon stopped (not under it).
     root = Path(tempfile.mkdtemp(prefix="owa-faults-"))  # pgserver's user must traverse it
     try:
         yield root
@@ -49,7 +50,7 @@ def unhealthy_rows(daemon, tenants: list[str], check: str):  # type: ignore[no-u
     return rows if ok else None
 
 
-def test_unhealthy_is_shown_in_status_metrics_events_and_the_status_line(make_daemon, embedded_root) -> None:
+def test_unhealthy_is_shown_in_status_metrics_events_and_the_status_line(embedded_root, make_daemon) -> None:
     port = free_port()
     daemon = make_daemon(embedded_root, backend="embedded",
                          extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
@@ -102,7 +103,7 @@ def redis_admin(daemon):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("server", ["postgres", "redis"])
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
 def test_a_dead_or_frozen_embedded_server_is_restarted_and_services_recover(
-        make_daemon, embedded_root, server, how) -> None:
+        embedded_root, make_daemon, server, how) -> None:
     daemon = make_daemon(embedded_root, backend="embedded")
     a, b = unique_id(), unique_id()
     write_tenant(daemon.root, a)
@@ -146,7 +147,7 @@ def alive_new(root: Path, pid_of, old: int) -> bool:  # type: ignore[no-untyped-
 
 
 def test_embedded_servers_die_with_a_killed_daemon_and_the_next_one_finds_the_data(
-        make_daemon, embedded_root) -> None:
+        embedded_root, make_daemon) -> None:
     daemon = make_daemon(embedded_root, backend="embedded")
     a = unique_id()
     write_tenant(daemon.root, a)

@@ -1,10 +1,14 @@
-"""The keeper of the embedded servers notices a dead server at once, not at its next probe."""
+"""The keeper of the embedded servers notices a dead server at once, not at its next probe; a
+server whose folder was deleted under it still stops."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from oraclewad.provision.embedded import EmbeddedRedis
+from oraclewad.provision.embedded import EmbeddedRedis, _alive
 from oraclewad.provision.keeper import PROBE_INTERVAL, PROBE_JITTER, Guard, ServerKeeper
 
 
@@ -58,3 +62,23 @@ async def test_a_killed_server_is_restarted_without_waiting_for_the_probe(
         redis_server.probe()
     finally:
         guard.close()      # stops the restarted server too
+
+
+def test_a_redis_whose_folder_was_deleted_still_stops() -> None:
+    # Redis refuses SIGTERM and SHUTDOWN SAVE once it cannot save, and its pidfile went with the
+    # folder: the daemon's stop must still end it (earlier, such servers outlived their daemon).
+    with tempfile.TemporaryDirectory(prefix="owa-keeper-") as name:
+        base = Path(name)
+        server = EmbeddedRedis(base / "redis", base / "secrets", base / "sock")
+        server.start()
+        pid = server.pid()
+        assert pid is not None
+        try:
+            shutil.rmtree(base / "redis")
+            started = time.monotonic()
+            server.stop()
+            assert not _alive(pid), "embedded Redis still running after stop()"
+            assert time.monotonic() - started < 10  # NOSAVE at once, not the SIGKILL fallback
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

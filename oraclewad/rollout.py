@@ -155,12 +155,9 @@ class Swapper:
                         await cand.child.exited.wait()
                 if cand.child.exited.is_set():
                     continue        # report the exit, not the failed probe it caused
-            self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
-                      detail)
-            if health != "ok":
-                return f"health check {health}" + (f": {detail}" if detail else "")
-            if trio.current_time() >= healthy_until:
-                return None
+            verdict = self._verdict(plan, start, health, detail, healthy_until)
+            if verdict != "":
+                return verdict
             with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
                 await _first(cand.child.exited.wait, failed.wait)
 
@@ -206,14 +203,20 @@ class Swapper:
             if probed is None:
                 continue            # report the exit, not the failed probe it caused
             health, detail = probed
-            self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
-                      detail)
-            if health != "ok":
-                return f"health check {health}" + (f": {detail}" if detail else "")
-            if trio.current_time() >= healthy_until:
-                return None
+            verdict = self._verdict(plan, start, health, detail, healthy_until)
+            if verdict != "":
+                return verdict
             with trio.move_on_at(min(healthy_until, trio.current_time() + gate.health_interval)):
                 await _first(changed, failed.wait)
+
+    def _verdict(self, plan: Plan, start: float, health: str, detail: str,
+                 healthy_until: float) -> str | None:
+        """Reports a probe; the failure, None once healthy for min_healthy_time, "" to keep watching."""
+        self._say(plan, "healthy" if health == "ok" else "unhealthy", trio.current_time() - start, health,
+                  detail)
+        if health != "ok":
+            return f"health check {health}" + (f": {detail}" if detail else "")
+        return None if trio.current_time() >= healthy_until else ""
 
     async def _probe_process(self, name: str, pid: int | None,
                              changed: Callable[[], Awaitable[None]]) -> tuple[str, str] | None:

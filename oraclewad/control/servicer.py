@@ -6,8 +6,8 @@ import contextlib
 import json
 import threading
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -157,6 +157,9 @@ def _batches(lines: list[str], max_bytes: int = 256 * 1024) -> Iterator[list[str
         yield batch
 
 
+R = TypeVar("R")
+
+
 def _service_keys(views: Any) -> list[str]:
     """Page keys of per-service rows (an invalid file's row has no service: its file stem)."""
     return [f"{v.tenant}/{v.service}" for v in views]
@@ -251,16 +254,18 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         views = self.bridge.run_sync(self.ops.status, request.tenant or None)
-        items, token = page([service_state(v) for v in views], _service_keys(views),
-                            request.page_size, request.page_token)
-        return pb.StatusResponse(services=items, next_page_token=token)
+        return self._paged(pb.StatusResponse, [service_state(v) for v in views], views, request)
 
     @rpc
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         views = self.bridge.run(self.ops.health, request.tenant or None, deadline=context.time_remaining())
-        items, token = page([health_message(v) for v in views], _service_keys(views),
-                            request.page_size, request.page_token)
-        return pb.HealthResponse(services=items, next_page_token=token)
+        return self._paged(pb.HealthResponse, [health_message(v) for v in views], views, request)
+
+    @staticmethod
+    def _paged(response: Callable[..., R], items: list[Any], views: Sequence[Any], request: Any) -> R:
+        """One page of per-service answers, in the order of their tenant/service keys."""
+        shown, token = page(items, _service_keys(views), request.page_size, request.page_token)
+        return response(services=shown, next_page_token=token)
 
     def _verb(self, verb: Callable[..., Any], request: pb.ServiceRequest) -> pb.StatusResponse:
         views = self.bridge.run(verb, _required(request.tenant, "tenant"), request.service or None)
@@ -310,9 +315,7 @@ class ControlServicer(pb_grpc.ControlServicer):
     @rpc
     def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.MetricsResponse:
         views = self.bridge.run(self.ops.metrics, request.tenant or None, deadline=context.time_remaining())
-        items, token = page([metrics_message(v) for v in views], _service_keys(views),
-                            request.page_size, request.page_token)
-        return pb.MetricsResponse(services=items, next_page_token=token)
+        return self._paged(pb.MetricsResponse, [metrics_message(v) for v in views], views, request)
 
     # ---- releases ----
 

@@ -121,13 +121,7 @@ class Template:
         nursery.start_soon(self._pump, child, child.stdout, False)
         nursery.start_soon(self._pump, child, child.stderr, True)
         nursery.start_soon(self._watch, child)
-        try:
-            with trio.move_on_after(START_TIMEOUT) as timeout:
-                hello = await self._receive(ours)
-            if timeout.cancelled_caught:
-                raise self._fail(f"its template sent nothing within {START_TIMEOUT:g} s")
-        except (OSError, ValueError) as e:
-            raise self._fail(f"its template did not start ({self._why(e)})") from None
+        hello = await self._answer(ours, START_TIMEOUT, "sent nothing", "did not start")
         if not hello.get("ready"):
             raise self._fail(f"its template refused to serve: {hello.get('error', hello)}")
         self.info = hello
@@ -142,6 +136,16 @@ class Template:
         last = " | ".join(self._stderr)
         status = describe_exit(child.status) if child is not None and child.status is not None else ""
         return "; ".join(part for part in (status, last, str(e) if not last else "") if part) or "no answer"
+
+    async def _answer(self, sock: socket.socket, within: float, silent: str,
+                      broken: str) -> dict[str, object]:
+        """The template's next reply; a failed template (with its exit and last words) otherwise."""
+        try:
+            with trio.move_on_after(within):
+                return await self._receive(sock)
+            raise self._fail(f"its template {silent} within {within:g} s")
+        except (OSError, ValueError) as e:
+            raise self._fail(f"its template {broken} ({self._why(e)})") from None
 
     async def _receive(self, sock: socket.socket) -> dict[str, object]:
         while True:
@@ -191,12 +195,9 @@ class Template:
                     for fd in to_close:
                         os.close(fd)
                     to_close.clear()
-                    with trio.move_on_after(REPLY_TIMEOUT) as timeout:
-                        reply = await self._receive(sock)
-                    if timeout.cancelled_caught:
-                        raise self._fail(f"its template did not answer within {REPLY_TIMEOUT:g} s")
-                except (OSError, ValueError) as e:
+                except OSError as e:
                     raise self._fail(f"its template failed ({self._why(e)})") from None
+                reply = await self._answer(sock, REPLY_TIMEOUT, "did not answer", "failed")
                 if reply.get("fatal"):
                     raise self._fail(f"its template cannot fork safely: {reply.get('error')}")
                 if "pid" not in reply:

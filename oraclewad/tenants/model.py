@@ -43,6 +43,13 @@ class EvolutionConfig:
     api_version: int = 2
 
 
+def _parsed(text_field: str) -> property:
+    """A read-only view of one of the JSON text fields as a dict."""
+    def get(self: Tenant) -> dict[str, Any]:
+        return json.loads(getattr(self, text_field))
+    return property(get)
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -66,21 +73,10 @@ class Tenant:
     def unit_names(self) -> list[str]:
         return [_unit_name(self.id, s.name) for s in self.services]
 
-    @property
-    def antiban(self) -> dict[str, Any]:
-        return json.loads(self.antiban_json)
-
-    @property
-    def templates(self) -> dict[str, Any]:
-        return json.loads(self.templates_json)
-
-    @property
-    def recovery(self) -> dict[str, Any]:
-        return json.loads(self.recovery_json)
-
-    @property
-    def broadcast(self) -> dict[str, Any]:
-        return json.loads(self.broadcast_json)
+    antiban = _parsed("antiban_json")
+    templates = _parsed("templates_json")
+    recovery = _parsed("recovery_json")
+    broadcast = _parsed("broadcast_json")
 
 
 def _services(value: Any, reader: TableReader) -> tuple[str, ...]:

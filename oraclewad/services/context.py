@@ -58,15 +58,16 @@ class ServiceContext:
         """Logger for a channel ("webhook", "broadcast", "antiban"...): the daemon files each apart."""
         return channel_logger(channel)
 
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def db(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """fn(conn, *args) in a worker thread with a pooled connection; commits if fn returns,
-        rolls back if it raises. Not abandoned on cancel: a transaction finishes or fails cleanly."""
+        rolls back if it raises. Not abandoned on cancel: a transaction finishes or fails cleanly.
+        `wait`: seconds for a free connection before PoolTimeout (None: the pool's own timeout)."""
         pool = self.pg
         if pool is None:
-            raise RuntimeError(f"{self.service}: postgres is not configured")
+            raise RuntimeError(f"{self.service} needs postgres in its config")
 
         def call() -> T:
-            with pool.connection() as conn:
+            with pool.connection(timeout=wait) as conn:
                 return fn(conn, *args)
 
         return await trio.to_thread.run_sync(call, limiter=self.limiter)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -80,15 +79,7 @@ class BroadcastService:
             self.sender.poke()
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
-        pool = self.ctx.pg
-        if pool is None:
-            raise RuntimeError("broadcast needs postgres in its config")
-
-        def call() -> Any:
-            with pool.connection(timeout=DB_WAIT) as conn:
-                return fn(conn, *args)
-
-        return await trio.to_thread.run_sync(call, limiter=self.ctx.limiter)
+        return await self.ctx.db(fn, *args, wait=DB_WAIT)
 
     # ---- figures: counts, progress, ETA ------------------------------------------------------
 

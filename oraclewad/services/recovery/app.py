@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import trio
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,7 +56,6 @@ class RecoveryService:
         self.metrics = RecoveryMetrics(ctx.metrics)
         self.log = ctx.log("webhook")
         self.errors = ctx.log("error")
-        self._db_limiter = ctx.limiter
         self.suppression = SuppressionList((ctx.config.get("shared") or {}).get("dsn"), ctx.service)
         self.sender: Sender | None = None
         self.antiban: Engine | None = None
@@ -95,15 +93,7 @@ class RecoveryService:
         return {"ok": True, "detail": detail, "due": depth, "age_s": round(age, 1)}
 
     async def db(self, fn: Callable[..., Any], *args: Any, wait: float = DB_WAIT) -> Any:
-        pool = self.ctx.pg
-        if pool is None:
-            raise RuntimeError("recovery needs postgres in its config")
-
-        def call() -> Any:
-            with pool.connection(timeout=wait) as conn:
-                return fn(conn, *args)
-
-        return await trio.to_thread.run_sync(call, limiter=self._db_limiter)
+        return await self.ctx.db(fn, *args, wait=wait)
 
     async def orders_webhook(self, request: Request) -> Response:
         event = "unknown"

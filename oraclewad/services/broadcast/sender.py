@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 import trio
-from psycopg_pool import PoolTimeout
 
 from oraclewad.services.broadcast import store
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
 from oraclewad.services.broadcast.recipients import variables
 from oraclewad.services.outbox import Recorder
+from oraclewad.services.outbox.loop import ClaimLoop
 from oraclewad.services.suppression import SuppressionList
 from oraclewad.templating import TemplateError, TemplateSet, parse_set
 
@@ -86,27 +86,20 @@ class Sender:
         self._wakeup.set()
 
     async def run(self) -> None:
-        next_sweep = 0.0
+        rounds = ClaimLoop(sweep=self.sweep, claim_and_send=self._claim_and_send,
+                           next_due=lambda: self.db(store.next_due), errors=self.errors,
+                           label="broadcast sender")
         async with trio.open_nursery() as sending:
             while True:
                 now = self.clock()
-                try:
-                    if now >= next_sweep:
-                        await self.sweep(now)
-                        next_sweep = now + self.sweep_every
-                    if await self._claim_and_send(sending, now):
-                        continue
-                    next_due = await self.db(store.next_due)
-                except (psycopg.Error, PoolTimeout) as exc:
-                    self.errors.error("broadcast sender: database unavailable, retrying",
-                                      extra={"error": type(exc).__name__})
-                    await trio.sleep(1.0)
+                again, next_due = await rounds.round(sending, now, self.sweep_every)
+                if again:
                     continue
                 wait = self.idle_wait
                 if next_due is not None:
                     until, _ = self.waiting
                     wake_at = max(next_due, until) if until is not None else now + self.idle_wait
-                    wait = min(self.idle_wait, max(wake_at - now, 0.001), max(next_sweep - now, 0.001))
+                    wait = min(self.idle_wait, max(wake_at - now, 0.001), max(rounds.next_sweep - now, 0.001))
                 self.sleeping_until = trio.current_time() + wait
                 with trio.move_on_after(wait):
                     await self._wakeup.wait()

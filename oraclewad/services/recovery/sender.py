@@ -32,6 +32,7 @@ from psycopg_pool import PoolTimeout
 from oraclewad import recovery_plan
 from oraclewad.services.antiban import Engine, Lease, Skip, Wait
 from oraclewad.services.outbox import Recorder
+from oraclewad.services.outbox.loop import ClaimLoop
 from oraclewad.services.recovery import store
 from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.suppression import SuppressionList
@@ -117,23 +118,18 @@ class Sender:
                 break
             except (psycopg.Error, PoolTimeout):
                 await trio.sleep(1.0)
-        next_sweep = 0.0
+        async def sweep(now: float) -> None:
+            await self._sweep(now)
+            await self.db(self.engine.observe, now)
+
+        rounds = ClaimLoop(sweep=sweep, claim_and_send=self._claim_and_send,
+                           next_due=lambda: self.db(store.next_due), errors=self.errors, label="sender")
         async with trio.open_nursery() as sending:
             while True:
                 now = self.clock()
                 self._wake_at, self._hint = -math.inf, math.inf
-                try:
-                    if now >= next_sweep:
-                        await self._sweep(now)
-                        await self.db(self.engine.observe, now)
-                        next_sweep = now + SWEEP_EVERY
-                    if await self._claim_and_send(sending, now):
-                        continue
-                    next_due = await self.db(store.next_due)
-                except (psycopg.Error, PoolTimeout) as exc:
-                    self.errors.error("sender: database unavailable, retrying",
-                                      extra={"error": type(exc).__name__})
-                    await trio.sleep(1.0)
+                again, next_due = await rounds.round(sending, now, SWEEP_EVERY)
+                if again:
                     continue
                 wait = IDLE_WAIT
                 if next_due is not None:

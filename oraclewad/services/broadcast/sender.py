@@ -13,9 +13,6 @@ and release swaps.
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +22,7 @@ import trio
 from oraclewad.services.broadcast import store
 from oraclewad.services.broadcast.metrics import BroadcastMetrics
 from oraclewad.services.broadcast.recipients import variables
-from oraclewad.services.outbox import Recorder
-from oraclewad.services.outbox.loop import ClaimLoop
+from oraclewad.services.outbox.loop import ClaimLoop, SenderParts
 from oraclewad.services.suppression import SuppressionList
 from oraclewad.templating import TemplateError, TemplateSet, parse_set
 
@@ -56,21 +52,15 @@ def _template_set(templates: Any) -> TemplateSet:
     return found
 
 
-class Sender:
+class Sender(SenderParts):
     def __init__(self, *, db: Callable[..., Any], client: Any, engine: Any, suppression: SuppressionList,
                  metrics: BroadcastMetrics, clock: Callable[[], float], log: Any, errors: Any,
                  stale_after: float, on_figures: Callable[[Any], Any] | None = None) -> None:
-        self.db = db
-        self.client = client
-        self.engine = engine
-        self.suppression = suppression
-        self.metrics = metrics
-        self.clock = clock
-        self.log = log
-        self.errors = errors
+        super().__init__(outbox=OUTBOX, db=db, client=client, engine=engine, suppression=suppression,
+                         metrics=metrics, clock=clock, log=log, errors=errors,
+                         observe=lambda result, _s: metrics.sends.labels(result).inc())
         self.stale_after = stale_after   # a `sending` row this old has no live sender waiting
         self.on_figures = on_figures
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.waiting: tuple[float | None, str] = (None, "")   # the engine's last Wait
         self.turns: list[int] = []     # running campaigns, least recently served first (fair share)
         self.in_flight = 0
@@ -78,8 +68,6 @@ class Sender:
         self.sweep_every = SWEEP_EVERY
         self.sleeping_until: float | None = None   # trio time it sleeps until (a test drives a clock by it)
         self._wakeup = trio.Event()
-        self.recorder = Recorder(outbox=OUTBOX, db=db, engine=engine, clock=clock, log=log, errors=errors,
-                                 observe=lambda result, _s: metrics.sends.labels(result).inc())
 
     def poke(self) -> None:
         """Something may be sendable now (a start, a resume, an instance back): look at once."""

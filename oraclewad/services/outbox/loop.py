@@ -1,14 +1,40 @@
-"""The claim round both senders repeat: sweep when due, claim and start sends, else learn when the
-next message is due. Each sender keeps its own sleep between rounds (their wake-ups differ)."""
+"""What both senders are made of: their collaborators with a worker id and the outcome recorder
+(SenderParts), and the claim round they repeat: sweep when due, claim and start sends, else learn
+when the next message is due. Each sender keeps its own sleep between rounds (their wake-ups differ)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import trio
 from psycopg_pool import PoolTimeout
+
+from oraclewad.services.outbox.outcome import Recorder
+from oraclewad.services.outbox.store import Outbox
+from oraclewad.services.suppression import SuppressionList
+
+
+class SenderParts:
+    def __init__(self, *, outbox: Outbox, db: Callable[..., Any], client: Any, engine: Any,
+                 suppression: SuppressionList, metrics: Any, clock: Callable[[], float], log: Any,
+                 errors: Any, observe: Callable[[str, float], None]) -> None:
+        self.db = db
+        self.client = client
+        self.engine = engine
+        self.suppression = suppression
+        self.metrics = metrics
+        self.clock = clock
+        self.log = log
+        self.errors = errors
+        # Names this process on the rows it claims.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.recorder = Recorder(outbox=outbox, db=db, engine=engine, clock=clock, log=log, errors=errors,
+                                 observe=observe)
 
 
 class ClaimLoop:

@@ -16,9 +16,6 @@ roll back together; the slot's `delay_ms` (the per-instance gap) goes to Evoluti
 from __future__ import annotations
 
 import math
-import os
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,8 +28,7 @@ from psycopg_pool import PoolTimeout
 
 from oraclewad import recovery_plan
 from oraclewad.services.antiban import Engine, Lease, Skip, Wait
-from oraclewad.services.outbox import Recorder
-from oraclewad.services.outbox.loop import ClaimLoop
+from oraclewad.services.outbox.loop import ClaimLoop, SenderParts
 from oraclewad.services.recovery import store
 from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.suppression import SuppressionList
@@ -78,29 +74,21 @@ def in_window(now: float, zone: str, window: tuple[int, int]) -> tuple[bool, flo
     return False, opens.timestamp()
 
 
-class Sender:
+class Sender(SenderParts):
     def __init__(self, *, db: Callable[..., Any], client: Any, engine: Engine, settings: Settings,
                  suppression: SuppressionList, metrics: RecoveryMetrics,
                  clock: Callable[[], float], log: Any, errors: Any) -> None:
-        self.db = db
-        self.client = client
-        self.engine = engine
+        super().__init__(outbox=OUTBOX, db=db, client=client, engine=engine, suppression=suppression,
+                         metrics=metrics, clock=clock, log=log, errors=errors,
+                         observe=lambda result, s: metrics.send_latency.labels(
+                             "ok" if result == "sent" else result).observe(s))
         self.next_slot: float | None = None   # when the engine said an instance frees up
         self.settings = settings
-        self.suppression = suppression
-        self.metrics = metrics
-        self.clock = clock
-        self.log = log
-        self.errors = errors
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.waiting_reason = ""
         self.figures: tuple[int, float] = (0, 0.0)   # due pending messages, age of the oldest
         self._wakeup = trio.Event()
         self._wake_at = -math.inf    # when the idle wait ends (-inf while a round runs)
         self._hint = math.inf        # the earliest due time poked during the round
-        self.recorder = Recorder(outbox=OUTBOX, db=db, engine=engine, clock=clock, log=log, errors=errors,
-                                 observe=lambda result, s: metrics.send_latency.labels(
-                                     "ok" if result == "sent" else result).observe(s))
 
     def poke(self, due: float | None = None) -> None:
         """Something may be sendable at `due` (None: now; an order.paid, an instance back, a send

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -254,9 +255,8 @@ class LogSink:
     def __init__(self, log_dir: Path, settings: LogSettings, compressor: Compressor,
                  watchers: LogWatchers | None = None) -> None:
         self.log_dir = log_dir
-        self.settings = settings
-        self.compressor = compressor
-        self.watchers = watchers
+        # Only its files use the settings, compressor and watchers.
+        self._new_file = partial(RotatingFile, settings=settings, compressor=compressor, watchers=watchers)
         self.write_errors = 0
         self.bytes_written = 0          # into combined.log (every line lands there): a metric
         self._files: dict[str, RotatingFile] = {}
@@ -322,8 +322,7 @@ class LogSink:
                 self.log_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
                 os.chmod(self.log_dir, DIR_MODE)
                 self._dir_ready = True
-            f = self._files[name] = RotatingFile(self.log_dir / f"{name}.log", self.settings, self.compressor,
-                                                 self.watchers)
+            f = self._files[name] = self._new_file(self.log_dir / f"{name}.log")
         return f
 
     def close(self) -> None:

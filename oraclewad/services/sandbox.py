@@ -326,6 +326,10 @@ def build_app(sb: Sandbox) -> Starlette:  # noqa: C901 (route closures over one 
             raise Refused(400, [{"jid": f"{digits}{JID}", "exists": False, "number": number}])
         sb.looked_up.add(digits)
         await trio.sleep(delay / 1000)
+        if sb.instances.get(inst.name) is not inst:
+            # Deleted (or the sandbox reset) while "composing": nothing was sent. A send begun
+            # before a test's reset must not land among the next test's messages.
+            raise Refused(404, [f'The "{inst.name}" instance does not exist'])
         if inst.state != "open":  # the socket went down while "composing"
             raise Refused(400, ["Error: Connection Closed"])
         message_id = _message_id()

@@ -61,6 +61,24 @@ async def test_send_blocks_for_the_delay_and_the_timeout_covers_it(sandbox: Sand
         assert time.monotonic() - start >= 0.8
 
 
+async def test_a_send_composing_when_its_instance_is_deleted_is_not_sent(
+        sandbox: Sandbox, sandbox_process: SandboxProcess) -> None:
+    # A send still "composing" when the sandbox resets between two tests would otherwise land
+    # among the next test's messages (seen: 41 numbers for a 40-recipient campaign).
+    await sandbox.create_instance("shop-1")
+    async with client(sandbox) as evo, trio.open_nursery() as nursery:
+        outcome: list[EvolutionError] = []
+
+        async def send() -> None:
+            outcome.append(await failure(evo.send_text("shop-1", NUMBER, "oi", delay_ms=500)))
+
+        nursery.start_soon(send)
+        await trio.sleep(0.2)
+        await trio.to_thread.run_sync(sandbox_process.reset)
+    assert (outcome[0].kind, outcome[0].status) == (FailureKind.REJECTED, 404)
+    assert await sandbox.messages() == []
+
+
 async def test_unknown_instance_is_404_before_auth(sandbox: Sandbox) -> None:
     async with client(sandbox, key="wrong") as evo:
         err = await failure(evo.send_text("nope", NUMBER, "oi"))

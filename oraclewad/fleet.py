@@ -160,10 +160,12 @@ class Fleet:
 
         for tid in set(old) - set(runnable):
             self.provisioned.forget(tid)
-        # A tenant needs provisioning when it is new or its set of services grew.
+        # A tenant needs a first attempt when it is new, its set of services grew, or its last
+        # attempt failed for good; one already retrying in the background keeps its backoff.
         pending = [t for tid, t in runnable.items()
-                   if tid not in self.provisioning or not self.provisioning[tid].done
-                   or {s.name for s in t.services} - {s.name for s in old[tid].services}]
+                   if tid not in self.provisioning or tid not in old
+                   or {s.name for s in t.services} - {s.name for s in old[tid].services}
+                   or not (self.provisioning[tid].done or self.provisioned.retrying(tid))]
         # Every known tenant has a provisioning state before the next checkpoint: a call that
         # arrives while the first attempts run finds "provisioning", never a missing key.
         for tenant in pending:

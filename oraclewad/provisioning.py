@@ -2,7 +2,9 @@
 
 A reload makes one attempt per new tenant and waits for it; a tenant whose server is unavailable
 is retried in the background (Provisioner.provision_with_retry: backoff with jitter) until it is
-provisioned, fails for good, or is removed.
+provisioned, fails for good, or is removed. A later reload leaves such a retry to its backoff:
+waiting on every pending tenant again would make each reload (and `tenant add`) as slow as the
+whole fleet's attempts during an outage, and restarting every retry at once would undo the jitter.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Provisioning:
     done: bool = False
     status: str = "provisioning"
     scope: trio.CancelScope | None = None
+    retrying: bool = False      # a background retry (backoff with jitter) is waiting for a server
 
 
 class ProvisioningStates:
@@ -53,6 +56,9 @@ class ProvisioningStates:
     def done(self, tenant_id: str) -> bool:
         return self.get(tenant_id).done
 
+    def retrying(self, tenant_id: str) -> bool:
+        return self.get(tenant_id).retrying
+
     def forget(self, tenant_id: str) -> None:
         state = self.states.pop(tenant_id, None)
         if state and state.scope:
@@ -72,13 +78,17 @@ class ProvisioningStates:
         state = self.states.setdefault(tenant.id, Provisioning())
         if state.scope is not None:
             state.scope.cancel()
+            state.retrying = False
         try:
             await self.provision(tenant)
         except Unavailable as e:
             self.failures += 1
             state.status = f"UNAVAILABLE: {e}"
             self._publish(tenant.id, state.status)
-            self.nursery.start_soon(self._retry, tenant, state)
+            # The scope exists before the task starts, so forget() or a later first() can cancel
+            # a retry that has not begun yet (never two retry loops for one tenant).
+            state.scope, state.retrying = trio.CancelScope(), True
+            self.nursery.start_soon(self._retry, tenant, state, state.scope)
         except OracleError as e:
             self.failures += 1
             state.status = f"FAILED: {e}"
@@ -86,14 +96,14 @@ class ProvisioningStates:
         else:
             state.done, state.status = True, "provisioned"
 
-    async def _retry(self, tenant: Tenant, state: Provisioning) -> None:
+    async def _retry(self, tenant: Tenant, state: Provisioning, scope: trio.CancelScope) -> None:
         def unavailable(status: str) -> None:
             if status.startswith("UNAVAILABLE"):
                 self.failures += 1
                 state.status = status
 
         services = [s.name for s in tenant.services]
-        with trio.CancelScope() as state.scope:
+        with scope:
             try:
                 await self.provisioner.provision_with_retry(
                     tenant.id, services, {s: migrations_dir(s) for s in services}, on_status=unavailable,
@@ -102,6 +112,9 @@ class ProvisioningStates:
                 self.failures += 1
                 state.status = f"FAILED: {e}"
                 return
+            finally:
+                if state.scope is scope:
+                    state.retrying = False
             state.done, state.status = True, "provisioned"
             self._publish(tenant.id, "provisioned")
             await self._on_retried(tenant)

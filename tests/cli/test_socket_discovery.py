@@ -2,45 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from oraclectl.client import INSTALLED_SOCKET, resolve_socket
 from tests.harness import BIN
 
 
-def plant_socket(folder: Path) -> tuple[socket.socket, list[int]]:
-    """A listening ./var/run/oraclewad.sock that counts the connections it gets."""
+@contextlib.contextmanager
+def planted_socket(folder: Path) -> Iterator[list[int]]:
+    """A listening ./var/run/oraclewad.sock that counts the connections it gets; its thread is
+    joined on exit (closing a socket does not wake a thread blocked in accept())."""
     (folder / "var" / "run").mkdir(parents=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(folder / "var" / "run" / "oraclewad.sock"))
     listener.listen(8)
+    listener.settimeout(0.05)
     accepted: list[int] = []
+    done = threading.Event()
 
     def serve() -> None:
-        while True:
+        while not done.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             accepted.append(1)
             conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener, accepted
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield accepted
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
 
 
 def test_a_planted_socket_in_an_unrelated_folder_is_never_used(tmp_path: Path) -> None:
-    listener, accepted = plant_socket(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("OWA_SOCKET", "OWA_CONFIG")}
-    try:
+    with planted_socket(tmp_path) as accepted:
         result = subprocess.run([str(BIN / "oraclectl"), "status"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=30)
-    finally:
-        listener.close()
     assert accepted == []
     assert result.returncode == 3
     assert str(tmp_path) not in result.stderr

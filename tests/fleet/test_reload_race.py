@@ -52,3 +52,33 @@ async def test_verbs_during_a_reload_answer_with_an_operator_error(tmp_path: Pat
                 race.start_soon(reload)
         nursery.cancel_scope.cancel()
     assert not unexpected, repr(unexpected[:3])
+
+
+async def test_a_reload_during_an_outage_attempts_only_the_tenant_it_adds(tmp_path: Path) -> None:
+    """Tenants already waiting for their servers keep their own backoff: a reload (and so a
+    `tenant add`) during an outage costs one attempt for the tenant it adds, not one per tenant
+    of the fleet, and does not restart every retry in the same instant."""
+    settings = load_settings(write_config(tmp_path, extra=DOWN))
+    async with open_servers(settings) as servers, trio.open_nursery() as nursery:
+        supervisor = Supervisor(settings.run_dir, settings.state_dir, settings.logs)
+        await nursery.start(supervisor.run)
+        fleet = Fleet(settings, supervisor, Provisioner(settings, servers), nursery)
+        for n in range(5):
+            write_tenant(tmp_path, f"waiting{n}")
+        await fleet.reload()
+        assert all(fleet.provisioning[f"waiting{n}"].status.startswith("UNAVAILABLE") for n in range(5))
+        # First attempts publish a `provision` event; background retries only update the status.
+        events = fleet.events.subscribe(buffer=1000)
+        write_tenant(tmp_path, "added")
+        await fleet.reload()
+        attempted = []
+        while True:
+            try:
+                event = events.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if event.kind == "provision":
+                attempted.append(event.tenant)
+        assert attempted == ["added"]
+        assert all(fleet.provisioned.retrying(t) for t in [f"waiting{n}" for n in range(5)] + ["added"])
+        nursery.cancel_scope.cancel()

@@ -486,6 +486,12 @@ def _open_redis(cfg: ServiceConfig) -> Redis:
         kwargs["username"] = rc.username
     if rc.password is not None:
         kwargs["password"] = rc.password
+    # The daemon's [redis] TLS files: a rediss:// server signed by a private CA, or one that
+    # wants a client certificate, is reached as the daemon reaches it.
+    for key, value in (("ssl_ca_certs", rc.ca_file), ("ssl_certfile", rc.cert_file),
+                       ("ssl_keyfile", rc.key_file)):
+        if value is not None:
+            kwargs[key] = value
     client = redis.Redis.from_url(rc.url, **kwargs)
     try:
         client.ping()

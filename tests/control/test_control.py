@@ -49,6 +49,7 @@ from tests.harness import (
     wait_for,
 )
 from tests.support.logs import logged
+from tests.support.servers import make_certificate
 from tests.support.system import in_threads
 
 REPO = Path(__file__).resolve().parents[2]
@@ -248,17 +249,6 @@ def test_tcp_needs_the_bearer_token(daemon: Daemon) -> None:
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(tcp))
     answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def make_certificate(root: Path) -> tuple[Path, Path]:
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/openssl"), reason="needs openssl to make a certificate")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.harness import copy_example, unique_id, wait_for
-from tests.support.servers import private_postgres
+from tests.support.servers import private_postgres, private_tls_redis
 
 
 def test_embedded_servers_run_the_example_tenant(make_daemon, sandbox) -> None:
@@ -87,3 +87,22 @@ def test_postgres_down_during_tenant_add_is_unavailable_then_heals(make_daemon, 
     wait_for(lambda: all(r["state"] == "running" and r["ready"] for r in daemon.ctl_json("status", steady)),
              timeout=30, what="the running tenant to be ready again")
     assert {r["service"]: r["pid"] for r in daemon.ctl_json("status", steady)} == steady_pids
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("redis-server")),
+                    reason="needs openssl and redis-server to run a Redis that speaks TLS")
+def test_a_tls_redis_with_a_private_ca_serves_the_tenant_services(make_daemon) -> None:
+    """[redis] url = "rediss://..." with ca_file: provisioning and the tenant's children both
+    verify the server against that CA (a child that ignored it failed every start with exit 69)."""
+    with private_tls_redis() as tls:
+        daemon = make_daemon(extra=f'[redis]\nurl = "{tls.url}"\nca_file = "{tls.ca_file}"\n',
+                             backend="embedded")
+        (daemon.root / "tenants.d").mkdir(exist_ok=True)
+        daemon.start()
+        tid = unique_id()
+        daemon.ctl("tenant", "add", tid, "--services", "recovery", "--timeout", "60")
+        wait_for(lambda: all(r["state"] == "running" and r["ready"] for r in daemon.ctl_json("status", tid)),
+                 timeout=30, what="recovery running on the TLS Redis")
+        health = daemon.ctl_json("health", tid)
+        assert health[0]["checks"]["redis"]["ok"], health
+        assert daemon.stop() == 0

@@ -34,8 +34,7 @@ async def scenario(dsn: str, sandbox: Sandbox, instances: int, recipients: int) 
     async with trio.open_nursery() as nursery:
         sim = await start_simulation(nursery, dsn, sandbox, [f"sim-{i}" for i in range(instances)])
         result = await run_campaign(sim, recipients)
-        nursery.cancel_scope.cancel()
-    sim.pool.close()
+        await sim.aclose()
     return result
 
 

@@ -139,7 +139,7 @@ class Deployer:
                            tenants=tuple(sorted(tenants, key=str.lower)), path=str(rel.path or ""))
 
     def _current(self, tenant: Tenant) -> str:
-        return releases.normalize(tenant.release or self.settings.default_release)
+        return self.fleet.spec_builder.release_version(tenant)   # one rule for the pinned release
 
     async def install(self, path: str, version: str, *, find_links: Sequence[str],
                       share_packages: bool) -> ReleaseView:

@@ -42,6 +42,17 @@ class Simulation:
     clock: Callable[[], float]
     instances: InstanceStates
     pool: ConnectionPool
+    stopped: trio.Event
+    stop_sender: trio.CancelScope
+
+    async def aclose(self) -> None:
+        """Stop the sender first (a send in flight finishes and is recorded, as at SIGTERM), then
+        the client and the pool it records into."""
+        self.stop_sender.cancel()
+        with trio.fail_after(10):
+            await self.stopped.wait()
+        await self.http.aclose()
+        self.pool.close()
 
     async def settle(self) -> None:
         """Until the sender sleeps with nothing in flight (real time passes in a thread meanwhile)."""
@@ -86,10 +97,20 @@ async def start_simulation(nursery: trio.Nursery, dsn: str, sandbox: Any, names:
     service.sender.idle_wait = service.sender.sweep_every = 6 * 3600.0   # wake for events, not polls
     # Only the sender: it observes the engine in its own sweep, and a task waking on a timer of
     # its own would make virtual time jump past it with work in flight.
-    nursery.start_soon(service.sender.run)
+    stopped = trio.Event()
+
+    async def run_sender(task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await service.sender.run()
+        finally:
+            stopped.set()
+
+    stop_sender = await nursery.start(run_sender)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://broadcast",
                              headers={"authorization": "Bearer sim-token"})
-    return Simulation(http, service, clock, instances, pool)
+    return Simulation(http, service, clock, instances, pool, stopped, stop_sender)
 
 
 def csv_of(n: int) -> str:

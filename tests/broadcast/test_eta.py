@@ -13,8 +13,7 @@ async def test_the_eta_at_start_is_within_10_percent_of_the_actual_finish(nurser
     try:
         result = await run_campaign(sim, 150)
     finally:
-        await sim.http.aclose()
-        sim.pool.close()
+        await sim.aclose()
     assert result["sent"] == 150
     days = (result["actual"] - result["start"]) / 86400
     assert days > 1, shown(result)          # a day of standby, then day-1 and day-2 caps

@@ -36,8 +36,7 @@ async def test_a_small_campaign_started_behind_a_big_one_shares_the_sends(nurser
                                 (small,)).fetchone()[0].timestamp()
         assert abs(eta - last) <= 0.10 * (last - t0), (eta, last, t0, finished)
     finally:
-        await sim.http.aclose()
-        sim.pool.close()
+        await sim.aclose()
 
 
 async def _sent_at_least(sim: Simulation, cid: int, n: int) -> bool:

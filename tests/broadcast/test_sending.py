@@ -168,6 +168,28 @@ async def test_kill_9_of_the_child_mid_campaign_resumes_with_no_duplicate(sandbo
     assert len(per_number) in range(40 - in_doubt, 41)
 
 
+async def test_sigterm_mid_send_finishes_and_records_the_send_on_its_way(sandbox, start_broadcast,
+                                                                         broadcast_db):
+    """A restart or a release swap stops the old process with SIGTERM while a send is composing:
+    that send completes and is recorded `sent`, not left to be swept `uncertain` (never resent, so
+    lost to the campaign)."""
+    await sandbox.create_instance("bc-1")
+    config = {**evolution_config(sandbox), "antiban": {**FAST_ANTIBAN, "delay_min": 0.8, "delay_max": 0.9}}
+    child = await start_broadcast(broadcast_db, **config)
+    await hook_up(sandbox, child, "bc-1")
+    async with child.admin() as admin:
+        cid = await campaign(admin, 3)
+        await admin.post(f"/campaigns/{cid}/start", json={})
+    await wait_rows(broadcast_db, "SELECT count(*) FROM recipients WHERE status = 'sending'", [(1,)])
+    child.process.signal(signal.SIGTERM)
+    assert await child.process.wait() == 0
+    statuses = Counter(s for (s,) in rows(broadcast_db, "SELECT status FROM recipients"))
+    assert statuses["sending"] == statuses["uncertain"] == 0, statuses
+    assert statuses["sent"] >= 1 and statuses["sent"] + statuses["pending"] == 3, statuses
+    sent = await sandbox.messages()
+    assert len(sent) == statuses["sent"] and len({m["number"] for m in sent}) == len(sent)
+
+
 async def test_an_ambiguous_send_is_uncertain_never_resent_and_an_ack_resolves_it(sandbox, start_broadcast,
                                                                                   broadcast_db):
     await sandbox.create_instance("bc-1")   # no webhook yet: the sandbox's own SERVER_ACK cannot reach us

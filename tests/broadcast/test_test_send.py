@@ -40,5 +40,4 @@ async def test_test_sends_keep_the_gap_and_count_against_the_cap(nursery, mock_c
             sent = conn.execute("SELECT sum(sent) FROM antiban_days WHERE instance = 'bc-1'").fetchone()[0]
         assert sent == 2
     finally:
-        await sim.http.aclose()
-        sim.pool.close()
+        await sim.aclose()

@@ -167,8 +167,8 @@ class Sender(SenderParts):
 
     async def _send(self, msg: store.Claimed, lease: Any) -> None:
         try:
-            await self.recorder.send(self.client, msg.id, msg.instance, msg.phone, msg.body, lease,
-                                     {"campaign": msg.campaign_id, "recipient": msg.id})
+            await self.send_through_stop(msg.id, msg.instance, msg.phone, msg.body, lease,
+                                         {"campaign": msg.campaign_id, "recipient": msg.id}, self.stale_after)
         finally:
             self.in_flight -= 1
             self.poke()

@@ -36,6 +36,16 @@ class SenderParts:
         self.recorder = Recorder(outbox=outbox, db=db, engine=engine, clock=clock, log=log, errors=errors,
                                  observe=observe)
 
+    async def send_through_stop(self, row_id: int, instance: str, phone: str, body: str, lease: Any,
+                                extra: dict[str, Any], within: float) -> None:
+        """Send a claimed row and record the outcome, even when a stop (SIGTERM: a restart, or a
+        release swap's old process draining) cancels the sender meanwhile: a send cancelled on
+        its way has an unknown outcome, so its row would turn uncertain and never go out. Bounded
+        by `within` (stale_after, when the row is presumed lost anyway); the supervisor's stop
+        grace bounds it too."""
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + within):
+            await self.recorder.send(self.client, row_id, instance, phone, body, lease, extra)
+
 
 class ClaimLoop:
     def __init__(self, *, sweep: Callable[[float], Awaitable[object]],

@@ -186,15 +186,11 @@ class Sender(SenderParts):
         return claimed
 
     async def _send(self, msg: store.Claimed, lease: Lease) -> None:
-        # A stop (SIGTERM: a release swap's old process drains in milliseconds) cancels the sender;
-        # a send already on its way finishes and is recorded, else its row turns uncertain and
-        # is never sent. Bounded by stale_after, when the row would be presumed lost anyway.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.stale_after):
-            try:
-                await self.recorder.send(self.client, msg.id, msg.instance, msg.phone, msg.body, lease,
-                                         {"message_id": msg.id, "kind": msg.kind})
-            finally:
-                self.poke()   # the instance is free again
+        try:
+            await self.send_through_stop(msg.id, msg.instance, msg.phone, msg.body, lease,
+                                         {"message_id": msg.id, "kind": msg.kind}, self.settings.stale_after)
+        finally:
+            self.poke()   # the instance is free again
 
 
 def _outbox_figures(conn: psycopg.Connection, now: float) -> tuple[dict[str, int], int, float]:

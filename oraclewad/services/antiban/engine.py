@@ -535,11 +535,6 @@ class Engine:
             return True
         return self.numbers is not None and self.numbers.contains_sync(phone)
 
-    def is_invalid(self, conn: psycopg.Connection, phones: Iterable[str]) -> set[str]:
-        rows = conn.execute("SELECT phone FROM antiban_invalid_numbers WHERE phone = ANY(%s)",
-                            (list(phones),)).fetchall()
-        return {r[0] for r in rows}
-
     def forecast(self, conn: psycopg.Connection, now: float, pending: int) -> _forecast.Forecast:
         """When the last of `pending` messages would land, replaying the engine's own schedule."""
         statuses = self.observe(conn, now)

@@ -151,19 +151,21 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
         return {r[0] for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
-def _has_flag(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'schema_migrations' "
-                       "AND column_name = 'backward_compatible' "
-                       "AND table_schema = current_schema()").fetchone()
-    return row is not None
+# Whether the table exists and has the flag column, in one query on the catalog itself: the same
+# through information_schema.columns took 12 ms in a fresh backend (its view plans cold), and every
+# service start and health probe asks.
+_SHAPE = ("SELECT to_regclass('schema_migrations') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute "
+          "WHERE attrelid = to_regclass('schema_migrations') AND attname = 'backward_compatible' "
+          "AND NOT attisdropped)")
 
 
 def applied(conn: psycopg.Connection) -> list[Applied]:
     """Every recorded migration, by version (a table from before the flag reads as not compatible)."""
     with conn.transaction():
-        if not _table_exists(conn):
+        row = conn.execute(_SHAPE).fetchone()
+        if not (row and row[0]):
             return []
-        flag = "backward_compatible" if _has_flag(conn) else "false"
+        flag = "backward_compatible" if row[1] else "false"
         query = f"SELECT version, name, {flag} FROM schema_migrations ORDER BY version"
         rows = conn.execute(query).fetchall()
         return [Applied(int(v), str(n), bool(c)) for v, n, c in rows]

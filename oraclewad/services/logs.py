@@ -30,6 +30,8 @@ _FOREIGN_CHANNELS = {"hypercorn": "http"}
 # Shorter strings would blank out ordinary words if a test or dev config used them as passwords.
 _MIN_SECRET_LEN = 4
 _SECRET_KEY = re.compile(r"pass|secret|token|key|dsn|credential", re.IGNORECASE)
+# Compiled at import: in the fork template, so no forked child compiles it again.
+_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def channel_logger(channel: str) -> logging.Logger:
@@ -142,7 +144,7 @@ def _password_of(value: str) -> str | None:
             return urlsplit(value).password
         except ValueError:
             return None
-    match = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", value)
+    match = _DSN_PASSWORD.search(value)
     if match:
         return match.group(1).strip("'")
     return None

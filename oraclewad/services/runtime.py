@@ -1,9 +1,11 @@
 """Child bootstrap: every service process runs `run_service(...)` and gets the daemon contract for free.
 
-Startup: config (fd OWA_CONFIG_FD, or file OWA_CONFIG) -> Postgres pool + schema check -> Redis PING ->
-public HTTP server on the inherited "http" fd (or http.host/port standalone) and admin server on the
-inherited "admin" fd (or OWA_ADMIN_SOCKET standalone) -> READY=1 ->
-WATCHDOG=1 from the trio loop. SIGTERM/SIGINT: STOPPING=1, stop accepting, drain in-flight requests
+Startup: config (fd OWA_CONFIG_FD, or file OWA_CONFIG) -> Postgres connect + schema check and
+Redis PING, side by side -> public HTTP server on the inherited "http" fd (or http.host/port
+standalone) and admin server on the inherited "admin" fd (or OWA_ADMIN_SOCKET standalone), side
+by side -> READY=1 -> WATCHDOG=1 from the trio loop. The connection pools start their threads at
+their first use (services/pools.py), after READY=1, unless postgres.pool_min asks for
+connections up front. SIGTERM/SIGINT: STOPPING=1, stop accepting, drain in-flight requests
 (http.graceful_timeout_s), stop background tasks, close pools, exit 0. A second signal skips the drain.
 
 Exit codes: 0 stopped on request; 1 bug (traceback on stderr); 69 Postgres/Redis unreachable at start;
@@ -171,13 +173,7 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
     try:
         pg = schema_probe = redis = None
         with stopper.startup_scope:
-            if cfg.postgres is not None:
-                pg, schema_probe = await trio.to_thread.run_sync(
-                    _open_postgres, cfg, plan.migrations, abandon_on_cancel=True)
-                closers.append(partial(pg.close, timeout=_CLOSE_TIMEOUT))
-            if cfg.redis is not None:
-                redis = await trio.to_thread.run_sync(_open_redis, cfg, abandon_on_cancel=True)
-                closers.append(redis.close)
+            pg, schema_probe, redis = await _open_stores(plan, closers)
         if stopper.requested.is_set():
             log.info("stopped before ready")
             return EX_OK
@@ -212,6 +208,41 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
             await trio.to_thread.run_sync(_close_all, closers)
 
 
+async def _open_stores(plan: _Plan, closers: list[Callable[[], None]]
+                       ) -> tuple[ConnectionPool | None, SchemaProbe | None, Redis | None]:
+    """PostgreSQL (connect, schema check, pool) and Redis (connect, PING) side by side: each is
+    mostly a wait on its server. The first failure is the one reported, at once: the other
+    attempt is abandoned (the process exits), so a dead server is never hidden behind the other
+    one's connect timeout."""
+    cfg = plan.cfg
+    opened: dict[str, Any] = {}
+    failed: list[StartupFailure] = []
+
+    async def open_one(name: str, fn: Callable[..., Any], close: Callable[[Any], Callable[[], None]],
+                       *args: Any) -> None:
+        try:
+            opened[name] = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        except StartupFailure as exc:
+            failed.append(exc)
+            nursery.cancel_scope.cancel()
+        else:
+            closers.append(close(opened[name]))     # at once: a stop may cancel the other one
+
+    async with trio.open_nursery() as nursery:
+        if cfg.postgres is not None:
+            nursery.start_soon(open_one, "postgres", _open_postgres, _pool_closer, cfg, plan.migrations)
+        if cfg.redis is not None:
+            nursery.start_soon(open_one, "redis", _open_redis, lambda got: got.close, cfg)
+    if failed:
+        raise failed[0]
+    pg, redis = opened.get("postgres"), opened.get("redis")
+    return (pg[0], pg[1], redis) if pg is not None else (None, None, redis)
+
+
+def _pool_closer(opened: tuple[ConnectionPool, SchemaProbe]) -> Callable[[], None]:
+    return partial(opened[0].close, timeout=_CLOSE_TIMEOUT)
+
+
 async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: ASGIApp,
                  health: Health) -> None:
     cfg = plan.cfg
@@ -231,23 +262,42 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
 
     async with trio.open_nursery() as servers:
         stopper.hard_scope = servers.cancel_scope
-        where = public_bind
-        try:
-            binds = await servers.start(run_public)
-            admin_inode = None
+        binds: list[str] = []
+        cannot: dict[str, BaseException] = {}     # where -> why it cannot listen there
+
+        async def start(where: str, *args: Any) -> Any:
+            try:
+                return await servers.start(*args)
+            except* OSError as group:  # hypercorn raises bind errors from inside its own nursery
+                cannot[where] = _first_leaf(group)
+            return None
+
+        async def start_public() -> None:
+            binds.extend(await start(public_bind, run_public) or ())
+
+        # Both servers start side by side (each runs the app's lifespan startup first).
+        async with trio.open_nursery() as starting:
+            starting.start_soon(start_public)
             if plan.admin_path:
-                where = f"unix:{plan.admin_path}"
                 admin_app = build_admin_app(health, ctx.metrics, ctx.admin_routes)
-                await servers.start(_run_admin, admin_app, plan.admin_path, admin_stop, admin_done)
-                if not plan.admin_path.startswith("fd://"):
-                    os.chmod(plan.admin_path, 0o600)
-                    admin_inode = os.stat(plan.admin_path).st_ino
+                starting.start_soon(start, f"unix:{plan.admin_path}", _run_admin, admin_app,
+                                    plan.admin_path, admin_stop, admin_done)
             else:
                 admin_done.set()
-        except* OSError as group:  # hypercorn raises bind errors from inside its own nursery
-            exc = _first_leaf(group)
+        admin_inode = None
+        admin_where = f"unix:{plan.admin_path}"
+        if plan.admin_path and admin_where not in cannot and not plan.admin_path.startswith("fd://"):
+            try:
+                os.chmod(plan.admin_path, 0o600)
+                admin_inode = os.stat(plan.admin_path).st_ino
+            except OSError as exc:
+                cannot[admin_where] = exc
+        if cannot:
+            where, exc = min(cannot.items(), key=lambda item: item[0] != public_bind)  # public first
             failure = StartupFailure(EX_OSERR, f"http: cannot listen on {where}: "
                                                f"{getattr(exc, 'strerror', None) or exc}")
+            if plan.admin_path and admin_inode is not None:
+                _unlink_if_ours(plan.admin_path, admin_inode)   # the public side failed
             servers.cancel_scope.cancel()
         else:
             await _announce_ready(plan, stopper, ctx, binds)
@@ -439,6 +489,8 @@ def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[Connection
     from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import ConnectionPool
 
+    from oraclewad.services.pools import OpenOnUse
+
     assert cfg.postgres is not None
     dsn = cfg.postgres.dsn
     params = conninfo_to_dict(dsn)
@@ -465,12 +517,13 @@ def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[Connection
         migrations.check(conn, wanted)
         return f"at version {migrations.current_version(conn)}"
 
-    pool = ConnectionPool(
+    # Opened by its first request (pools.py) unless pool_min asks for connections up front.
+    pool = OpenOnUse(
         dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max, kwargs=extra,
-        open=False, timeout=10.0, check=ConnectionPool.check_connection,
-        name=f"{cfg.tenant}_{cfg.service}",
+        timeout=10.0, check=ConnectionPool.check_connection, name=f"{cfg.tenant}_{cfg.service}",
     )
-    pool.open(wait=cfg.postgres.pool_min > 0, timeout=10.0)
+    if cfg.postgres.pool_min > 0:
+        pool.open(wait=True, timeout=10.0)
     log.info("postgres ready", extra={"postgres": redact_url(dsn), "schema": len(wanted)})
     return pool, schema_probe
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import trio
-from psycopg_pool import ConnectionPool
+
+from oraclewad.services.pools import OpenOnUse
 
 OPT_OUT_WORDS = frozenset({"SAIR", "PARAR", "STOP", "CANCELAR", "DESCADASTRAR"})
 _NOT_LETTERS = re.compile(r"[^A-Z ]+")
@@ -52,8 +53,9 @@ def message_text(message: Any) -> str | None:
 class SuppressionList:
     def __init__(self, dsn: str | None, service: str, limiter: trio.CapacityLimiter | None = None) -> None:
         self.service = service
-        self.pool = (ConnectionPool(dsn, min_size=0, max_size=2, open=True, timeout=5.0,
-                                    name=f"shared-{service}") if dsn else None)
+        # Its threads start at its first use (pools.py): not before READY=1.
+        self.pool = (OpenOnUse(dsn, min_size=0, max_size=2, timeout=5.0, name=f"shared-{service}")
+                     if dsn else None)
         self.limiter = limiter or trio.CapacityLimiter(2)
 
     @property

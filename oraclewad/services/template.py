@@ -55,7 +55,8 @@ PRELOAD = (
     "oraclewad.services.runtime", "oraclewad.services.recovery.app", "oraclewad.services.broadcast.app",
 )
 # Built once here and shared by every child (copy-on-write) instead of once per child.
-WARM = (("oraclewad.services.evolution", "shared_tls"),)
+# The config schema's type hints, too (resolving them compiles every annotation string).
+WARM = (("oraclewad.services.evolution", "shared_tls"), ("oraclewad.childconfig", "warm"))
 MAX_REQUEST = 1 << 20
 MAX_FDS = 64
 

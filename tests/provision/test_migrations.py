@@ -113,6 +113,20 @@ def test_a_release_runs_on_newer_migrations_only_when_they_are_declared_compatib
             migrations.check(conn, ms[:1])
 
 
+def test_a_table_from_before_the_flag_reads_as_not_compatible(scratch_db: str) -> None:
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        assert migrations.applied(conn) == [] and migrations.current_version(conn) == 0
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'init')")
+        assert migrations.applied(conn) == [migrations.Applied(1, "init", False)]
+        conn.execute("ALTER TABLE schema_migrations "
+                     "ADD COLUMN backward_compatible boolean NOT NULL DEFAULT true")
+        assert migrations.applied(conn) == [migrations.Applied(1, "init", True)]
+        conn.execute("ALTER TABLE schema_migrations DROP COLUMN backward_compatible")   # attisdropped
+        assert migrations.applied(conn) == [migrations.Applied(1, "init", False)]
+
+
 def test_atomic_apply_leaves_the_database_untouched_on_failure(tmp_path: Path, scratch_db: str) -> None:
     ms = migrations.discover(write(tmp_path / "m", {**THREE, "0003_c.sql": "ALTER TABLE nope ADD x int;\n"}))
     with psycopg.connect(scratch_db, autocommit=True) as conn:

@@ -37,6 +37,23 @@ async def test_redis_unreachable_exits_69_naming_host(launch, workdir):
     assert PASSWORD not in child.stdout + message
 
 
+async def test_redis_failure_is_reported_while_postgres_still_hangs(launch, workdir, nursery):
+    """PostgreSQL and Redis are connected side by side, and the first failure ends the start at
+    once: a refused Redis is not hidden behind a hung PostgreSQL's 5 s connect timeout."""
+    hung_pg = FakeRedis(mute=True)      # accepts the connection, never answers the startup packet
+    await nursery.start(hung_pg.run)
+    port = free_port()
+    config = {"tenant": "imperio", "http": {"port": 0},
+              "postgres": {"dsn": f"postgresql://imperio_recovery@127.0.0.1:{hung_pg.port}/imperio_recovery"},
+              "redis": {"url": f"redis://127.0.0.1:{port}/0", "username": "imperio_recovery"}}
+    child = launch(base_env(OWA_CONFIG=str(write_config(workdir, config))))
+    with trio.fail_after(10):
+        await hung_pg.connected.wait()
+    assert await child.wait(timeout=3) == 69     # psycopg would still wait 5 s for the hung one
+    assert child.stderr.decode().startswith(f"redis: cannot use redis://127.0.0.1:{port}/0")
+    await hung_pg.stop()
+
+
 class FakeRedis:
     """Just enough RESP for PING (and AUTH): lets a test take Redis away from a running child."""
 

@@ -151,3 +151,28 @@ async def test_context_helpers_run_in_threads(scratch_db, redis_user):
     finally:
         pool.close()
         client.close()
+
+
+def test_a_pool_starts_its_threads_at_its_first_use(scratch_db):
+    """The runtime's pools (services/pools.py) cost a service start nothing: no thread until the
+    first connection is asked for, and a closed pool stays closed."""
+    import threading
+
+    from psycopg_pool import PoolClosed
+
+    from oraclewad.services.pools import OpenOnUse
+
+    before = threading.active_count()
+    pool = OpenOnUse(scratch_db, min_size=0, max_size=2, timeout=5.0)
+    assert threading.active_count() == before
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert threading.active_count() > before
+    pool.close()
+    with pytest.raises(PoolClosed):
+        pool.getconn()
+    unused = OpenOnUse(scratch_db, min_size=0, max_size=2, timeout=5.0)
+    unused.close()
+    with pytest.raises(PoolClosed), unused.connection():
+        pass
+    assert threading.active_count() == before

@@ -44,14 +44,25 @@ def database(tenant_id: str) -> str:
     return resource_name(tenant_id, SHARED)
 
 
+def create(admin: Admin, tenant_id: str) -> None:
+    """The shared database, if it is missing (it needs no role: provisioning creates it while
+    the service roles are made)."""
+    _create(admin, database(tenant_id))
+
+
+def _create(admin: Admin, name: str, conn: psycopg.Connection | None = None) -> None:
+    with contextlib.nullcontext(conn) if conn is not None else admin() as c:
+        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            with contextlib.suppress(pgerrors.DuplicateDatabase):  # another provisioner won the race
+                c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def setup(admin: Admin, tenant_id: str, roles: Sequence[str]) -> None:
     """Create (or complete) the shared database and grant it to the tenant's service roles."""
     name = database(tenant_id)
     ident = sql.Identifier(name)
     with admin() as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            with contextlib.suppress(pgerrors.DuplicateDatabase):  # another provisioner won the race
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        _create(admin, name, conn)
         conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
         for role in roles:
             conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident, sql.Identifier(role)))

@@ -388,6 +388,45 @@ async def test_concurrent_provisioning_same_tenant(backend: Backend, prov: Provi
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
 
 
+async def test_a_tenants_databases_are_set_up_side_by_side(backend: Backend, prov: Provisioner,
+                                                            tenant_ids: Callable[[], str],
+                                                            migration_dirs: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CREATE DATABASE is 100-300 ms of waiting on the server: `tenant add` makes the two
+    services' databases and the shared one at the same time, and the result is the same."""
+    import threading
+    import time
+
+    from oraclewad.provision import shared
+
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def overlapping(fn: Callable[..., None]) -> Callable[..., None]:
+        def run(*args: object) -> None:
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            try:
+                time.sleep(0.2)
+                fn(*args)
+            finally:
+                with lock:
+                    now[0] -= 1
+        return run
+
+    monkeypatch.setattr(prov, "_pg_setup", overlapping(prov._pg_setup))
+    monkeypatch.setattr(shared, "create", overlapping(shared.create))
+    tid = tenant_ids()
+    applied = await prov.provision(tid, ["recovery", "broadcast"], migration_dirs)
+    assert most[0] == 3     # recovery's, broadcast's and the shared database at once
+    assert applied == {"recovery": [1, 2], "broadcast": [1]}
+    with psycopg.connect(frag_pg(prov, tid, "broadcast")) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+    shared_dsn = prov.child_config_fragment(tid, "recovery")["shared"]["dsn"]
+    with psycopg.connect(shared_dsn) as conn:     # the grants came after both roles existed
+        assert conn.execute("SELECT count(*) FROM suppressions").fetchone() == (0,)
+
+
 # ---------------------------------------------------------------- embedded only
 
 

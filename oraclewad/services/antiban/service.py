@@ -1,7 +1,7 @@
 """What a service wires around its engine: the observe loop (standby starts, idle drop-backs,
-metrics), the anti-ban columns of GET /instances, POST /instances/{name}/attest (oraclectl
-instances attest, through the daemon). Manual messages reach the engine from services/outbox's
-EvolutionEvents (note_upsert)."""
+metrics; a service with a sender observes in the sender's sweep instead), the anti-ban columns of
+GET /instances, POST /instances/{name}/attest (oraclectl instances attest, through the daemon).
+Manual messages reach the engine from services/outbox's EvolutionEvents (note_upsert)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ Db = Callable[..., Awaitable[Any]]
 log = logging.getLogger("oraclewad.services.antiban.service")
 
 
-def attach(ctx: ServiceContext, engine: Engine, db: Db, clock: Callable[[], float]) -> None:
+def attach(ctx: ServiceContext, engine: Engine, db: Db, clock: Callable[[], float], *,
+           observe: bool = True) -> None:
+    """observe: run the observe loop here (False when the service's sender observes in its sweep)."""
     async def details() -> dict[str, dict[str, Any]]:
         try:
             rows = await db(engine.explain, clock())
@@ -40,7 +42,8 @@ def attach(ctx: ServiceContext, engine: Engine, db: Db, clock: Callable[[], floa
         ctx.instances.details = details
     ctx.admin_routes.append(Route("/instances/{name}/attest", _attest_route(engine, db, clock),
                                   methods=["POST"]))
-    ctx.start_soon(_observe_forever, engine, db, clock)
+    if observe:
+        ctx.start_soon(_observe_forever, engine, db, clock)
 
 
 async def _observe_forever(engine: Engine, db: Db, clock: Callable[[], float]) -> None:

@@ -27,8 +27,9 @@ from oraclewad.services.suppression import SuppressionList
 from oraclewad.templating import TemplateError, TemplateSet, parse_set
 
 BATCH = 20
-IDLE_WAIT = 5.0       # seconds between polls when nothing is due (an API call or an event wakes it)
+IDLE_WAIT = 5.0       # seconds between polls while work is in sight (an API call or an event wakes it)
 SWEEP_EVERY = 5.0
+IDLE_SWEEP_EVERY = 30.0   # with no campaign running or about to start, nothing `sending` or held
 OUTBOX = store.OUTBOX
 
 
@@ -66,6 +67,7 @@ class Sender(SenderParts):
         self.in_flight = 0
         self.idle_wait = IDLE_WAIT
         self.sweep_every = SWEEP_EVERY
+        self.idle_sweep_every = IDLE_SWEEP_EVERY
         self.sleeping_until: float | None = None   # trio time it sleeps until (a test drives a clock by it)
         self._wakeup = trio.Event()
 
@@ -74,48 +76,68 @@ class Sender(SenderParts):
         self._wakeup.set()
 
     async def run(self) -> None:
-        rounds = ClaimLoop(sweep=self.sweep, claim_and_send=self._claim_and_send,
-                           next_due=lambda: self.db(store.next_due), errors=self.errors,
+        rounds = ClaimLoop(sweep=self.sweep, claim_and_send=self._claim_and_send, errors=self.errors,
                            label="broadcast sender")
         async with trio.open_nursery() as sending:
             while True:
                 now = self.clock()
-                again, next_due = await rounds.round(sending, now, self.sweep_every)
+                again, next_due = await rounds.round(sending, now, self.sweep_every, self.idle_sweep_every)
                 if again:
                     continue
-                wait = self.idle_wait
+                idle = rounds.idle_wait(now, self.idle_wait)
+                wait = idle
                 if next_due is not None:
                     until, _ = self.waiting
-                    wake_at = max(next_due, until) if until is not None else now + self.idle_wait
-                    wait = min(self.idle_wait, max(wake_at - now, 0.001), max(rounds.next_sweep - now, 0.001))
+                    wake_at = max(next_due, until) if until is not None else now + idle
+                    wait = min(idle, max(wake_at - now, 0.001), max(rounds.next_sweep - now, 0.001))
                 self.sleeping_until = trio.current_time() + wait
                 with trio.move_on_after(wait):
                     await self._wakeup.wait()
                 self.sleeping_until = None
                 self._wakeup = trio.Event()
 
-    async def sweep(self, now: float) -> None:
-        stale = await self.db(OUTBOX.sweep_stale, now - self.stale_after, now)
+    async def sweep(self, now: float) -> bool:
+        """One connection, one transaction (the figures callback aside): the stale and held work
+        and the campaigns' ticks when there is some, the engine's observe. Returns whether work is
+        in sight: a campaign running or starting before the next idle sweep, rows `sending`, young
+        held acks."""
+        stale, resolved, changed, busy = await self.db(self._sweep_sync, now)
         if stale:
             self.errors.warning("campaign messages with unknown outcome marked uncertain (never resent)",
                                 extra={"count": stale})
-        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
-        if resolved := await self.db(OUTBOX.settle_held, now - self.stale_after, now):
+        if resolved:
             self.log.info("uncertain messages resolved by messages.update", extra={"count": resolved})
-        for campaign_id, status in await self.db(store.tick, now):
+        for campaign_id, status in changed:
             self.log.info(f"campaign {status}", extra={"campaign": campaign_id, "status": status})
-        observe = getattr(self.engine, "observe", None)
-        if observe is not None:
-            await self.db(observe, now)
         if self.on_figures is not None:
             await self.on_figures(now)
+        return busy
 
-    async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> int:
-        claimed = await self.db(self._claim, now)
+    def _sweep_sync(self, conn: psycopg.Connection,
+                    now: float) -> tuple[int, int, list[tuple[int, str]], bool]:
+        cutoff = now - self.stale_after
+        sending, held, recent = OUTBOX.sweep_work(conn, cutoff)
+        campaigns = store.campaigns_in_sight(conn, now + self.idle_sweep_every)
+        stale = OUTBOX.sweep_stale(conn, cutoff, now) if sending else 0
+        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
+        resolved = OUTBOX.settle_held(conn, cutoff, now) if held else 0
+        changed = store.tick(conn, now) if campaigns else []
+        observe = getattr(self.engine, "observe", None)
+        if observe is not None:
+            observe(conn, now)
+        return stale, resolved, changed, sending or recent or campaigns
+
+    async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> tuple[int, float | None]:
+        claimed, next_due = await self.db(self._claim_or_next, now)
         for msg, lease in claimed:
             self.in_flight += 1
             nursery.start_soon(self._send, msg, lease)
-        return len(claimed)
+        return len(claimed), next_due
+
+    def _claim_or_next(self, conn: psycopg.Connection, now: float) -> tuple[list[tuple[store.Claimed, Any]],
+                                                                              float | None]:
+        claimed = self._claim(conn, now)
+        return claimed, (None if claimed else store.next_due(conn))
 
     def _served(self, campaign_id: int) -> None:
         """Round robin: the campaign that just got a send goes to the back of the turns."""

@@ -167,6 +167,14 @@ def tick(conn: psycopg.Connection, now: float) -> list[tuple[int, str]]:
     return changed
 
 
+def campaigns_in_sight(conn: psycopg.Connection, before: float) -> bool:
+    """A campaign running, or scheduled to start before `before`: the sweep ticks and keeps its
+    short cadence."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM campaigns WHERE status = 'running'"
+                       " OR (status = 'scheduled' AND scheduled_at <= %s))", (ts(before),)).fetchone()
+    return bool(row and row[0])
+
+
 # ---- import ----------------------------------------------------------------------------------
 
 def import_rows(conn: psycopg.Connection, campaign_id: int, rows: list[Row], columns: list[str],

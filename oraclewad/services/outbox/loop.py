@@ -1,6 +1,14 @@
 """What both senders are made of: their collaborators with a worker id and the outcome recorder
 (SenderParts), and the claim round they repeat: sweep when due, claim and start sends, else learn
-when the next message is due. Each sender keeps its own sleep between rounds (their wake-ups differ)."""
+when the next message is due. Each sender keeps its own sleep between rounds (their wake-ups differ).
+
+An idle sender costs what its rounds cost (200 children on a small VPS: issue 15). So a sweep says
+whether it saw work in sight (rows `sending`, recent held acks, messages due); while none is, the
+next sweep comes `idle_sweep_every` later instead of `sweep_every`, and the sender sleeps until
+then: new work pokes it (a webhook, an API call, a send finished). The slow sweep still catches
+what no poke announces here (a `sending` row a swap's other process left behind: uncertain within
+stale_after + idle_sweep_every). A claim that starts sends, or finds messages due that cannot go
+yet, brings the short cadence back at once."""
 
 from __future__ import annotations
 
@@ -47,29 +55,45 @@ class SenderParts:
             await self.recorder.send(self.client, row_id, instance, phone, body, lease, extra)
 
 
+# sweep(now) -> whether it saw work in sight; claim_and_send(nursery, now) -> (sends started, when
+# the next message is due: asked in the claim's own transaction when none was started).
+Sweep = Callable[[float], Awaitable[bool]]
+ClaimAndSend = Callable[[trio.Nursery, float], Awaitable[tuple[int, float | None]]]
+
+
 class ClaimLoop:
-    def __init__(self, *, sweep: Callable[[float], Awaitable[object]],
-                 claim_and_send: Callable[[trio.Nursery, float], Awaitable[int]],
-                 next_due: Callable[[], Awaitable[float | None]], errors: Any, label: str) -> None:
+    def __init__(self, *, sweep: Sweep, claim_and_send: ClaimAndSend, errors: Any, label: str) -> None:
         self.sweep = sweep
         self.claim_and_send = claim_and_send
-        self.next_due = next_due
         self.errors = errors
         self.label = label
         self.next_sweep = 0.0      # kept across a failed round, so a sweep that worked is not redone
+        self.busy = True           # work in sight: the short cadence (until a sweep sees none)
 
-    async def round(self, nursery: trio.Nursery, now: float, sweep_every: float) -> tuple[bool, float | None]:
+    async def round(self, nursery: trio.Nursery, now: float, sweep_every: float,
+                    idle_sweep_every: float) -> tuple[bool, float | None]:
         """(go round again at once, when the next message is due). A database outage is logged and
         retried a second later; the sends already started carry on."""
         try:
             if now >= self.next_sweep:
-                await self.sweep(now)
-                self.next_sweep = now + sweep_every
-            if await self.claim_and_send(nursery, now):
+                self.busy = await self.sweep(now)
+                self.next_sweep = now + (sweep_every if self.busy else idle_sweep_every)
+            started, next_due = await self.claim_and_send(nursery, now)
+            if started or (next_due is not None and next_due <= now + sweep_every):
+                # Rows `sending`, or messages due that wait for an instance: sweep (and refresh
+                # the figures /healthz shows) at the short cadence again.
+                self.busy = True
+                self.next_sweep = min(self.next_sweep, now + sweep_every)
+            if started:
                 return True, None
-            return False, await self.next_due()
+            return False, next_due
         except (psycopg.Error, PoolTimeout) as exc:
             self.errors.error(f"{self.label}: database unavailable, retrying",
                               extra={"error": type(exc).__name__})
             await trio.sleep(1.0)
             return True, None
+
+    def idle_wait(self, now: float, busy_wait: float) -> float:
+        """How long to sleep with nothing due: `busy_wait` while work is in sight, else until the
+        next (slow) sweep; a poke ends it sooner."""
+        return busy_wait if self.busy else max(self.next_sweep - now, 0.001)

@@ -102,6 +102,17 @@ class Outbox:
                                     " WHERE status = 'sending' AND claimed_at < %s"),
                             (ts(now), STALE_REASON, ts(older_than))).rowcount
 
+    def sweep_work(self, conn: psycopg.Connection, settled_before: float) -> tuple[bool, bool, bool]:
+        """(rows `sending`, held acks, held acks since `settled_before`) in one statement: an idle
+        sweep skips what has nothing to work on. settle_held runs while any ack is held, so one
+        older than `settled_before` is tried against the uncertain rows by the first sweep that
+        finds it so; only the younger ones need the sweep's short cadence."""
+        row = conn.execute(self._q(
+            "SELECT EXISTS (SELECT 1 FROM {t} WHERE status = 'sending'),"
+            " EXISTS (SELECT 1 FROM held_acks), EXISTS (SELECT 1 FROM held_acks WHERE received_at >= %s)"),
+            (ts(settled_before),)).fetchone()
+        return (bool(row[0]), bool(row[1]), bool(row[2])) if row else (False, False, False)
+
     # ---- Evolution's acks --------------------------------------------------------------------
 
     def lock_instance(self, conn: psycopg.Connection, instance: str) -> None:

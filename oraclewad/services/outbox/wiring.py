@@ -22,8 +22,9 @@ def attach(ctx: Any, *, on_event: Callable[[dict[str, Any]], Awaitable[None]], e
     if engine is not None:
         from oraclewad.services.antiban import service as antiban_service
 
-        # GET /instances shows each instance's anti-ban state; POST /instances/{name}/attest.
-        antiban_service.attach(ctx, engine, db, clock)
+        # GET /instances shows each instance's anti-ban state; POST /instances/{name}/attest. A
+        # sender observes the engine in its own sweep, so the observe loop runs only without one.
+        antiban_service.attach(ctx, engine, db, clock, observe=sender is None)
     if sender is not None:
         ctx.start_soon(sender.run)
     ctx.start_soon(_close_at_exit, suppression)

@@ -34,8 +34,9 @@ from oraclewad.services.recovery.metrics import RecoveryMetrics
 from oraclewad.services.suppression import SuppressionList
 
 BATCH = 20
-IDLE_WAIT = 5.0          # seconds between polls when nothing is due (a new order.paid wakes it at once)
+IDLE_WAIT = 5.0          # seconds between polls while work is in sight (a new order.paid wakes it at once)
 SWEEP_EVERY = 5.0
+IDLE_SWEEP_EVERY = 30.0  # with nothing `sending`, held or due (services/outbox/loop.py)
 OUTBOX = store.OUTBOX
 
 
@@ -106,47 +107,61 @@ class Sender(SenderParts):
                 break
             except (psycopg.Error, PoolTimeout):
                 await trio.sleep(1.0)
-        async def sweep(now: float) -> None:
-            await self._sweep(now)
-            await self.db(self.engine.observe, now)
-
-        rounds = ClaimLoop(sweep=sweep, claim_and_send=self._claim_and_send,
-                           next_due=lambda: self.db(store.next_due), errors=self.errors, label="sender")
+        rounds = ClaimLoop(sweep=self._sweep, claim_and_send=self._claim_and_send, errors=self.errors,
+                           label="sender")
         async with trio.open_nursery() as sending:
             while True:
                 now = self.clock()
                 self._wake_at, self._hint = -math.inf, math.inf
-                again, next_due = await rounds.round(sending, now, SWEEP_EVERY)
+                again, next_due = await rounds.round(sending, now, SWEEP_EVERY, IDLE_SWEEP_EVERY)
                 if again:
                     continue
-                wait = IDLE_WAIT
+                idle = rounds.idle_wait(now, IDLE_WAIT)
+                wait = idle
                 if next_due is not None:
                     free = self.next_slot
-                    wake_at = max(next_due, free) if free is not None else now + IDLE_WAIT
-                    wait = min(IDLE_WAIT, max(wake_at - now, 0.001))
+                    wake_at = max(next_due, free) if free is not None else now + idle
+                    wait = min(idle, max(wake_at - now, 0.001))
                 wake_at = min(now + wait, max(self._hint, now))   # poked during the round
                 self._wakeup = trio.Event()
                 self._wake_at = wake_at
                 with trio.move_on_at(trio.current_time() + max(wake_at - now, 0.0)):
                     await self._wakeup.wait()
 
-    async def _sweep(self, now: float) -> None:
-        stale = await self.db(OUTBOX.sweep_stale, now - self.settings.stale_after, now)
+    async def _sweep(self, now: float) -> bool:
+        """One connection, one transaction: the stale and held work when there is some, the outbox
+        figures, the engine's observe. Returns whether work is in sight."""
+        stale, resolved, (counts, depth, age), busy = await self.db(self._sweep_sync, now)
         if stale:
             self.errors.warning("messages with unknown outcome marked uncertain (never resent)",
                                 extra={"count": stale})
-        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
-        if resolved := await self.db(OUTBOX.settle_held, now - self.settings.stale_after, now):
+        if resolved:
             self.log.info("uncertain messages resolved by messages.update", extra={"count": resolved})
-        counts, depth, age = await self.db(_outbox_figures, now)
         self.metrics.set_counts(counts, depth, age)
         self.figures = (depth, age)
+        return busy
 
-    async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> int:
-        claimed = await self.db(self._claim, now)
+    def _sweep_sync(self, conn: psycopg.Connection,
+                    now: float) -> tuple[int, int, tuple[dict[str, int], int, float], bool]:
+        cutoff = now - self.settings.stale_after
+        sending, held, recent = OUTBOX.sweep_work(conn, cutoff)
+        stale = OUTBOX.sweep_stale(conn, cutoff, now) if sending else 0
+        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
+        resolved = OUTBOX.settle_held(conn, cutoff, now) if held else 0
+        figures = _outbox_figures(conn, now)
+        self.engine.observe(conn, now)
+        return stale, resolved, figures, sending or recent or figures[1] > 0
+
+    async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> tuple[int, float | None]:
+        claimed, next_due = await self.db(self._claim_or_next, now)
         for msg, lease in claimed:
             nursery.start_soon(self._send, msg, lease)
-        return len(claimed)
+        return len(claimed), next_due
+
+    def _claim_or_next(self, conn: psycopg.Connection,
+                       now: float) -> tuple[list[tuple[store.Claimed, Lease]], float | None]:
+        claimed = self._claim(conn, now)
+        return claimed, (None if claimed else store.next_due(conn))
 
     def _claim(self, conn: psycopg.Connection, now: float) -> list[tuple[store.Claimed, Lease]]:
         s = self.settings
@@ -194,8 +209,14 @@ class Sender(SenderParts):
 
 
 def _outbox_figures(conn: psycopg.Connection, now: float) -> tuple[dict[str, int], int, float]:
-    counts = dict(conn.execute("SELECT status, count(*) FROM outbound_messages GROUP BY status").fetchall())
-    row = conn.execute("SELECT count(*), min(send_after) FROM outbound_messages"
-                       " WHERE status = 'pending' AND send_after <= %s", (store.ts(now),)).fetchone()
-    depth, oldest = (row[0], row[1]) if row else (0, None)
+    """(rows by status, pending rows due, age of the oldest due) in one statement."""
+    counts: dict[str, int] = {}
+    depth, oldest = 0, None
+    for status, n, due, first in conn.execute(
+            "SELECT status, count(*), count(*) FILTER (WHERE send_after <= %(now)s),"
+            " min(send_after) FILTER (WHERE send_after <= %(now)s) FROM outbound_messages GROUP BY status",
+            {"now": store.ts(now)}).fetchall():
+        counts[status] = n
+        if status == "pending":
+            depth, oldest = due, first
     return counts, depth, (now - oldest.timestamp()) if oldest else 0.0

@@ -106,27 +106,32 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            elapsed = time.perf_counter() - start
             self.in_flight.dec()
             # Starlette's router leaves the matched route in the (shared) scope.
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.requests.labels(route, method, str(status)).inc()
-            self.latency.labels(route, str(status)).observe(elapsed)
-            dropped = self.access_limit.allow()
-            if dropped is None:
-                self.suppressed.inc()
-            else:
-                client = scope.get("client")
-                fields = {
-                    # no query string: it can carry tokens; the path capped: it comes from anyone
-                    "method": method, "path": loggable_path(scope["path"]),
-                    "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2),
-                    "client": str(client[0])[:64] if client else None,
-                }
-                if dropped:
-                    fields["suppressed_before"] = dropped   # lines the rate limit held back
-                http_log.info("request", extra=fields)
+            client = scope.get("client")
+            self.record(getattr(scope.get("route"), "path", None) or "<unmatched>", scope["method"], status,
+                        time.perf_counter() - start, scope["path"], str(client[0]) if client else None)
+
+    def record(self, route: str, method: str, status: int, elapsed: float, path: str,
+               client: str | None) -> None:
+        """One request served: its series and (rate-limited) access line. Also called by the
+        lean HTTP/1.1 server (services/http1.py) for the routes it answers itself."""
+        method = method if method in _METHODS else "OTHER"
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, str(status)).observe(elapsed)
+        dropped = self.access_limit.allow()
+        if dropped is None:
+            self.suppressed.inc()
+            return
+        fields = {
+            # no query string: it can carry tokens; the path capped: it comes from anyone
+            "method": method, "path": loggable_path(path),
+            "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2),
+            "client": client[:64] if client else None,
+        }
+        if dropped:
+            fields["suppressed_before"] = dropped   # lines the rate limit held back
+        http_log.info("request", extra=fields)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

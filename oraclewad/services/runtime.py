@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from oraclewad import contract
 from oraclewad.services import config as config_mod
+from oraclewad.services import http1
 from oraclewad.services.admin import Health, HttpMetrics, SchemaProbe, build_admin_app
 from oraclewad.services.config import ConfigError, ServiceConfig
 from oraclewad.services.context import ServiceContext
@@ -194,7 +195,10 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
             ctx.admin_routes.extend(admin_routes(ctx))
         try:
             app = plan.build_app(ctx)
-            await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe))
+            # A service that names its hot routes gets the lean HTTP/1.1 server (services/http1.py)
+            # on its public port instead of hypercorn.
+            lean = getattr(getattr(app, "state", None), "http1_routes", None)
+            await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe), lean)
         finally:
             if ctx.evolution is not None:
                 with trio.CancelScope(shield=True):
@@ -243,8 +247,8 @@ def _pool_closer(opened: tuple[ConnectionPool, SchemaProbe]) -> Callable[[], Non
     return partial(opened[0].close, timeout=_CLOSE_TIMEOUT)
 
 
-async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: ASGIApp,
-                 health: Health) -> None:
+async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: HttpMetrics,
+                 health: Health, lean: dict[tuple[str, str], http1.Route] | None = None) -> None:
     cfg = plan.cfg
     public_bind = _public_bind(plan)
     public_done = trio.Event()
@@ -256,8 +260,13 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
         ctx.admin_routes.append(Route(contract.ADMIN_ACCEPT_PATH, held.endpoint, methods=["POST"]))
 
     async def run_public(task_status: trio.TaskStatus[list[str]]) -> None:
-        config = _hypercorn_config(public_bind, cfg.graceful_timeout)
-        await _serve_public(public_app, config, stopper, held, task_status)
+        if lean is not None:
+            server = http1.Http1Server(public_app, lean, metrics=public_app,
+                                       graceful_timeout=cfg.graceful_timeout)
+            await _serve_public_http1(server, public_bind, stopper, held, task_status)
+        else:
+            config = _hypercorn_config(public_bind, cfg.graceful_timeout)
+            await _serve_public(public_app, config, stopper, held, task_status)
         public_done.set()
 
     async with trio.open_nursery() as servers:
@@ -363,6 +372,23 @@ async def _serve_public(app: ASGIApp, config: HypercornConfig, stopper: _Stopper
                     task_status=held)  # type: ignore[arg-type]
 
 
+async def _serve_public_http1(server: http1.Http1Server, bind: str, stopper: _Stopper,
+                              held: _HeldAccept | None, task_status: trio.TaskStatus[list[str]]) -> None:
+    sockets = http1.listening_sockets(bind)   # OSError: exit 71, as hypercorn's bind errors
+    if held is None:
+        await server.serve(sockets, stopper.requested.wait, task_status=task_status)
+        return
+    # A swap's new process: nothing is accepted from the shared socket until the daemon promotes it.
+    task_status.started([bind])
+    await _first_of(held.release.wait, stopper.requested.wait)
+    if stopper.requested.is_set():
+        for sock in sockets:
+            sock.close()
+        return
+    log.info("accepting on the shared socket (promoted)")
+    await server.serve(sockets, stopper.requested.wait, task_status=held)
+
+
 class _HeldAccept:
     """The public server of a swap's new process, waiting for the daemon's go (contract.ENV_HOLD_ACCEPT)."""
 
@@ -390,8 +416,8 @@ async def _first_of(*waits: Callable[[], Any]) -> None:
             nursery.start_soon(run, fn)
 
 
-# How long an idle connection may still send its request once the drain began.
-IDLE_GRACE = 0.5
+# How long an idle connection may still send its request once the drain began (the lean server's too).
+IDLE_GRACE = http1.IDLE_GRACE
 
 
 async def _idle_timeout_with_grace(self: TCPServer) -> None:

@@ -9,7 +9,7 @@ Admin socket: GET /recovery/report?since=<seconds>  (oraclectl recovery, through
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from oraclewad import recovery_plan
-from oraclewad.services import outbox
+from oraclewad.services import http1, outbox
 from oraclewad.services.antiban import Engine, Rules
 from oraclewad.services.groupcommit import GroupCommit
 from oraclewad.services.not_on_whatsapp import NotOnWhatsApp
@@ -96,18 +96,33 @@ class RecoveryService:
         return await self.ctx.db(fn, *args, wait=wait)
 
     async def orders_webhook(self, request: Request) -> Response:
-        event = "unknown"
         try:
-            body = await _read_body(request)
+            body: bytes | None = await _read_body(request)
         except _TooLarge:
+            body = None
+        status, doc, headers = await self.take_webhook(request.headers, body, _client(request))
+        return JSONResponse(doc, status_code=status, headers=headers)
+
+    async def orders_webhook_http1(self, request: http1.Request) -> http1.Answer:
+        """The same route on the public port's lean server (services/http1.py)."""
+        status, doc, headers = await self.take_webhook(
+            request.header_map(), None if request.too_large else request.body,
+            request.client[0] if request.client else None)
+        return http1.json_answer(status, doc, headers)
+
+    async def take_webhook(self, headers: Mapping[str, str], body: bytes | None,
+                           client: str | None) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        """(status, JSON body, extra headers) for one order webhook; body None: over BODY_LIMIT."""
+        event = "unknown"
+        if body is None:
             self.metrics.webhook(event, "too_large")
             return _error(413, "body", f"the body is larger than {BODY_LIMIT} bytes")
         try:
-            verified = self.auth.verify(request.headers, body)
+            verified = self.auth.verify(headers, body)
         except Unauthorized as exc:
             self.metrics.webhook(event, "unauthorized")
-            self.log.warning("webhook refused", extra={"reason": str(exc), "client": _client(request)})
-            return JSONResponse({"error": "unauthorized", "detail": str(exc)}, status_code=401)
+            self.log.warning("webhook refused", extra={"reason": str(exc), "client": client})
+            return 401, {"error": "unauthorized", "detail": str(exc)}, None
         try:
             ev = payload.parse(body, self.plan.raw["time_zone"])
         except payload.InvalidPayload as exc:
@@ -115,6 +130,31 @@ class RecoveryService:
             self.log.warning("webhook invalid", extra={"field": exc.field, "reason": exc.message})
             return _error(422, exc.field, exc.message)
         event = ev.kind
+        try:
+            result = await self._group().submit(store.Incoming(ev, verified.delivery_id, verified.scheme,
+                                                               self.clock()))
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            # Our validation let through something PostgreSQL refuses: retrying cannot help.
+            self.metrics.webhook(event, "invalid")
+            self.errors.error("webhook refused by the database", extra={"event": event, "error": str(exc)})
+            return _error(422, "body", "holds a value the database cannot store")
+        except (psycopg.Error, PoolTimeout) as exc:
+            self.metrics.webhook(event, "unavailable")
+            self.errors.error("webhook not stored: database unavailable",
+                              extra={"event": event, "error": type(exc).__name__})
+            return (503, {"error": "unavailable", "detail": "the database is unavailable; retry later"},
+                    {"Retry-After": RETRY_AFTER})
+        if result.duplicate:
+            self.metrics.webhook(event, "duplicate")
+            return 200, {"status": "duplicate", "order_id": ev.order_id}, None
+        self.metrics.webhook(event, "accepted")
+        if result.recovered:
+            self.metrics.recovered(float(ev.total))
+        if result.first_due is not None:
+            self.poke(result.first_due)
+        return 202, {"status": "accepted", "order_id": ev.order_id, "event_id": result.event_id}, None
+
+    def _group(self) -> GroupCommit[store.Incoming, store.Ingested]:
         # One transaction (one commit) for the webhooks arriving together; each 202 still only
         # after its own event committed (services/groupcommit.py).
         group = self.__dict__.get("_webhook_group")
@@ -133,31 +173,7 @@ class RecoveryService:
                 return results
 
             group = self.__dict__["_webhook_group"] = GroupCommit(store_batch)
-        try:
-            result = await group.submit(store.Incoming(ev, verified.delivery_id, verified.scheme,
-                                                       self.clock()))
-        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-            # Our validation let through something PostgreSQL refuses: retrying cannot help.
-            self.metrics.webhook(event, "invalid")
-            self.errors.error("webhook refused by the database", extra={"event": event, "error": str(exc)})
-            return _error(422, "body", "holds a value the database cannot store")
-        except (psycopg.Error, PoolTimeout) as exc:
-            self.metrics.webhook(event, "unavailable")
-            self.errors.error("webhook not stored: database unavailable",
-                              extra={"event": event, "error": type(exc).__name__})
-            return JSONResponse({"error": "unavailable",
-                                 "detail": "the database is unavailable; retry later"},
-                                status_code=503, headers={"Retry-After": RETRY_AFTER})
-        if result.duplicate:
-            self.metrics.webhook(event, "duplicate")
-            return JSONResponse({"status": "duplicate", "order_id": ev.order_id})
-        self.metrics.webhook(event, "accepted")
-        if result.recovered:
-            self.metrics.recovered(float(ev.total))
-        if result.first_due is not None:
-            self.poke(result.first_due)
-        return JSONResponse({"status": "accepted", "order_id": ev.order_id, "event_id": result.event_id},
-                            status_code=202)
+        return group
 
     async def report(self, request: Request) -> Response:
         raw = request.query_params.get("since", str(7 * 86400))
@@ -166,7 +182,8 @@ class RecoveryService:
             if not 0 < since < 10 * 365 * 86400:
                 raise ValueError
         except ValueError:
-            return _error(400, "since", "must be a number of seconds between 1 and ten years")
+            status, doc, _ = _error(400, "since", "must be a number of seconds between 1 and ten years")
+            return JSONResponse(doc, status_code=status)
         try:
             body = await self.db(store.report, self.clock() - since)
         except (psycopg.Error, PoolTimeout):
@@ -205,9 +222,9 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _error(status: int, field: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": "invalid" if status == 422 else "bad request", "field": field,
-                         "detail": f"{field}: {message}"}, status_code=status)
+def _error(status: int, field: str, message: str) -> tuple[int, dict[str, Any], None]:
+    return status, {"error": "invalid" if status == 422 else "bad request", "field": field,
+                    "detail": f"{field}: {message}"}, None
 
 
 def _client(request: Request) -> str | None:
@@ -245,5 +262,9 @@ def build_app(ctx: ServiceContext, *, clock: Callable[[], float] = time.time) ->
         ctx.health_checks["outbox"] = service.outbox_health
     app = Starlette(routes=routes, exception_handlers=json_error_handlers())
     app.state.recovery = service
+    # The public port's lean server answers this route itself (services/http1.py), the rest
+    # through the app.
+    app.state.http1_routes = {("POST", "/webhooks/orders"): http1.Route(service.orders_webhook_http1,
+                                                                         BODY_LIMIT)}
     return app
 

@@ -86,6 +86,7 @@ class HttpMetrics:
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge("oraclewa_http_requests_in_flight", "Requests being served", registry=registry)
         self.access_limit = AccessLogLimiter()
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.suppressed = Counter("oraclewa_http_access_log_suppressed",
                                   "Access-log lines not written (rate limit)", registry=registry)
 
@@ -117,8 +118,14 @@ class HttpMetrics:
         """One request served: its series and (rate-limited) access line. Also called by the
         lean HTTP/1.1 server (services/http1.py) for the routes it answers itself."""
         method = method if method in _METHODS else "OTHER"
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, str(status)).observe(elapsed)
+        series = self._series.get((route, method, status))
+        if series is None:
+            # labels() costs a lock and a tuple build per call; routes, methods and statuses
+            # are bounded, so the children are kept.
+            series = self._series[(route, method, status)] = (
+                self.requests.labels(route, method, str(status)), self.latency.labels(route, str(status)))
+        series[0].inc()
+        series[1].observe(elapsed)
         dropped = self.access_limit.allow()
         if dropped is None:
             self.suppressed.inc()

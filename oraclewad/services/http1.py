@@ -118,6 +118,7 @@ class _Parser:
         self.limit = ASGI_BODY_LIMIT
         self.too_large = False
         self.route: Route | None = None
+        self.length = self.expect = b""
 
     def on_message_begin(self) -> None:
         self._begin()
@@ -130,22 +131,27 @@ class _Parser:
             self.refuse = 431
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"content-length":
+            self.length = value
+        elif name == b"expect":
+            self.expect = value.lower()
         self.head_size += len(name) + len(value) + 4
         if self.head_size > HEADER_LIMIT:
             self.refuse = 431
 
     def on_headers_complete(self) -> None:
-        path = httptools.parse_url(self.url).path or b"/"
-        self.path = path.decode("latin-1")
+        url = httptools.parse_url(self.url)
+        self.path = (url.path or b"/").decode("latin-1")
+        self.query = url.query or b""
         self.method = self.parser.get_method().decode("ascii")
         self.route = self.server.routes.get((self.method, self.path))
         if self.route is not None:
             self.limit = self.route.body_limit
-        length = next((v for k, v in self.headers if k == b"content-length"), b"")
-        if length.isdigit() and int(length) > self.limit:
+        if self.length.isdigit() and int(self.length) > self.limit:
             self.too_large = True
-        elif any(k == b"expect" and v.lower() == b"100-continue" for k, v in self.headers):
+        elif self.expect == b"100-continue":
             self.send_continue = True
 
     def on_body(self, body: bytes) -> None:
@@ -162,8 +168,7 @@ class _Parser:
         self.in_request = False
         if self.refuse is not None:
             return          # its head was refused: answered with the refusal instead
-        query = httptools.parse_url(self.url).query or b""
-        self.ready.append((Request(self.method, self.path, query, self.headers, b"".join(self.chunks),
+        self.ready.append((Request(self.method, self.path, self.query, self.headers, b"".join(self.chunks),
                                    False, self.client, self.local), self.parser.should_keep_alive()))
 
     def early(self) -> Request | None:

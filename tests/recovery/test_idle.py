@@ -102,10 +102,12 @@ async def test_an_idle_sender_makes_no_database_call_between_slow_sweeps_yet_sen
             assert trio.current_time() == at
             await _real_wait(lambda: rows(recovery_db, "SELECT status FROM outbound_messages") == [("sent",)],
                              "the send recorded")
-            # Idle again once a sweep has seen the send settled.
-            await idle_steps(mock_clock, sender, IDLE_SWEEP_EVERY + SWEEP_EVERY)
+            # Idle again once a sweep has seen the send settled. The slow sweep after it falls on
+            # a step boundary (5 s busy + 30 s), where the wall-clock float rounding decides which
+            # step runs it: step past it, then expect a quiet stretch a step shorter than the wait.
+            await idle_steps(mock_clock, sender, IDLE_SWEEP_EVERY + 2 * SWEEP_EVERY)
             quiet = len(calls)
-            await idle_steps(mock_clock, sender, IDLE_SWEEP_EVERY - SWEEP_EVERY)
+            await idle_steps(mock_clock, sender, IDLE_SWEEP_EVERY - 2 * SWEEP_EVERY)
             assert calls[quiet:] == []
             # A `sending` row no poke announces (a swap's other process died mid-send): the slow
             # sweep still turns it uncertain, and it is never resent.

@@ -135,10 +135,20 @@ def _ingest_batch(conn: psycopg.Connection, prepared: list[_Prepared]) -> list[I
     return [p.result(rows.get(p.ev.order_id)) for p in prepared]
 
 
+# An order row a later event updates: its latest details, its first expiry and payment, and
+# recovered once paid after a reminder (the same for one event and for a batch).
+_ORDER_UPSERT = """    ON CONFLICT (order_id) DO UPDATE SET customer_name = EXCLUDED.customer_name,
+        phone_raw = EXCLUDED.phone_raw, phone = EXCLUDED.phone, product = EXCLUDED.product,
+        total = EXCLUDED.total, pix_code = COALESCE(EXCLUDED.pix_code, orders.pix_code),
+        expires_at = COALESCE(EXCLUDED.expires_at, orders.expires_at),
+        expired_at = COALESCE(orders.expired_at, EXCLUDED.expired_at),
+        paid_at = COALESCE(orders.paid_at, EXCLUDED.paid_at), updated_at = EXCLUDED.updated_at,
+        recovered = orders.recovered OR (EXCLUDED.paid_at IS NOT NULL AND orders.reminded_at IS NOT NULL)"""
+
 # One statement per event: the event (ON CONFLICT: a duplicate stops here, nothing else happens),
 # the order, for order.paid the cancelled reminders and the recovered flag, and the messages it
 # queues: the reminders unless the order is already paid (events out of order), or the thank-you.
-_INGEST = """
+_INGEST = f"""
 WITH ev AS (
     INSERT INTO webhook_events (received_at, event_kind, order_id, payload, delivery_id, scheme, status)
     VALUES (%(at)s, %(kind)s, %(order_id)s, %(payload)s::jsonb, %(delivery_id)s, %(scheme)s, 'processed')
@@ -149,13 +159,7 @@ WITH ev AS (
     SELECT %(order_id)s, %(name)s, %(phone_raw)s, %(phone)s::text, %(product)s, %(total)s::numeric,
            %(pix)s::text, %(expires_at)s::timestamptz, %(expired)s::timestamptz, %(paid)s::timestamptz,
            %(at)s FROM ev
-    ON CONFLICT (order_id) DO UPDATE SET customer_name = EXCLUDED.customer_name,
-        phone_raw = EXCLUDED.phone_raw, phone = EXCLUDED.phone, product = EXCLUDED.product,
-        total = EXCLUDED.total, pix_code = COALESCE(EXCLUDED.pix_code, orders.pix_code),
-        expires_at = COALESCE(EXCLUDED.expires_at, orders.expires_at),
-        expired_at = COALESCE(orders.expired_at, EXCLUDED.expired_at),
-        paid_at = COALESCE(orders.paid_at, EXCLUDED.paid_at), updated_at = EXCLUDED.updated_at,
-        recovered = orders.recovered OR (EXCLUDED.paid_at IS NOT NULL AND orders.reminded_at IS NOT NULL)
+{_ORDER_UPSERT}
     RETURNING paid_at, reminded_at
 ), c AS (
     UPDATE outbound_messages SET status = 'cancelled', reason = 'order paid', status_at = %(at)s
@@ -177,7 +181,7 @@ SELECT ev.id, o.paid_at IS NULL, o.reminded_at IS NOT NULL, (SELECT count(*) FRO
 
 # _INGEST for a batch of events of distinct orders and delivery ids: the same steps, each over
 # all the batch's rows (arrays in, one row per stored event out, keyed by order id).
-_INGEST_BATCH = """
+_INGEST_BATCH = f"""
 WITH i AS (
     SELECT * FROM unnest(%(at)b::timestamptz[], %(kind)b::text[], %(order_id)b::text[], %(payload)b::text[],
                          %(delivery_id)b::text[], %(scheme)b::text[], %(name)b::text[], %(phone_raw)b::text[],
@@ -195,13 +199,7 @@ WITH i AS (
                         expired_at, paid_at, updated_at)
     SELECT i.order_id, i.name, i.phone_raw, i.phone, i.product, i.total, i.pix, i.expires_at, i.expired,
            i.paid, i.at FROM i JOIN ev ON ev.order_id = i.order_id ORDER BY i.order_id
-    ON CONFLICT (order_id) DO UPDATE SET customer_name = EXCLUDED.customer_name,
-        phone_raw = EXCLUDED.phone_raw, phone = EXCLUDED.phone, product = EXCLUDED.product,
-        total = EXCLUDED.total, pix_code = COALESCE(EXCLUDED.pix_code, orders.pix_code),
-        expires_at = COALESCE(EXCLUDED.expires_at, orders.expires_at),
-        expired_at = COALESCE(orders.expired_at, EXCLUDED.expired_at),
-        paid_at = COALESCE(orders.paid_at, EXCLUDED.paid_at), updated_at = EXCLUDED.updated_at,
-        recovered = orders.recovered OR (EXCLUDED.paid_at IS NOT NULL AND orders.reminded_at IS NOT NULL)
+{_ORDER_UPSERT}
     RETURNING order_id, paid_at, reminded_at
 ), c AS (
     UPDATE outbound_messages AS om SET status = 'cancelled', reason = 'order paid', status_at = i.at

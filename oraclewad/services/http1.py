@@ -9,13 +9,14 @@ must take (issue 11: 2,000 requests/s on 2 cores with PostgreSQL and the sender 
 
 Kept from the hypercorn setup it replaces (runtime.py): keep-alive (5 s idle), a 413 for a body
 over the route's limit, 400 for a request that does not parse, 431 for headers over 64 KiB,
-Expect: 100-continue, answers in request order when a client pipelines. On stop: nothing more is
-accepted (the listening socket may be shared with a swap's new process: only our copy is
-closed), a request being received or served is answered with Connection: close, an idle
-connection still gets IDLE_GRACE from when it became idle to start a request (one that has just
-connected counts as idle), and one whose client hung up ends at once; what is still open after
-the graceful timeout is cut. No ASGI lifespan events are sent: an app that needs them stays on
-hypercorn.
+Expect: 100-continue, answers in request order when a client pipelines. Added, which hypercorn
+does not do by default: a 408 for a request that does not arrive whole within REQUEST_TIMEOUT.
+On stop: nothing more is accepted (the listening socket may be shared with a swap's new
+process: only our copy is closed), a request being received or served is answered with
+Connection: close, an idle connection still gets IDLE_GRACE from when it became idle to start a
+request (one that has just connected counts as idle), and one whose client hung up ends at once;
+what is still open after the graceful timeout is cut. No ASGI lifespan events are sent: an app
+that needs them stays on hypercorn.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("oraclewa.http")
 
 KEEP_ALIVE = 5.0                 # seconds an idle keep-alive connection stays open
+# A request must arrive whole within this from its first byte, else 408 and the connection closes:
+# the port faces the internet, and a client trickling a request (slowloris) would otherwise hold
+# a connection and its task until the next stop. 30 s is ample for a 1 MiB body.
+REQUEST_TIMEOUT = 30.0
 IDLE_GRACE = 0.5                 # for hypercorn too (runtime.py): see the module docstring
 HEADER_LIMIT = 64 * 1024         # request line + headers
 ASGI_BODY_LIMIT = 64 * 1024 * 1024   # routes served by the ASGI app get the body whole, up to this
@@ -106,6 +111,7 @@ class _Parser:
         self.refuse: int | None = None                # answer this status, then close
         self.send_continue = False
         self.in_request = False
+        self.began = 0.0                              # trio time of the request's first byte
         self.last = False                             # an upgrade: no request after the ready ones
         self._begin()
 
@@ -123,6 +129,7 @@ class _Parser:
     def on_message_begin(self) -> None:
         self._begin()
         self.in_request = True
+        self.began = trio.current_time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -186,6 +193,7 @@ class Http1Server:
     graceful_timeout: float = 10.0
     keep_alive: float = KEEP_ALIVE
     idle_grace: float = IDLE_GRACE
+    request_timeout: float = REQUEST_TIMEOUT
     stopping: bool = False
     _idle: dict[trio.CancelScope, float] = field(default_factory=dict)   # scope -> idle since
     _date: tuple[int, bytes] = (0, b"")
@@ -220,17 +228,7 @@ class Http1Server:
             nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = stream.socket.getpeername()
-            client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        except OSError:
-            client = None
-        try:
-            local = stream.socket.getsockname()
-            server = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        except OSError:
-            server = None
-        parser = _Parser(self, client, server)
+        parser = _Parser(self, _address(stream.socket.getpeername), _address(stream.socket.getsockname))
         idle_since = trio.current_time()
         try:
             while True:
@@ -252,6 +250,9 @@ class Http1Server:
                 if parser.last:
                     return
                 data = await self._receive(stream, parser, idle_since)
+                if data is None:
+                    parser.refuse = 408     # a request that did not arrive in time: answered, closed
+                    continue
                 if not data:
                     return          # the client hung up, or idle for too long
                 try:
@@ -272,9 +273,13 @@ class Http1Server:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _receive(self, stream: trio.SocketStream, parser: _Parser, idle_since: float) -> bytes:
+    async def _receive(self, stream: trio.SocketStream, parser: _Parser, idle_since: float) -> bytes | None:
+        """The next bytes; b"" when the client hung up or stayed idle too long, None when a request
+        on its way did not arrive whole within request_timeout."""
         if parser.in_request:
-            return await stream.receive_some(65536)   # a request on its way (the drain bounds it)
+            with trio.move_on_at(parser.began + self.request_timeout):
+                return await stream.receive_some(65536)
+            return None
         deadline = idle_since + (self.idle_grace if self.stopping else self.keep_alive)
         with trio.CancelScope(deadline=deadline) as scope:
             self._idle[scope] = idle_since
@@ -415,3 +420,12 @@ def _bind_name(sock: socket.socket) -> str:
     name = sock.getsockname()
     host = f"[{name[0]}]" if sock.family == socket.AF_INET6 else name[0]
     return f"http://{host}:{name[1]}"
+
+
+def _address(get: Callable[[], Any]) -> tuple[str, int] | None:
+    """(host, port) of a TCP socket's end; None for a unix socket or one already gone."""
+    try:
+        addr = get()
+    except OSError:
+        return None
+    return (str(addr[0]), int(addr[1])) if isinstance(addr, tuple) else None

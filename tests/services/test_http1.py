@@ -196,3 +196,29 @@ async def test_an_idle_client_that_sends_nothing_is_closed_after_the_grace(froze
     assert await closed(idle)
     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     assert s.done.is_set()
+
+
+async def test_a_request_trickled_past_the_request_timeout_is_408_and_closed(frozen_clock: MockClock,
+                                                                            served) -> None:
+    """The port faces the internet: a client that starts a request and sends the rest slowly
+    (slowloris) holds its connection only for REQUEST_TIMEOUT, not until the next stop."""
+    _s, hot, port = served
+    slow = await trio.open_tcp_stream("127.0.0.1", port)
+    await slow.send_all(b"POST /hot HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\nabc")
+    for _ in range(5):       # a byte now and then keeps it busy, never complete
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        frozen_clock.jump(http1.REQUEST_TIMEOUT / 6)
+        await slow.send_all(b"d")
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    frozen_clock.jump(http1.REQUEST_TIMEOUT / 6 + 0.01)
+    ((status, headers, _),) = await answers(slow)
+    assert status == b"HTTP/1.1 408 Request Timeout" and headers[b"connection"] == b"close"
+    assert await closed(slow)
+    assert hot.seen == []            # the handler never saw the incomplete request
+    # A request that arrives whole in time, byte by byte, is served as usual.
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    for byte in post(b"ok"):
+        await stream.send_all(bytes([byte]))
+    ((status, _, _),) = await answers(stream)
+    assert status.startswith(b"HTTP/1.1 202")
+    await stream.aclose()

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from oraclewad.services.series import kept_children
 from oraclewad.services.web import json_error_handlers
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ class HttpMetrics:
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge("oraclewa_http_requests_in_flight", "Requests being served", registry=registry)
         self.access_limit = AccessLogLimiter()
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Routes, methods and statuses are bounded: the children are kept (services/series.py).
+        self._requests, self._latency = kept_children(self.requests), kept_children(self.latency)
         self.suppressed = Counter("oraclewa_http_access_log_suppressed",
                                   "Access-log lines not written (rate limit)", registry=registry)
 
@@ -118,14 +120,9 @@ class HttpMetrics:
         """One request served: its series and (rate-limited) access line. Also called by the
         lean HTTP/1.1 server (services/http1.py) for the routes it answers itself."""
         method = method if method in _METHODS else "OTHER"
-        series = self._series.get((route, method, status))
-        if series is None:
-            # labels() costs a lock and a tuple build per call; routes, methods and statuses
-            # are bounded, so the children are kept.
-            series = self._series[(route, method, status)] = (
-                self.requests.labels(route, method, str(status)), self.latency.labels(route, str(status)))
-        series[0].inc()
-        series[1].observe(elapsed)
+        code = str(status)
+        self._requests(route, method, code).inc()
+        self._latency(route, code).observe(elapsed)
         dropped = self.access_limit.allow()
         if dropped is None:
             self.suppressed.inc()

@@ -116,16 +116,13 @@ class Sender(SenderParts):
     def _sweep_sync(self, conn: psycopg.Connection,
                     now: float) -> tuple[int, int, list[tuple[int, str]], bool]:
         cutoff = now - self.stale_after
-        sending, held, recent = OUTBOX.sweep_work(conn, cutoff)
+        stale, resolved, in_sight = OUTBOX.sweep(conn, cutoff, now)
         campaigns = store.campaigns_in_sight(conn, now + self.idle_sweep_every)
-        stale = OUTBOX.sweep_stale(conn, cutoff, now) if sending else 0
-        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
-        resolved = OUTBOX.settle_held(conn, cutoff, now) if held else 0
         changed = store.tick(conn, now) if campaigns else []
         observe = getattr(self.engine, "observe", None)
         if observe is not None:
             observe(conn, now)
-        return stale, resolved, changed, sending or recent or campaigns
+        return stale, resolved, changed, in_sight or campaigns
 
     async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> tuple[int, float | None]:
         claimed, next_due = await self.db(self._claim_or_next, now)

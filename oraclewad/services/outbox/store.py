@@ -113,6 +113,16 @@ class Outbox:
             (ts(settled_before),)).fetchone()
         return (bool(row[0]), bool(row[1]), bool(row[2])) if row else (False, False, False)
 
+    def sweep(self, conn: psycopg.Connection, cutoff: float, now: float) -> tuple[int, int, bool]:
+        """A sender's sweep of its outbox: (rows turned uncertain, uncertain rows resolved by held
+        acks, work in sight: rows `sending` or acks held since `cutoff`). Each step runs only when
+        sweep_work found something for it, so an idle sweep is one statement."""
+        sending, held, recent = self.sweep_work(conn, cutoff)
+        stale = self.sweep_stale(conn, cutoff, now) if sending else 0
+        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
+        resolved = self.settle_held(conn, cutoff, now) if held else 0
+        return stale, resolved, sending or recent
+
     # ---- Evolution's acks --------------------------------------------------------------------
 
     def lock_instance(self, conn: psycopg.Connection, instance: str) -> None:

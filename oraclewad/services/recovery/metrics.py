@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from oraclewad.services.series import kept_children
 
 STATUSES = ("pending", "sending", "sent", "delivered", "read", "failed", "cancelled", "dropped",
             "invalid", "suppressed", "uncertain")
@@ -16,7 +16,7 @@ class RecoveryMetrics:
             "oraclewa_recovery_webhooks", "Order webhooks by event and result "
             "(accepted, duplicate, unauthorized, invalid, too_large, unavailable)",
             ["event", "result"], registry=registry)
-        self._webhooks: dict[tuple[str, str], Any] = {}
+        self._webhook = kept_children(self.webhooks)   # both labels bounded: EVENTS + "unknown", results
         self.evolution_events = Counter(
             "oraclewa_recovery_evolution_events", "Evolution webhook events by event and result",
             ["event", "result"], registry=registry)
@@ -42,11 +42,7 @@ class RecoveryMetrics:
                                  registry=registry)
 
     def webhook(self, event: str, result: str) -> None:
-        # Both labels are bounded (payload.EVENTS plus "unknown", the results above).
-        child = self._webhooks.get((event, result))
-        if child is None:
-            child = self._webhooks[(event, result)] = self.webhooks.labels(event, result)
-        child.inc()
+        self._webhook(event, result).inc()
 
     def recovered(self, total: float) -> None:
         self.recovered_orders.inc()

@@ -144,13 +144,10 @@ class Sender(SenderParts):
     def _sweep_sync(self, conn: psycopg.Connection,
                     now: float) -> tuple[int, int, tuple[dict[str, int], int, float], bool]:
         cutoff = now - self.settings.stale_after
-        sending, held, recent = OUTBOX.sweep_work(conn, cutoff)
-        stale = OUTBOX.sweep_stale(conn, cutoff, now) if sending else 0
-        # After the sweep: an ack held since before the cut-off can no longer be an in-flight send's.
-        resolved = OUTBOX.settle_held(conn, cutoff, now) if held else 0
+        stale, resolved, in_sight = OUTBOX.sweep(conn, cutoff, now)
         figures = _outbox_figures(conn, now)
         self.engine.observe(conn, now)
-        return stale, resolved, figures, sending or recent or figures[1] > 0
+        return stale, resolved, figures, in_sight or figures[1] > 0
 
     async def _claim_and_send(self, nursery: trio.Nursery, now: float) -> tuple[int, float | None]:
         claimed, next_due = await self.db(self._claim_or_next, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -118,6 +119,14 @@ async def test_slow_subscriber_is_dropped_and_never_blocks(sup, make_spec):
     assert [fast.receive_nowait().state for _ in range(2)] == ["starting", "running"]
 
 
+def _fds(pid: int) -> dict[int, str]:
+    fds = {}
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):    # closed between listing and reading
+            fds[int(n)] = os.readlink(f"/proc/{pid}/fd/{n}")
+    return fds
+
+
 async def test_child_inherits_exactly_the_contracts_descriptors(sup, make_spec, root):
     # A daemon-side socket marked inheritable (hypercorn does that to the metrics listener).
     stray = socket.socket()
@@ -132,7 +141,11 @@ async def test_child_inherits_exactly_the_contracts_descriptors(sup, make_spec, 
         pid = (await sup.wait_state(spec.name, "running", 10)).pid
         while not os.readlink(f"/proc/{pid}/exe").endswith("/sleep"):   # still in setpriv
             await trio.sleep(0.01)
-        fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+        # Once exec'd, the loader and setlocale open and close files of their own (libc, the
+        # locale archive) as the next free fd: wait for those to go; an inherited one stays.
+        with trio.move_on_after(5):
+            while sorted(fds := _fds(pid)) != [0, 1, 2, 3, 4, 5]:
+                await trio.sleep(0.01)
     finally:
         stray.close()
     assert sorted(fds) == [0, 1, 2, 3, 4, 5], fds

@@ -20,6 +20,8 @@ COMPATIBLE = "-- adds a table only: older releases never read it\n-- backward-co
 SHIPPED = releases.schema_of(releases.bundled().migrations["recovery"])
 NOTES = f"{SHIPPED + 1:04d}_notes"
 RENAME = f"{SHIPPED + 2:04d}_rename"
+# Its sitecustomize kills the service 3 s after READY=1 (see there).
+CRASH_AFTER_READY = Path(__file__).resolve().parent / "crash_after_ready"
 
 
 def build(releases_dir: Path, source: Path, version: str) -> releases.Release:
@@ -56,7 +58,7 @@ def broken(releases_dir: Path, version: str, script: str, migrations: dict[str, 
     wrapper = directory / "python"
     no_template = ('case "$*" in *oraclewad.services.template*) echo "no template in this release" >&2; '
                    'exit 1;; esac\n')
-    wrapper.write_text(f"#!/bin/sh\n{no_template}{script.replace('PYTHON', sys.executable)}\n")
+    wrapper.write_text(f"#!/bin/sh\n{no_template}{script.replace('{python}', sys.executable)}\n")
     wrapper.chmod(0o755)
     bundled = releases.bundled()
     dirs = {**bundled.migrations, **(migrations or {})}
@@ -93,8 +95,8 @@ def releases_dir() -> Iterator[Path]:
         for future in [pool.submit(build, out, src, v) for v, src in sources.items()]:
             future.result()
     broken(out, "exits-at-start", 'echo "this release is broken" >&2; exit 3')
-    broken(out, "never-ready", "unset NOTIFY_SOCKET\nexec PYTHON \"$@\"")
-    broken(out, "crashes-after-3s", "(sleep 3; kill -9 $$) &\nexec PYTHON \"$@\"")
-    broken(out, "bad-migration", 'exec PYTHON "$@"', {"recovery": failing_migrations(root)})
+    broken(out, "never-ready", "unset NOTIFY_SOCKET\nexec {python} \"$@\"")
+    broken(out, "crashes-after-ready", f'export PYTHONPATH={CRASH_AFTER_READY}\nexec {{python}} "$@"')
+    broken(out, "bad-migration", 'exec {python} "$@"', {"recovery": failing_migrations(root)})
     yield out
     shutil.rmtree(root, ignore_errors=True)

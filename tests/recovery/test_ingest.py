@@ -117,6 +117,8 @@ async def test_rotation_overlap_accepts_old_and_new_then_only_new(start_recovery
     (lambda d: d["data"].update(product="Moto"), "data.product"),
     (lambda d: d["data"].update(expirationAt="amanhã"), "data.expirationAt"),
     (lambda d: d["data"]["user"].update(name="Ana\u0000"), "body.data.user.name"),
+    (lambda d: d["data"]["user"].update(name="Ana\ud800"), "body"),
+    (lambda d: d["data"].update(extra=_nested(40)), "body.data.extra" + "[0]" * 31),
 ])
 async def test_invalid_payload_is_422_naming_the_field(child, recovery_db, mutate, field):
     doc = order()
@@ -126,6 +128,32 @@ async def test_invalid_payload_is_422_naming_the_field(child, recovery_db, mutat
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
     assert rows(recovery_db, "SELECT count(*) FROM webhook_events") == [(0,)]
+
+
+def _nested(depth: int) -> object:
+    value: object = "deep"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_number_python_will_not_convert_is_422_not_500(child, recovery_db):
+    # json.loads refuses an integer of more than 4,300 digits with a ValueError of its own.
+    body = encode(order())[:-1] + b', "pad": ' + b"7" * 5000 + b"}"
+    async with httpx.AsyncClient(base_url=child.url) as client:
+        response = await client.post("/webhooks/orders", content=body, headers=hmac_headers(body))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "body"
+    assert rows(recovery_db, "SELECT count(*) FROM webhook_events") == [(0,)]
+
+
+async def test_the_stored_payload_is_the_document_the_shop_sent(child, recovery_db):
+    doc = order()
+    doc["data"]["total"] = 1234.5
+    doc["data"]["notes"] = "ção {x} [y]"
+    async with httpx.AsyncClient(base_url=child.url) as client:
+        assert (await post_order(client, doc)).status_code == 202
+    assert rows(recovery_db, "SELECT payload FROM webhook_events") == [(doc,)]
 
 
 async def test_body_over_one_mebibyte_is_413(child):

@@ -513,7 +513,6 @@ def _registry(cfg: ServiceConfig) -> CollectorRegistry:
 def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[ConnectionPool, SchemaProbe]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
-    from psycopg_pool import ConnectionPool
 
     from oraclewad.services.pools import OpenOnUse
 
@@ -546,7 +545,7 @@ def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[Connection
     # Opened by its first request (pools.py) unless pool_min asks for connections up front.
     pool = OpenOnUse(
         dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max, kwargs=extra,
-        timeout=10.0, check=ConnectionPool.check_connection, name=f"{cfg.tenant}_{cfg.service}",
+        timeout=10.0, check=OpenOnUse.check_unless_fresh, name=f"{cfg.tenant}_{cfg.service}",
     )
     if cfg.postgres.pool_min > 0:
         pool.open(wait=True, timeout=10.0)

@@ -5,6 +5,7 @@ order's late expiry, duplicates by event and by delivery id, two events of one o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -87,3 +88,30 @@ def test_a_batch_stores_what_one_statement_per_event_stores(recovery_db, one_by_
     assert second[1:] == [(True, 0, 0, False, None)] * 2 + [(False, 0, 0, False, None)]
     assert third[1][:3] == (False, 1, 2) and third[3][0] is True  # one order twice; delivery id twice
     assert contents(recovery_db) == contents(one_by_one_db)
+
+
+def test_a_batch_is_committed_before_it_answers_and_leaves_the_connection_as_it_was(recovery_db):
+    """The usual batch is one statement run as its own transaction (no BEGIN/COMMIT round trips):
+    when ingest_many returns, its events are already committed, seen by any other connection."""
+    with psycopg.connect(recovery_db) as conn:
+        results = store.ingest_many(conn, [incoming("order.expired", "P"), incoming("order.paid", "Q")], PLAN)
+        assert [r.duplicate for r in results] == [False, False]
+        assert conn.autocommit is False
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with psycopg.connect(recovery_db) as other:
+            stored = other.execute("SELECT order_id FROM webhook_events ORDER BY 1").fetchall()
+            assert stored == [("P",), ("Q",)]
+        # A value PostgreSQL refuses still costs only its own event (each then in a transaction).
+        good = incoming("order.expired", "R")
+        bad = dataclasses.replace(good, event=dataclasses.replace(good.event, payload='{"x": "\\u0000"}'))
+        results = store.ingest_many(conn, [incoming("order.expired", "S"), bad], PLAN)
+        assert isinstance(results[1], psycopg.DataError) and results[0].duplicate is False
+        assert conn.autocommit is False
+
+
+def test_a_connection_lost_under_a_batch_is_an_outage_for_the_whole_batch(recovery_db):
+    with psycopg.connect(recovery_db) as conn, psycopg.connect(recovery_db, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.ingest_many(conn, [incoming("order.expired", "T"), incoming("order.expired", "U")], PLAN)
+        assert admin.execute("SELECT count(*) FROM webhook_events").fetchone() == (0,)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -176,3 +177,38 @@ def test_a_pool_starts_its_threads_at_its_first_use(scratch_db):
     with pytest.raises(PoolClosed), unused.connection():
         pass
     assert threading.active_count() == before
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_unseen_after_it_sat_idle(scratch_db, monkeypatch):
+    """The pool's check (an empty query) is skipped for a connection back from a use less than
+    pools.TRUSTED_FOR ago: a server-side close within that window fails that one use (as it would
+    mid-use), and the pool replaces the connection; after the window it is replaced unseen."""
+    from oraclewad.services import pools
+
+    def kill(pid: int) -> None:
+        with psycopg.connect(scratch_db, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 10
+            alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+            while admin.execute(alive, (pid,)).fetchone() != (0,):
+                assert time.monotonic() < deadline, "the backend did not end"
+                time.sleep(0.01)
+
+    pool = pools.OpenOnUse(scratch_db, min_size=0, max_size=1, timeout=5.0,
+                           check=pools.OpenOnUse.check_unless_fresh)
+    try:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+        kill(pid)
+        with pytest.raises(psycopg.OperationalError), pool.connection() as conn:
+            conn.execute("SELECT 1")          # returned a moment ago: not checked
+        with pool.connection() as conn:       # the broken one was replaced
+            pid = conn.info.backend_pid
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        kill(pid)
+        monkeypatch.setattr(pools, "TRUSTED_FOR", 0.0)   # as if it had sat idle past the window
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert conn.info.backend_pid != pid
+    finally:
+        pool.close()

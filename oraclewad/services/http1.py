@@ -76,9 +76,13 @@ class Answer(NamedTuple):
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+# Made once: json.dumps with any option builds a new encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
 def json_answer(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Answer:
     """The bytes Starlette's JSONResponse would send."""
-    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+    body = _JSON.encode(doc).encode()
     extra = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
     return Answer(status, body, ((b"content-type", b"application/json"), *extra))
 

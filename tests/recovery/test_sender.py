@@ -135,7 +135,8 @@ async def test_kill_9_under_load_loses_no_acknowledged_event_and_sends_no_duplic
     acked: set[str] = set()
 
     async def shop(worker: int) -> None:
-        async with httpx.AsyncClient(base_url=child.url, timeout=5) as client:
+        # A loaded machine may answer slowly; the kill itself fails every request at once.
+        async with httpx.AsyncClient(base_url=child.url, timeout=30) as client:
             for i in range(200):
                 # A distinct total per order makes each thank-you's text unique.
                 doc = order("order.paid", order_id=f"K-{worker}-{i}", total=worker * 1000 + i + 1)
@@ -149,16 +150,19 @@ async def test_kill_9_under_load_loses_no_acknowledged_event_and_sends_no_duplic
     async with trio.open_nursery() as nursery:
         for w in range(4):
             nursery.start_soon(shop, w)
-        await trio.sleep(1.5)
+        with trio.fail_after(60):   # killed mid-load: webhooks acknowledged and sends under way
+            while len(acked) < 50:
+                await trio.sleep(0.05)
         child.process.signal(signal.SIGKILL)
     await child.process.wait()
-    assert acked, "the load never got an answer before the kill"
+    dead = [r[0] for r in rows(recovery_db, "SELECT DISTINCT claimed_by FROM outbound_messages"
+                                            " WHERE claimed_by IS NOT NULL")]
     # The daemon would restart it on the same socket; here the test does.
     again = await start_recovery(recovery_db, **config)
     await hook_up(sandbox, again, "rec-1", "rec-2")
     stored = {r[0] for r in rows(recovery_db, "SELECT order_id FROM webhook_events")}
     assert acked <= stored
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         while rows(recovery_db, "SELECT count(*) FROM outbound_messages"
                                 " WHERE status IN ('pending', 'sending')") != [(0,)]:
             await trio.sleep(0.2)
@@ -176,7 +180,11 @@ async def test_kill_9_under_load_loses_no_acknowledged_event_and_sends_no_duplic
     assert len(ids) == len(set(ids)) and set(ids) <= {m["id"] for m in sent}
     # Every stored event was sent exactly once, or (killed mid-send) is uncertain and not resent.
     assert len(sent) in range(len(stored) - uncertain, len(stored) + 1)
-    assert uncertain <= 2  # at most one send in flight per instance when the process died
+    # At most one send in flight per instance when the process died. (The new process's own sends
+    # may also time out on a loaded machine: uncertain too, and counted above, but not this.)
+    in_flight = rows(recovery_db, "SELECT count(*) FROM outbound_messages WHERE status = 'uncertain'"
+                                  " AND claimed_by = ANY(%s)", dead)
+    assert in_flight[0][0] <= 2, in_flight
 
 
 @pytest.mark.parametrize("scope", ["all", "broadcast"])

@@ -177,9 +177,10 @@ def rows(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(query, args).fetchall()
 
 
-async def wait_rows(dsn: str, query: str, expected: Any, timeout: float = 20.0) -> Any:
+async def wait_rows(dsn: str, query: str, expected: Any, timeout: float = 20.0,
+                    args: tuple[Any, ...] = ()) -> Any:
     with trio.fail_after(timeout):
-        while (got := rows(dsn, query)) != expected:
+        while (got := rows(dsn, query, *args)) != expected:
             await trio.sleep(0.1)
     return got
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -104,3 +105,38 @@ async def test_a_forked_child_runs_as_its_user_without_privileges(sup, make_spec
     extra = [os.readlink(f"/proc/{status.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{status.pid}/fd")
              if int(fd) > 2]
     assert len(extra) <= 1 and all(target.startswith("socket:") for target in extra), extra
+
+
+def spares(template: int) -> list[int]:
+    """The template's forked-ahead children: ours (re-parented), still in its process group."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != template:
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(name)) == template and int(proc_status(int(name))["PPid"]) == os.getpid():
+                    found.append(int(name))
+    return found
+
+
+async def test_the_next_child_waits_forked_ahead_and_a_lost_one_is_replaced(sup, make_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec("t/f", policy=FORK)
+    sup.apply({spec.name: spec})
+    first = await sup.wait_state(spec.name, "running", 10)
+    template = sup.templates.template(sys.executable).pid
+    assert template is not None
+    await wait_until(lambda: len(spares(template)) == 1, timeout=10)
+    spare = spares(template)[0]
+    # The restart's process is the spare that was waiting, and a new spare waits after it.
+    second = await sup.restart(spec.name)
+    assert second.state == "running" and second.spawn == "fork" and second.pid == spare
+    await wait_until(lambda: len(spares(template)) == 1 and spare not in spares(template), timeout=10)
+    # A spare killed meanwhile: the template forks one for the request instead.
+    os.kill(spares(template)[0], signal.SIGKILL)
+    third = await sup.restart(spec.name)
+    assert third.state == "running" and third.spawn == "fork" and third.spawn_note == ""
+    assert third.pid not in (first.pid, second.pid) and sup.templates.template(sys.executable).pid == template
+    # A spare outlives no template: it leaves when the template's socket closes (here a crash).
+    await wait_until(lambda: len(spares(template)) == 1, timeout=10)
+    left = spares(template)
+    os.kill(template, signal.SIGKILL)
+    await wait_until(lambda: proc_state(left[0]) in (None, "Z"), timeout=10)

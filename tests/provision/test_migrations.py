@@ -127,6 +127,15 @@ def test_a_table_from_before_the_flag_reads_as_not_compatible(scratch_db: str) -
         assert migrations.applied(conn) == [migrations.Applied(1, "init", False)]
 
 
+def test_reading_the_schema_inside_a_transaction_leaves_it_usable(scratch_db: str) -> None:
+    # Without autocommit (a pool's connection, a provisioning transaction), a missing table must
+    # not abort the caller's transaction: only the one-statement read of autocommit may fail.
+    with psycopg.connect(scratch_db) as conn:
+        conn.execute("SELECT 1")
+        assert migrations.applied(conn) == []
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
 def test_atomic_apply_leaves_the_database_untouched_on_failure(tmp_path: Path, scratch_db: str) -> None:
     ms = migrations.discover(write(tmp_path / "m", {**THREE, "0003_c.sql": "ALTER TABLE nope ADD x int;\n"}))
     with psycopg.connect(scratch_db, autocommit=True) as conn:

@@ -144,8 +144,19 @@ class Template:
             with trio.move_on_after(within):
                 return await self._receive(sock)
             raise self._fail(f"its template {silent} within {within:g} s")
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            # Its socket closed under us (it exited): its exit and last words are on their way.
+            await self._last_words(1.0)
             raise self._fail(f"its template {broken} ({self._why(e)})") from None
+        except ValueError as e:
+            raise self._fail(f"its template {broken} ({self._why(e)})") from None
+
+    async def _last_words(self, within: float) -> None:
+        child = self.child
+        if child is not None:
+            with trio.move_on_after(within):
+                await child.exited.wait()
+                await child.output_done.wait()
 
     async def _receive(self, sock: socket.socket) -> dict[str, object]:
         while True:
@@ -155,12 +166,6 @@ class Template:
                 await trio.lowlevel.wait_readable(sock)
                 continue
             if not data:
-                # The template is gone: give its exit and last words a moment to arrive.
-                child = self.child
-                if child is not None:
-                    with trio.move_on_after(1.0):
-                        await child.exited.wait()
-                        await child.output_done.wait()
                 raise OSError("the template closed its socket")
             reply = json.loads(data)
             if not isinstance(reply, dict):
@@ -245,7 +250,8 @@ class Template:
             self.sock = None
         if self.pool.closing:
             return
-        self.reason = f"its template exited ({describe_exit(status)})"
+        if was_ready or not self.reason:    # else the failure that ended it says more
+            self.reason = f"its template exited ({describe_exit(status)})"
         if was_ready:
             # Its children run on, untouched (they are the daemon's). Warm up a new one now, so the
             # next restart does not wait for the imports.

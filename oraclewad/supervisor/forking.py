@@ -243,22 +243,24 @@ class Template:
         self.pool.children.discard(child.pid)
         if self.child is not child:
             return
-        was_ready = self.ready
+        if not self.ready:
+            # Still starting, or failed: _start reads its socket to the end (a refusal the template
+            # sent just before exiting, then EOF) and gives the reason. Closing the socket here
+            # lost that reply when this watcher woke first.
+            return
         self.ready = False
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         if self.pool.closing:
             return
-        if was_ready or not self.reason:    # else the failure that ended it says more
-            self.reason = f"its template exited ({describe_exit(status)})"
-        if was_ready:
-            # Its children run on, untouched (they are the daemon's). Warm up a new one now, so the
-            # next restart does not wait for the imports.
-            log.warning("fork template %d for %s exited (%s): starting a new one; running children are "
-                        "not affected", child.pid, self.python, describe_exit(status))
-            assert self.pool.nursery is not None
-            self.pool.nursery.start_soon(self._restart)
+        self.reason = f"its template exited ({describe_exit(status)})"
+        # Its children run on, untouched (they are the daemon's). Warm up a new one now, so the
+        # next restart does not wait for the imports.
+        log.warning("fork template %d for %s exited (%s): starting a new one; running children are "
+                    "not affected", child.pid, self.python, describe_exit(status))
+        assert self.pool.nursery is not None
+        self.pool.nursery.start_soon(self._restart)
 
     async def _restart(self) -> None:
         with contextlib.suppress(ForkUnavailable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -176,9 +177,15 @@ def test_stop_start_restart_all_and_status_watch(daemon: Daemon, tenants: tuple[
     assert code == 2 and "--all" in err
 
     argv = ["--socket", str(daemon.socket_path), "status", "--watch", "0.2"]
-    proc = subprocess.Popen([sys.executable, "-m", "oraclectl", *argv], stdout=subprocess.PIPE, text=True)
-    time.sleep(3)
+    proc = subprocess.Popen([sys.executable, "-m", "oraclectl", *argv], stdout=subprocess.PIPE)
+    # Ctrl-C once two screens are out (a fixed 3 s could end a slow start still importing, or
+    # before the second screen, on a loaded machine).
+    shown = b""
+    deadline = time.monotonic() + 30
+    while shown.count(b"TENANT ") < 2 and time.monotonic() < deadline:   # each screen's table
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            shown += os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out = (shown + proc.communicate(timeout=30)[0]).decode()
     assert proc.returncode == 0
     assert out.count("every 0.2s: oraclectl status") >= 2 and out.count("TENANT ") >= 2

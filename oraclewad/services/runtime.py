@@ -1,9 +1,10 @@
 """Child bootstrap: every service process runs `run_service(...)` and gets the daemon contract for free.
 
-Startup: config (fd OWA_CONFIG_FD, or file OWA_CONFIG) -> Postgres connect + schema check and
-Redis PING, side by side -> public HTTP server on the inherited "http" fd (or http.host/port
-standalone) and admin server on the inherited "admin" fd (or OWA_ADMIN_SOCKET standalone), side
-by side -> READY=1 -> WATCHDOG=1 from the trio loop. The connection pools start their threads at
+Startup: config (fd OWA_CONFIG_FD, or file OWA_CONFIG) -> the clients (no I/O) and the app ->
+side by side: Postgres connect + schema check, Redis PING, and the admin server on the inherited
+"admin" fd (or OWA_ADMIN_SOCKET standalone) -> once both stores were reached, the public HTTP
+server on the inherited "http" fd (or http.host/port standalone): not one request is served
+before -> READY=1 -> WATCHDOG=1 from the trio loop. The connection pools start their threads at
 their first use (services/pools.py), after READY=1, unless postgres.pool_min asks for
 connections up front. SIGTERM/SIGINT: STOPPING=1, stop accepting, drain in-flight requests
 (http.graceful_timeout_s), stop background tasks, close pools, exit 0. A second signal skips the drain.
@@ -172,12 +173,10 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
     cfg = plan.cfg
     closers: list[Callable[[], None]] = []
     try:
-        pg = schema_probe = redis = None
-        with stopper.startup_scope:
-            pg, schema_probe, redis = await _open_stores(plan, closers)
-        if stopper.requested.is_set():
-            log.info("stopped before ready")
-            return EX_OK
+        # The clients now (no I/O); reaching their servers (and the schema check) runs beside the
+        # app's build and the admin server's start, and the public server waits for it (_serve).
+        stores = _Stores(plan, closers)
+        pg, schema_probe, redis = stores.pool, stores.schema_probe, stores.redis
 
         ctx = ServiceContext(
             tenant=cfg.tenant, service=cfg.service, release=cfg.release, display_name=cfg.display_name,
@@ -198,12 +197,16 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
             # A service that names its hot routes gets the lean HTTP/1.1 server (services/http1.py)
             # on its public port instead of hypercorn.
             lean = getattr(getattr(app, "state", None), "http1_routes", None)
-            await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe), lean)
+            await _serve(plan, stopper, ctx, HttpMetrics(app, ctx.metrics), Health(ctx, schema_probe), stores,
+                         lean)
         finally:
             if ctx.evolution is not None:
                 with trio.CancelScope(shield=True):
                     await ctx.evolution.aclose()
-        log.info("stopped")
+        if not stores.done:
+            log.info("stopped before ready")
+        else:
+            log.info("stopped")
         return EX_OK
     except StartupFailure as exc:
         return _refuse(exc.exit_code, str(exc))
@@ -212,43 +215,62 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
             await trio.to_thread.run_sync(_close_all, closers)
 
 
-async def _open_stores(plan: _Plan, closers: list[Callable[[], None]]
-                       ) -> tuple[ConnectionPool | None, SchemaProbe | None, Redis | None]:
-    """PostgreSQL (connect, schema check, pool) and Redis (connect, PING) side by side: each is
-    mostly a wait on its server. The first failure is the one reported, at once: the other
-    attempt is abandoned (the process exits), so a dead server is never hidden behind the other
-    one's connect timeout."""
-    cfg = plan.cfg
-    opened: dict[str, Any] = {}
-    failed: list[StartupFailure] = []
+class _Stores:
+    """PostgreSQL (connect, schema check) and Redis (PING), checked side by side: each is mostly
+    a wait on its server. The first failure is the one reported, at once: the other attempt is
+    abandoned (the process exits), so a dead server is never hidden behind the other one's
+    connect timeout. The clients exist from the start (pools open at their first use)."""
 
-    async def open_one(name: str, fn: Callable[..., Any], close: Callable[[Any], Callable[[], None]],
-                       *args: Any) -> None:
-        try:
-            opened[name] = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-        except StartupFailure as exc:
-            failed.append(exc)
-            nursery.cancel_scope.cancel()
-        else:
-            closers.append(close(opened[name]))     # at once: a stop may cancel the other one
-
-    async with trio.open_nursery() as nursery:
+    def __init__(self, plan: _Plan, closers: list[Callable[[], None]]) -> None:
+        cfg = plan.cfg
+        self.cfg = cfg
+        self.migrations = plan.migrations
+        self.pool: ConnectionPool | None = None
+        self.schema_probe: SchemaProbe | None = None
+        self.redis: Redis | None = None
+        self.done = False
+        self._checked = trio.Event()
+        self._failure: StartupFailure | None = None
         if cfg.postgres is not None:
-            nursery.start_soon(open_one, "postgres", _open_postgres, _pool_closer, cfg, plan.migrations)
+            self.pool, self.schema_probe, self._wanted = _postgres_pool(cfg, plan.migrations)
+            closers.append(partial(self.pool.close, timeout=_CLOSE_TIMEOUT))
         if cfg.redis is not None:
-            nursery.start_soon(open_one, "redis", _open_redis, lambda got: got.close, cfg)
-    if failed:
-        raise failed[0]
-    pg, redis = opened.get("postgres"), opened.get("redis")
-    return (pg[0], pg[1], redis) if pg is not None else (None, None, redis)
+            self.redis = _redis_client(cfg)
+            closers.append(self.redis.close)
 
+    async def check(self) -> None:
+        """Reach both; never raises (a failure is kept in `failure`)."""
+        async def one(fn: Callable[..., Any], *args: Any) -> None:
+            try:
+                await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+            except StartupFailure as exc:
+                if self._failure is None:
+                    self._failure = exc
+                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.pool is not None:
+                    nursery.start_soon(one, _check_postgres, self.cfg, self.pool, self._wanted)
+                if self.redis is not None:
+                    nursery.start_soon(one, _check_redis, self.cfg, self.redis)
+            self.done = self._failure is None       # not when cancelled (a stop)
+        finally:
+            self._checked.set()
 
-def _pool_closer(opened: tuple[ConnectionPool, SchemaProbe]) -> Callable[[], None]:
-    return partial(opened[0].close, timeout=_CLOSE_TIMEOUT)
+    @property
+    def failure(self) -> StartupFailure | None:
+        return self._failure
+
+    async def passed(self, stopper: _Stopper) -> bool:
+        """Until both were reached (True), one could not be (failure says why) or a stop came."""
+        with stopper.startup_scope:
+            await self._checked.wait()
+        return self._failure is None and not stopper.requested.is_set()
 
 
 async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app: HttpMetrics,
-                 health: Health, lean: dict[tuple[str, str], http1.Route] | None = None) -> None:
+                 health: Health, stores: _Stores, lean: dict[tuple[str, str], http1.Route] | None = None
+                 ) -> None:
     cfg = plan.cfg
     public_bind = _public_bind(plan)
     public_done = trio.Event()
@@ -282,9 +304,13 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             return None
 
         async def start_public() -> None:
-            binds.extend(await start(public_bind, run_public) or ())
+            # Not one request before its stores are reached and the schema is the right one.
+            if await stores.passed(stopper):
+                binds.extend(await start(public_bind, run_public) or ())
 
-        # Both servers start side by side (each runs the app's lifespan startup first).
+        # The stores' checks and both servers side by side (each server runs the app's lifespan
+        # startup first; the public one starts once the checks passed).
+        servers.start_soon(stores.check)
         async with trio.open_nursery() as starting:
             starting.start_soon(start_public)
             if plan.admin_path:
@@ -301,12 +327,9 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
                 admin_inode = os.stat(plan.admin_path).st_ino
             except OSError as exc:
                 cannot[admin_where] = exc
-        if cannot:
-            where, exc = min(cannot.items(), key=lambda item: item[0] != public_bind)  # public first
-            failure = StartupFailure(EX_OSERR, f"http: cannot listen on {where}: "
-                                               f"{getattr(exc, 'strerror', None) or exc}")
-            if plan.admin_path and admin_inode is not None:
-                _unlink_if_ours(plan.admin_path, admin_inode)   # the public side failed
+        failure = _start_failure(stores.failure, cannot, public_bind)
+        if failure is not None or not binds:    # not binds: stopped before the checks passed
+            _unlink_if_ours(plan.admin_path, admin_inode)   # nothing of ours will serve
             servers.cancel_scope.cancel()
         else:
             await _announce_ready(plan, stopper, ctx, binds)
@@ -319,11 +342,20 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
                 background.cancel_scope.cancel()
             admin_stop.set()
             await admin_done.wait()
-            if plan.admin_path and admin_inode is not None:
-                _unlink_if_ours(plan.admin_path, admin_inode)
+            _unlink_if_ours(plan.admin_path, admin_inode)
             servers.cancel_scope.cancel()  # the watchdog
     if failure is not None:
         raise failure
+
+
+def _start_failure(unreachable: StartupFailure | None, cannot: dict[str, BaseException],
+                   public_bind: str) -> StartupFailure | None:
+    """Why the start failed: a store that cannot be reached, else a place it cannot listen on."""
+    if unreachable is not None or not cannot:
+        return unreachable
+    where, exc = min(cannot.items(), key=lambda item: item[0] != public_bind)  # public first
+    why = getattr(exc, "strerror", None) or exc
+    return StartupFailure(EX_OSERR, f"http: cannot listen on {where}: {why}")
 
 
 async def _run_admin(app: ASGIApp, path: str, stop: trio.Event, done: trio.Event,
@@ -510,50 +542,68 @@ def _registry(cfg: ServiceConfig) -> CollectorRegistry:
     return CollectorRegistry()
 
 
-def _open_postgres(cfg: ServiceConfig, migrations_dir: Path) -> tuple[ConnectionPool, SchemaProbe]:
+def _postgres_pool(cfg: ServiceConfig, migrations_dir: Path
+                   ) -> tuple[ConnectionPool, SchemaProbe, list[Any]]:
+    """The service's pool (opened by its first request, pools.py), the schema probe of /healthz
+    and the migrations this release wants: no I/O but reading the migration files."""
+    from psycopg_pool import ConnectionPool
+
+    from oraclewad.services.pools import OpenOnUse
+
+    try:
+        from oraclewad import migrations
+    except ImportError as exc:
+        raise StartupFailure(EX_SOFTWARE,
+                             f"schema: this release lacks oraclewad.migrations ({exc})") from None
+    assert cfg.postgres is not None
+    wanted = migrations.discover(migrations_dir)
+
+    def schema_probe(conn: Any) -> str:
+        migrations.check(conn, wanted)
+        return f"at version {migrations.current_version(conn)}"
+
+    pool = OpenOnUse(
+        cfg.postgres.dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max,
+        kwargs=_connect_kwargs(cfg.postgres.dsn), timeout=10.0, check=ConnectionPool.check_connection,
+        name=f"{cfg.tenant}_{cfg.service}",
+    )
+    return pool, schema_probe, wanted
+
+
+def _connect_kwargs(dsn: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return {} if "connect_timeout" in conninfo_to_dict(dsn) else {"connect_timeout": _CONNECT_TIMEOUT}
+
+
+def _check_postgres(cfg: ServiceConfig, pool: ConnectionPool, wanted: list[Any]) -> None:
+    """Connect and check the schema (StartupFailure otherwise); the pool's connections up front
+    when postgres.pool_min asks for them."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
-    from oraclewad.services.pools import OpenOnUse
+    from oraclewad import migrations
 
     assert cfg.postgres is not None
     dsn = cfg.postgres.dsn
     params = conninfo_to_dict(dsn)
     where = (f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
              f" (database {params.get('dbname') or '?'}, user {params.get('user') or '?'})")
-    extra = {} if "connect_timeout" in params else {"connect_timeout": _CONNECT_TIMEOUT}
     try:
-        conn = psycopg.connect(dsn, autocommit=True, **extra)
+        conn = psycopg.connect(dsn, autocommit=True, **_connect_kwargs(dsn))
     except psycopg.Error as exc:
         raise StartupFailure(EX_UNAVAILABLE, f"postgres: cannot connect to {where}: {_squash(exc)}") from None
     with conn:
         try:
-            from oraclewad import migrations
-        except ImportError as exc:
-            raise StartupFailure(EX_SOFTWARE,
-                                 f"schema: this release lacks oraclewad.migrations ({exc})") from None
-        wanted = migrations.discover(migrations_dir)
-        try:
             migrations.check(conn, wanted)
         except migrations.SchemaMismatch as exc:
             raise StartupFailure(EX_CONFIG, f"schema: database at {where}: {_squash(exc)}") from None
-
-    def schema_probe(conn: Any) -> str:
-        migrations.check(conn, wanted)
-        return f"at version {migrations.current_version(conn)}"
-
-    # Opened by its first request (pools.py) unless pool_min asks for connections up front.
-    pool = OpenOnUse(
-        dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max, kwargs=extra,
-        timeout=10.0, check=OpenOnUse.check_unless_fresh, name=f"{cfg.tenant}_{cfg.service}",
-    )
     if cfg.postgres.pool_min > 0:
         pool.open(wait=True, timeout=10.0)
     log.info("postgres ready", extra={"postgres": redact_url(dsn), "schema": len(wanted)})
-    return pool, schema_probe
 
 
-def _open_redis(cfg: ServiceConfig) -> Redis:
+def _redis_client(cfg: ServiceConfig) -> Redis:
     import redis
 
     assert cfg.redis is not None
@@ -570,16 +620,21 @@ def _open_redis(cfg: ServiceConfig) -> Redis:
                        ("ssl_keyfile", rc.key_file)):
         if value is not None:
             kwargs[key] = value
-    client = redis.Redis.from_url(rc.url, **kwargs)
+    return redis.Redis.from_url(rc.url, **kwargs)
+
+
+def _check_redis(cfg: ServiceConfig, client: Redis) -> None:
+    import redis
+
+    assert cfg.redis is not None
+    rc = cfg.redis
     try:
         client.ping()
     except redis.RedisError as exc:
-        client.close()
         raise StartupFailure(EX_UNAVAILABLE,
                              f"redis: cannot use {redact_url(rc.url)} as user {rc.username or 'default'}: "
                              f"{_squash(exc)}") from None
     log.info("redis ready", extra={"redis": redact_url(rc.url), "prefix": rc.prefix})
-    return client
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -600,8 +655,10 @@ def _close_all(closers: list[Callable[[], None]]) -> None:
             log.exception("error while closing")
 
 
-def _unlink_if_ours(path: str, inode: int) -> None:
+def _unlink_if_ours(path: str | None, inode: int | None) -> None:
     # During a release swap the successor may already have replaced the socket file: leave it.
+    if path is None or inode is None:
+        return      # none, or not a file of ours (an inherited socket)
     try:
         if os.stat(path).st_ino == inode:
             os.unlink(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import httpx
+import pytest
 import trio
 
 from tests.services.helpers import base_env, free_port, write_config
@@ -107,6 +108,33 @@ def _take_command(buf: bytes) -> tuple[list[bytes], bytes] | None:
         args.append(rest[:size])
         rest = rest[size + 2:]
     return args, rest
+
+
+async def test_while_a_store_is_reached_the_admin_socket_answers_but_no_request_is_served(
+        launch, workdir, nursery, notify):
+    """The stores are reached beside the servers' start, but the public port opens only once
+    they were: a hung Redis leaves it closed (no READY), while /healthz already says why."""
+    hung = FakeRedis(mute=True)
+    await nursery.start(hung.run)
+    port = free_port()
+    config = {"tenant": "imperio", "http": {"port": port}, "redis": {"url": f"redis://127.0.0.1:{hung.port}/0"}}
+    sock = workdir / "a.sock"
+    child = launch(base_env(OWA_CONFIG=str(write_config(workdir, config)), OWA_ADMIN_SOCKET=str(sock),
+                            NOTIFY_SOCKET=notify.address))
+    with trio.fail_after(10):
+        await hung.connected.wait()     # blocked in its start-up PING
+        while not sock.exists():
+            await trio.sleep(0.01)
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)),
+                                 base_url="http://admin") as admin:
+        health = await admin.get("/healthz", timeout=10)
+    assert health.status_code == 503 and health.json()["checks"]["redis"]["ok"] is False
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    assert notify.count("READY=1", child.pid) == 0
+    child.signal(signal.SIGTERM)
+    assert await child.wait(timeout=4) == 0
+    await hung.stop()
 
 
 async def test_healthz_degraded_when_redis_goes_away(launch, workdir, nursery):

@@ -14,9 +14,10 @@ deadlock on a lock some other thread held). A child is forked ahead of its reque
 re-parented to the daemon, a child subreaper, once the intermediate process exits), then, in order:
 
     signals and mask as a fresh interpreter has them, one empty trio.run (its pages copied ahead)
-    -> waits for its request on its own socket (the template hands each request to its spare and
-    forks the next spare after answering) -> setsid -> the template gives the daemon its pid ->
-    waits for the daemon's go on the gate fd (its pid is registered now) ->
+    -> waits for its request on its own socket (the template hands each request to its spare,
+    and forks the next spare once no request came for SPARE_AFTER) -> setsid -> the template
+    gives the daemon its pid -> waits for the daemon's go on the gate fd (its pid is registered
+    now) ->
     PR_SET_PDEATHSIG(SIGKILL), checks its parent is the daemon -> fds 0-2 and 3.. in place,
     every other fd closed -> drops to the tenant's uid/gid (no supplementary groups,
     capabilities or new privileges) -> environment, argv, working directory -> runs the module
@@ -38,6 +39,7 @@ import io
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import stat
@@ -64,6 +66,7 @@ PRELOAD = (
 # The config schema's type hints, too (resolving them compiles every annotation string).
 WARM = (("oraclewad.services.evolution", "shared_tls"), ("oraclewad.childconfig", "warm"))
 MAX_REQUEST = 1 << 20
+SPARE_AFTER = 0.5      # seconds without a request before the next child is forked ahead
 MAX_FDS = 64
 
 PR_SET_PDEATHSIG = 1
@@ -271,6 +274,13 @@ def _await_request(sock: socket.socket) -> Job:
     return Job(request, fds, sock)
 
 
+def _quiet(ctl: socket.socket, seconds: float) -> bool:
+    """No request arrives within `seconds` (or the daemon hung up)."""
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    return not poller.poll(seconds * 1000)
+
+
 def _warm_trio() -> None:
     trio = sys.modules.get("trio")
     if trio is not None:        # a template that preloaded it
@@ -312,10 +322,12 @@ def _fork() -> int | None:
 
 def serve(ctl: socket.socket) -> Job | None:
     """Answer fork requests until the daemon hangs up (None). Returns a Job only in a child.
-    The child of the next request is forked ahead, right after each answer (a spare)."""
+    The child of the next request is forked ahead (a spare) once no request came for
+    SPARE_AFTER: forking it (and its warm-up) right after an answer took the CPU from the child
+    just started, on 2 cores; requests back to back (a mass start) are forked each for itself."""
     spare: Spare | None = None
     while True:
-        if spare is None:
+        if spare is None and _quiet(ctl, SPARE_AFTER):
             # A failure here is met again (and answered) at the request, which forks anew.
             with contextlib.suppress(Refused, OSError):
                 made = _fork_spare(ctl)

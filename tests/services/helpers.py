@@ -86,8 +86,9 @@ class Child:
                 self.stderr += chunk
                 self._notify()
 
-    async def wait_log(self, msg: str, timeout: float = 10) -> dict[str, Any]:
-        """The first stdout record with this msg (waits for it)."""
+    async def wait_log(self, msg: str, timeout: float = 30) -> dict[str, Any]:
+        """The first stdout record with this msg (waits for it; a whole service start on a loaded
+        machine is within the default)."""
         with trio.fail_after(timeout):
             while True:
                 for line in self.lines:

@@ -45,7 +45,8 @@ async def test_unexpected_exit_code_is_recorded_and_restarted(sup, make_spec):
     assert "exited unexpectedly (exit 7)" in status.message
     assert status.pid is None
     again = await sup.wait_state("t/x", "running", 10)
-    assert again.pid != first.pid
+    # A new process (not by pid: one that exits at READY may be gone, pid None, by the look).
+    assert again.restarts > first.restarts
 
 
 async def test_a_program_that_cannot_start_is_a_clear_failure_retried_with_backoff(sup, make_spec, root):

@@ -86,7 +86,8 @@ class ShopAuth:
         given = headers["x-webhook-signature"].strip().lower().removeprefix("sha256=").encode()
         signed = stamp.encode() + b"." + body
         for secret in self._live():
-            expected = hmac.new(secret.value.encode(), signed, hashlib.sha256).hexdigest().encode()
+            # hmac.digest: OpenSSL's one-shot HMAC, without hmac.new's Python object (half the time).
+            expected = hmac.digest(secret.value.encode(), signed, "sha256").hex().encode()
             if hmac.compare_digest(expected, given):
                 return Verified("hmac", headers.get("x-webhook-id") or None)
         raise Unauthorized("X-Webhook-Signature does not match (HMAC-SHA256 of '<timestamp>.<body>' "

@@ -546,7 +546,6 @@ def _postgres_pool(cfg: ServiceConfig, migrations_dir: Path
                    ) -> tuple[ConnectionPool, SchemaProbe, list[Any]]:
     """The service's pool (opened by its first request, pools.py), the schema probe of /healthz
     and the migrations this release wants: no I/O but reading the migration files."""
-    from psycopg_pool import ConnectionPool
 
     from oraclewad.services.pools import OpenOnUse
 
@@ -564,7 +563,7 @@ def _postgres_pool(cfg: ServiceConfig, migrations_dir: Path
 
     pool = OpenOnUse(
         cfg.postgres.dsn, min_size=cfg.postgres.pool_min, max_size=cfg.postgres.pool_max,
-        kwargs=_connect_kwargs(cfg.postgres.dsn), timeout=10.0, check=ConnectionPool.check_connection,
+        kwargs=_connect_kwargs(cfg.postgres.dsn), timeout=10.0, check=OpenOnUse.check_unless_fresh,
         name=f"{cfg.tenant}_{cfg.service}",
     )
     return pool, schema_probe, wanted

@@ -98,9 +98,10 @@ async def test_pause_edit_add_and_resume_where_it_stopped_then_cancel(sandbox, s
         assert busy.status_code == 200
         more = (await admin.post(f"/campaigns/{cid}/recipients", json={"csv": csv_of(2, 100)})).json()
         assert more["accepted"] == 2
-        await trio.sleep(1)  # paused: nothing more goes (one send may have been in flight)
+        # Paused: the send in flight, if any, records its outcome, and nothing more goes.
+        await wait_rows(broadcast_db, "SELECT count(*) FROM recipients WHERE status = 'sending'", [(0,)])
         before = len(await sandbox.messages())
-        await trio.sleep(0.5)
+        await trio.sleep(1)
         assert len(await sandbox.messages()) == before
         await admin.post(f"/campaigns/{cid}/resume", json={})
         await wait_status(admin, cid, "completed")

@@ -16,6 +16,7 @@ Exit codes: 0 stopped on request; 1 bug (traceback on stderr); 69 Postgres/Redis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -60,6 +61,8 @@ EX_CONFIG = contract.EX_CONFIG
 _CONNECT_TIMEOUT = 5
 _CLOSE_TIMEOUT = 5.0
 _ADMIN_GRACE = 1.0
+_SWITCH_INTERVAL = sys.getswitchinterval()
+_START_SWITCH_INTERVAL = 0.0005
 
 T = TypeVar("T")
 log = channel_logger("runtime")
@@ -176,6 +179,10 @@ async def _run(plan: _Plan, stopper: _Stopper) -> int:
         # The clients now (no I/O); reaching their servers (and the schema check) runs beside the
         # app's build and the admin server's start, and the public server waits for it (_serve).
         stores = _Stores(plan, closers)
+        stores.check()
+        # Until READY=1 the connect threads take the GIL within 0.5 ms of their socket's answer,
+        # not the 5 ms the app's build holds it for, at each round trip of their handshakes.
+        sys.setswitchinterval(_START_SWITCH_INTERVAL)
         pg, schema_probe, redis = stores.pool, stores.schema_probe, stores.redis
 
         ctx = ServiceContext(
@@ -231,6 +238,8 @@ class _Stores:
         self.done = False
         self._checked = trio.Event()
         self._failure: StartupFailure | None = None
+        self._bug: Exception | None = None
+        self._pending = 0
         if cfg.postgres is not None:
             self.pool, self.schema_probe, self._wanted = _postgres_pool(cfg, plan.migrations)
             closers.append(partial(self.pool.close, timeout=_CLOSE_TIMEOUT))
@@ -238,24 +247,39 @@ class _Stores:
             self.redis = _redis_client(cfg)
             closers.append(self.redis.close)
 
-    async def check(self) -> None:
-        """Reach both; never raises (a failure is kept in `failure`)."""
-        async def one(fn: Callable[..., Any], *args: Any) -> None:
-            try:
-                await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-            except StartupFailure as exc:
-                if self._failure is None:
-                    self._failure = exc
-                nursery.cancel_scope.cancel()
+    def check(self) -> None:
+        """Start reaching both, each in a thread of its own at once (before the app is built; a
+        trio task would only start at the next checkpoint). passed() waits for the outcome."""
+        token = trio.lowlevel.current_trio_token()
+        jobs = []
+        if self.pool is not None:
+            jobs.append(partial(_check_postgres, self.cfg, self.pool, self._wanted))
+        if self.redis is not None:
+            jobs.append(partial(_check_redis, self.cfg, self.redis))
+        self._pending = len(jobs)
+        if not jobs:
+            self._settle()
+
+        def deliver(result: Any) -> None:   # an outcome.Outcome
+            with contextlib.suppress(trio.RunFinishedError):    # the process is stopping
+                token.run_sync_soon(self._arrived, result)
+        for job in jobs:
+            trio.lowlevel.start_thread_soon(job, deliver)
+
+    def _arrived(self, result: Any) -> None:
+        self._pending -= 1
         try:
-            async with trio.open_nursery() as nursery:
-                if self.pool is not None:
-                    nursery.start_soon(one, _check_postgres, self.cfg, self.pool, self._wanted)
-                if self.redis is not None:
-                    nursery.start_soon(one, _check_redis, self.cfg, self.redis)
-            self.done = self._failure is None       # not when cancelled (a stop)
-        finally:
-            self._checked.set()
+            result.unwrap()
+        except StartupFailure as exc:
+            self._failure = self._failure or exc    # the first one; the other is not waited for
+        except Exception as exc:
+            self._bug = self._bug or exc
+        if self._pending == 0 or self._failure is not None or self._bug is not None:
+            self._settle()
+
+    def _settle(self) -> None:
+        self.done = self._failure is None and self._bug is None
+        self._checked.set()
 
     @property
     def failure(self) -> StartupFailure | None:
@@ -265,6 +289,8 @@ class _Stores:
         """Until both were reached (True), one could not be (failure says why) or a stop came."""
         with stopper.startup_scope:
             await self._checked.wait()
+        if self._bug is not None:
+            raise self._bug         # a bug, not an unreachable store: its traceback
         return self._failure is None and not stopper.requested.is_set()
 
 
@@ -310,7 +336,6 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
 
         # The stores' checks and both servers side by side (each server runs the app's lifespan
         # startup first; the public one starts once the checks passed).
-        servers.start_soon(stores.check)
         async with trio.open_nursery() as starting:
             starting.start_soon(start_public)
             if plan.admin_path:
@@ -333,6 +358,7 @@ async def _serve(plan: _Plan, stopper: _Stopper, ctx: ServiceContext, public_app
             servers.cancel_scope.cancel()
         else:
             await _announce_ready(plan, stopper, ctx, binds)
+            sys.setswitchinterval(_SWITCH_INTERVAL)
             if plan.notifier.enabled:
                 servers.start_soon(_watchdog, plan.notifier, plan.watchdog_interval)
                 servers.start_soon(_report_health, plan.notifier, health)

